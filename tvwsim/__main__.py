@@ -1,0 +1,3 @@
+from tvwsim.cli import main
+
+raise SystemExit(main())

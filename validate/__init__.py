@@ -1,0 +1,1 @@
+"""Where the model and silicon meet: GPU sweeps, vendor baselines, calibration, reports."""
