@@ -1,0 +1,182 @@
+"""`Hardware`: a GPU described as data.
+
+One frozen dataclass; presets are TOML files in `sim/presets/` (one per GPU, every figure
+with its source in a comment). Any field can be overridden to describe hypothetical
+hardware (`Hardware.with_overrides`, `--set key=value` on the command line). The last
+group of fields are the model's efficiency parameters: the shipped presets carry
+documented first guesses, a calibrated preset carries values fitted to measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from kernels.errors import InputError
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A GPU for the model. Rates are per SM per SM clock cycle unless the name says else."""
+
+    name: str
+    """Preset name, e.g. 'a100'."""
+    description: str = ""
+    """Human-readable part name, e.g. 'NVIDIA A100 SXM4 40 GB'."""
+
+    # -- compute ----------------------------------------------------------------------
+    sm_count: int = 108
+    """Streaming multiprocessors."""
+    clock_mhz: float = 1410.0
+    """SM clock the model assumes (cycles are SM cycles)."""
+    dense_flops_per_clk_per_sm: float = 2048.0
+    """fp16 tensor-core FLOP/clock/SM with fp32 accumulation (mma.sync m16n8k16)."""
+    sparse_tflop_ratio: float = 2.0
+    """Sparse (2:4, mma.sp) over dense tensor-core rate in logical FLOPs; 0 = no sparse
+    tensor core (a 2:4 kernel then runs its logical work on the dense rate)."""
+    cuda_core_flops_per_clk_per_sm: float = 128.0
+    """fp32 FMA FLOP/clock/SM on the CUDA cores (unstructured sparse kernels)."""
+
+    # -- on-chip resources ------------------------------------------------------------
+    smem_per_sm_bytes: int = 167936
+    """Shared memory per SM usable by CTAs."""
+    smem_per_cta_bytes: int = 166912
+    """Largest shared memory one CTA may allocate (opt-in maximum)."""
+    regs_per_sm: int = 65536
+    """32-bit registers per SM."""
+    max_regs_per_thread: int = 255
+    """Register limit per thread."""
+    max_threads_per_sm: int = 2048
+    max_warps_per_sm: int = 64
+    max_ctas_per_sm: int = 32
+    smem_bytes_per_clk_per_sm: float = 128.0
+    """Shared-memory bandwidth per SM (32 banks x 4 bytes)."""
+    has_cp_async: bool = True
+    """Asynchronous global->shared copies (sm_80+); without it loads stage through
+    registers and overlap less."""
+
+    # -- memory system ------------------------------------------------------------------
+    l2_bytes: int = 41943040
+    """L2 cache capacity."""
+    l2_bandwidth_gbps: float = 5400.0
+    """L2 bandwidth, GB/s (10^9 bytes/s)."""
+    dram_bandwidth_gbps: float = 1555.0
+    """DRAM peak bandwidth, GB/s."""
+    l2_latency_cycles: float = 220.0
+    """Load latency of an L2 hit."""
+    dram_latency_cycles: float = 540.0
+    """Load latency of a DRAM access."""
+    launch_overhead_us: float = 4.0
+    """Kernel launch overhead, counted once per kernel."""
+
+    # -- efficiency parameters (calibrated) -------------------------------------------
+    dram_efficiency: float = 0.85
+    """Achieved fraction of DRAM peak bandwidth."""
+    l2_efficiency: float = 0.85
+    """Achieved fraction of L2 bandwidth."""
+    mma_efficiency_dense: float = 0.85
+    """Achieved fraction of the dense tensor-core rate in a main loop."""
+    mma_efficiency_sparse: float = 0.85
+    """Achieved fraction of the sparse tensor-core rate in a main loop."""
+    cta_fixed_cycles: float = 500.0
+    """Per-CTA fixed cost: launch into a slot, index setup, epilogue bookkeeping."""
+
+    source: str = ""
+    """Where the figures come from (a calibrated preset names its measurement files)."""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    """Free-form provenance (calibration split, residuals); never used by the model."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in ("name", "description", "source", "extra"):
+                continue
+            value = getattr(self, f.name)
+            if f.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise InputError(f.name, f"must be true or false, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InputError(f.name, f"must be a number, got {value!r}")
+            if f.type in ("int", int) and not float(value).is_integer():
+                raise InputError(f.name, f"must be an integer, got {value!r}")
+            if f.name == "sparse_tflop_ratio":
+                if value != 0 and not 1.0 <= value <= 16.0:
+                    raise InputError(f.name, f"must be 0 (none) or in [1, 16], got {value!r}")
+            elif f.name.endswith("_efficiency"):
+                if not 0.0 < value <= 1.0:
+                    raise InputError(f.name, f"must be in (0, 1], got {value!r}")
+            elif f.name in ("cta_fixed_cycles", "launch_overhead_us"):
+                if value < 0:
+                    raise InputError(f.name, f"must be >= 0, got {value!r}")
+            elif value <= 0:
+                raise InputError(f.name, f"must be > 0, got {value!r}")
+        if self.smem_per_cta_bytes > self.smem_per_sm_bytes:
+            raise InputError(
+                "smem_per_cta_bytes",
+                f"{self.smem_per_cta_bytes} exceeds smem_per_sm_bytes {self.smem_per_sm_bytes}",
+            )
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def has_sparse_tensor_cores(self) -> bool:
+        return self.sparse_tflop_ratio > 0
+
+    @property
+    def sparse_flops_per_clk_per_sm(self) -> float:
+        """Logical (dense-equivalent) FLOP/clock/SM of 2:4 mma.sp; dense rate if none."""
+        ratio = self.sparse_tflop_ratio if self.has_sparse_tensor_cores else 1.0
+        return self.dense_flops_per_clk_per_sm * ratio
+
+    @property
+    def dense_peak_tflops(self) -> float:
+        return self.dense_flops_per_clk_per_sm * self.sm_count * self.clock_mhz * 1e6 / 1e12
+
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        """Peak DRAM bytes per SM clock cycle, whole GPU."""
+        return self.dram_bandwidth_gbps * 1e9 / (self.clock_mhz * 1e6)
+
+    @property
+    def l2_bytes_per_cycle(self) -> float:
+        """Peak L2 bytes per SM clock cycle, whole GPU."""
+        return self.l2_bandwidth_gbps * 1e9 / (self.clock_mhz * 1e6)
+
+    def cycles_to_us(self, cycles: float) -> float:
+        return cycles / self.clock_mhz
+
+    def with_overrides(self, overrides: dict[str, object]) -> Hardware:
+        """A copy with fields replaced; unknown keys and bad values raise InputError."""
+        known = {f.name: f for f in dataclasses.fields(self) if f.name != "extra"}
+        changes = {}
+        for key, value in overrides.items():
+            if key not in known:
+                raise InputError(
+                    "--set", f"unknown hardware field {key!r}; known: {', '.join(sorted(known))}"
+                )
+            changes[key] = coerce_field(key, known[key].type, value)
+        return dataclasses.replace(self, **changes)
+
+
+def coerce_field(key: str, type_name: object, value: object) -> object:
+    """Turn a command-line string (or TOML value) into the field's type, or raise."""
+    type_name = getattr(type_name, "__name__", type_name)
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        if type_name == "bool":
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(text)
+        if type_name == "int":
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError(text)
+            return int(number)
+        if type_name == "float":
+            return float(text)
+    except ValueError:
+        raise InputError(key, f"expected a {type_name}, got {value!r}") from None
+    return text
