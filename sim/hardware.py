@@ -10,6 +10,7 @@ documented first guesses, a calibrated preset carries values fitted to measureme
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from kernels.errors import InputError
@@ -97,8 +98,16 @@ class Hardware:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InputError(f.name, f"must be a number, got {value!r}")
+            if not math.isfinite(value):
+                # float('nan') passes every `<=` check below, so refuse it up front.
+                raise InputError(f.name, f"must be a finite number, got {value!r}")
             if f.type in ("int", int) and not float(value).is_integer():
                 raise InputError(f.name, f"must be an integer, got {value!r}")
+            # Normalise so that 108.0 from a file is the int 108 the engine can range() over,
+            # and an int clock from TOML prints like every other float field.
+            normal = int(value) if f.type in ("int", int) else float(value)
+            object.__setattr__(self, f.name, normal)
+            value = normal
             if f.name == "sparse_tflop_ratio":
                 if value != 0 and not 1.0 <= value <= 16.0:
                     raise InputError(f.name, f"must be 0 (none) or in [1, 16], got {value!r}")
@@ -178,5 +187,7 @@ def coerce_field(key: str, type_name: object, value: object) -> object:
         if type_name == "float":
             return float(text)
     except ValueError:
-        raise InputError(key, f"expected a {type_name}, got {value!r}") from None
+        wanted = {"int": "an integer", "float": "a number", "bool": "true or false"}
+        problem = f"expected {wanted.get(type_name, type_name)}, got {value!r}"
+        raise InputError(key, problem) from None
     return text
