@@ -19,7 +19,8 @@ from kernels.errors import InputError
 
 # Modules that define `register(subparsers)`. Order is the order of `tvwsim --help`.
 COMMAND_MODULES: list[str] = [
-    # "kernels.commands" (prune), "sim.commands" (simulate, hw, timeline), ...
+    "kernels.commands",
+    # "sim.commands" (simulate, hw, timeline), ...
 ]
 
 
