@@ -120,7 +120,7 @@ def run_prune(args: argparse.Namespace) -> int:
     )
     print(_table(results, score, total_score))
     if any(r.pattern == "tvw" for r in results):
-        print("tvw kept-K is before 2:4: the K list a tile gathers; half of it is stored.")
+        print("note: tvw kept-K is before 2:4 (the K list a tile gathers; half is stored)")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
 
