@@ -354,7 +354,7 @@ def load_onnx_convs(data: bytes) -> list[tuple[str, str, np.ndarray]]:
     return convs
 
 
-def _minilm_layers(tensors: dict[str, np.ndarray]) -> list[GemmWeight]:
+def minilm_gemm_layers(tensors: dict[str, np.ndarray]) -> list[GemmWeight]:
     """The 36 GEMM weights of MiniLM-L6: per layer Q, K, V, attention-out, FFN1, FFN2."""
     parts = (
         ("attn.q", "attention.self.query"),
@@ -432,7 +432,7 @@ def load_real_model(
     )
     if pkg.file_format == "safetensors":
         tensors = {k.removeprefix("bert."): v for k, v in load_safetensors(data).items()}
-        layers = _minilm_layers(tensors)
+        layers = minilm_gemm_layers(tensors)
     else:
         layers = _conv_layers(model, load_onnx_convs(data))
     return RealModel(model=model, source=weight_source(model), layers=tuple(layers))
