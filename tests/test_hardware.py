@@ -332,3 +332,15 @@ def test_cli_hw_errors_exit_2_with_one_line(capsys, argv, message):
     assert captured.err.count("\n") == 1
     if "a1000" in argv:
         assert all(name in captured.err for name in SHIPPED)
+
+
+def test_cli_hw_list_shows_user_presets_and_survives_a_broken_one(capsys, tmp_path, monkeypatch):
+    (tmp_path / "mine.toml").write_text('base = "a100"\nsm_count = 54\n')
+    (tmp_path / "broken.toml").write_text('base = "a100"\nsm_count = "many"\n')
+    (tmp_path / "v100.toml").write_text('base = "a100"\n')
+    monkeypatch.setenv(PATH_ENV, str(tmp_path))
+    assert main(["hw", "list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^mine\s+54\s", out, re.MULTILINE)
+    assert re.search(r"^broken\s+error: broken.toml: sm_count", out, re.MULTILINE)
+    assert re.search(r"^v100 .*\[shadowed, ", out, re.MULTILINE)
