@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kernels.formats import encode
 from kernels.patterns import PATTERNS, prune_with_layout, synthetic_weight
 
 # The sparsity each pattern is timed at: the README's 75 %, except where a pattern fixes it.
@@ -28,8 +29,14 @@ def stage_prune(weight: np.ndarray, pattern: str, sparsity: float, context: dict
     context["pruned"] = prune_with_layout(weight, pattern, sparsity)
 
 
+def stage_encode(weight: np.ndarray, pattern: str, sparsity: float, context: dict) -> None:
+    # Default kernel config per pattern; tw/tvw use the pruner's tile layout as is.
+    pruned = context["pruned"]
+    context["encoded"] = encode(weight, pruned.mask, pattern, layout=pruned.layout)
+
+
 Stage = Callable[[np.ndarray, str, float, dict], None]
-STAGES: dict[str, Stage] = {"prune": stage_prune}
+STAGES: dict[str, Stage] = {"prune": stage_prune, "encode": stage_encode}
 
 
 def time_pattern(
