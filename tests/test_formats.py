@@ -510,3 +510,22 @@ def test_block_and_fp16_range_errors():
     nan = w.copy()
     nan[0, 0] = np.nan
     _bad("weight", nan, None, "tw")
+
+
+# -- with the real pruner ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "pattern, sparsity",
+    [("dense", 0.0), ("ew", 0.7), ("bw", 0.6), ("vw", 0.5), ("tw", 0.7), ("tvw", 0.8)],
+)
+def test_encode_accepts_what_the_pruner_produces(pattern, sparsity):
+    from kernels.patterns import prune_with_layout
+
+    rng = np.random.default_rng(12)
+    weight = rng.standard_normal((150, 333)).astype(np.float32)
+    pruned = prune_with_layout(weight, pattern, sparsity, tile=32, block=32)
+    cfg = config_for(pattern, bm=32, bk=32 if pattern == "bw" else None)
+    enc = encode(weight, pruned.mask, pattern, cfg, layout=pruned.layout)
+    np.testing.assert_array_equal(enc.decode(), fp16_masked(weight, pruned.mask))
+    if pruned.layout is not None:
+        assert enc.n_row_tiles == pruned.layout.n_tiles
+        np.testing.assert_array_equal(enc.tile_kept_k, pruned.layout.kept_k_counts())
