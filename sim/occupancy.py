@@ -1,0 +1,269 @@
+"""Occupancy: how many CTAs of a kernel fit on one SM at the same time.
+
+An SM runs several CTAs at once when it has room for all of them. Each resident CTA
+holds, for its whole life,
+
+- its threads (warps) - an SM schedules at most `max_threads_per_sm` / `max_warps_per_sm`;
+- its registers - `registers_per_thread x threads`, allocated per warp in chunks of 256;
+- its shared memory - the pipeline buffers (`stages x (weight + activation stage)`), plus
+  1 KB the CUDA runtime reserves per CTA on sm_80 and later;
+- one of `max_ctas_per_sm` CTA slots.
+
+The smallest of the four quotients is the occupancy, and the resource that gives it is
+the *limiter*: the first thing to change if more CTAs per SM are wanted. More resident
+CTAs means more loads in flight (latency hiding) and a smaller last wave, but the CTAs on
+one SM still share its tensor cores, so occupancy beyond "enough to hide latency" buys
+nothing for a compute-bound GEMM.
+
+Registers and shared memory come from the compiled kernel when it is known: `tvwsim
+kernels build` writes a manifest with what ptxas reported for every kernel
+(`load_resources`). Without one, `estimate_resources` derives them from the
+`KernelConfig` (shared memory exactly, registers by a documented estimate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernels.config import MMA_M, MMA_N, KernelConfig
+from kernels.errors import InputError
+from sim.hardware import Hardware
+
+DEFAULT_MANIFEST = Path("build") / "kernels" / "manifest.json"
+"""Where `tvwsim kernels build` writes its manifest, relative to the working directory."""
+
+REGISTER_ALLOCATION_UNIT = 256
+"""Registers are allocated per warp in units of 256 (CUDA occupancy calculator, cc 7.x-9.x)."""
+
+SYSTEM_SMEM_PER_CTA_BYTES = 1024
+"""Shared memory the CUDA runtime reserves per CTA on sm_80 and later (CUDA guide, cc 8.x)."""
+
+REGISTER_OVERHEAD = 32
+"""Registers a GEMM main loop needs besides accumulators and fragments: addresses, loop
+counters, predicates, the tile's index pointers. An estimate; compiled kernels report
+the real figure."""
+
+ARCH_BY_PRESET = {"v100": "sm_70", "a100": "sm_80", "rtx3090": "sm_86", "h100": "sm_90"}
+"""The compute capability a shipped preset describes (for finding its compiled kernels)."""
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """What one CTA of a kernel holds on its SM while it runs."""
+
+    registers_per_thread: int
+    """32-bit registers per thread (ptxas -v, or the estimate)."""
+    smem_bytes: int
+    """Shared memory per CTA, static + dynamic, in bytes."""
+    threads: int
+    """Threads per CTA (32 x warps)."""
+    source: str = "estimate"
+    """'estimate' (from the KernelConfig) or 'manifest' (from the compiled kernel)."""
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """Resident CTAs per SM and which resource sets that number."""
+
+    ctas_per_sm: int
+    """CTAs one SM holds at once (at least 1)."""
+    limited_by: str
+    """'threads', 'warps', 'registers', 'shared memory' or 'CTA slots'."""
+    per_resource: tuple[tuple[str, int], ...]
+    """Every resource's own quotient, in the order above (for reports and teaching)."""
+
+
+def warp_grid(config: KernelConfig) -> tuple[int, int]:
+    """How the CTA's warps tile its bm x bn output: (warps along bm, warps along bn).
+
+    The split that makes each warp's tile closest to square is chosen (that minimises the
+    fragments a warp loads from shared memory per mma), e.g. 4 warps on 128 x 128 ->
+    2 x 2 warps of 64 x 64; 8 warps on 256 x 128 -> 4 x 2 of 64 x 64.
+    """
+    best = None
+    for wm in range(1, config.warps + 1):
+        if config.warps % wm:
+            continue
+        wn = config.warps // wm
+        if config.bm % (wm * MMA_M) or config.bn % (wn * MMA_N):
+            continue
+        warp_m, warp_n = config.bm // wm, config.bn // wn
+        # Prefer square warp tiles; among equals, more warps along bm (ties are stable).
+        key = (abs(math.log2(warp_m / warp_n)), -wm)
+        if best is None or key < best[0]:
+            best = (key, wm, wn)
+    if best is None:
+        raise InputError(
+            "warps",
+            f"{config.warps} warps cannot tile a {config.bm} x {config.bn} CTA tile into "
+            f"whole {MMA_M} x {MMA_N} mma tiles",
+        )
+    return best[1], best[2]
+
+
+def estimate_resources(config: KernelConfig) -> KernelResources:
+    """Registers and shared memory of a kernel built from `config`, without compiling it.
+
+    Shared memory is exact: `config.smem_bytes` (the pipeline's buffers). Registers per
+    thread are estimated as
+
+        accumulators  bm * bn / threads            (fp32, one per output element)
+      + A fragments   (warp_m / 16) x 4            (one mma-K slice of the warp's rows)
+      + metadata      (warp_m / 16)                (sparse only: one word per 16 rows)
+      + B fragments   (warp_n / 8) x (2 dense | 4 sparse, whose mma has k32)
+      + overhead      32                           (addresses, counters, predicates)
+
+    rounded up to a multiple of 8. For 128x128x32 with 4 warps (2 x 2 warps of 64 x 64)
+    that is 128 + 16 + 16 + 32 = 192; the sparse 128x128x64 variant 216. Real kernels
+    land within a few tens of registers of this depending on how far the compiler
+    double-buffers fragments, which is why a compiled kernel's report wins.
+    """
+    warps_m, warps_n = warp_grid(config)
+    warp_m, warp_n = config.bm // warps_m, config.bn // warps_n
+    accumulators = config.bm * config.bn // config.threads
+    sparse = config.mma == "sparse"
+    a_fragments = (warp_m // MMA_M) * (5 if sparse else 4)
+    b_fragments = (warp_n // MMA_N) * (4 if sparse else 2)
+    registers = accumulators + a_fragments + b_fragments + REGISTER_OVERHEAD
+    registers = -(-registers // 8) * 8
+    return KernelResources(
+        registers_per_thread=registers,
+        smem_bytes=config.smem_bytes,
+        threads=config.threads,
+        source="estimate",
+    )
+
+
+def arch_of(hw: Hardware) -> str | None:
+    """The sm_XX a hardware description corresponds to, or None if unknown.
+
+    A shipped preset name maps through ARCH_BY_PRESET; a derived preset whose name starts
+    with a shipped one ('a100-calibrated') maps like it. Hypothetical GPUs have no arch, so
+    their kernels' resources are estimated.
+    """
+    arch = getattr(hw, "arch", None)
+    if isinstance(arch, str) and arch:
+        return arch
+    for name in sorted(ARCH_BY_PRESET, key=len, reverse=True):
+        if hw.name == name or hw.name.startswith(name + "-") or hw.name.startswith(name + "_"):
+            return ARCH_BY_PRESET[name]
+    return None
+
+
+def load_resources(
+    manifest_path: str | Path, pattern: str, config: KernelConfig, arch: str | None
+) -> KernelResources | None:
+    """The compiled kernel's resources from a `tvwsim kernels build` manifest, if listed.
+
+    Returns None when the file does not exist, no arch is given, or the manifest has no
+    kernel for (pattern, config name, arch); the caller then estimates. A cubin for
+    sm_80 also runs on sm_86 (same major version), so sm_86 falls back to sm_80 entries.
+    A manifest that exists but is not the documented JSON raises InputError('--manifest').
+    """
+    path = Path(manifest_path)
+    if arch is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        kernels = data["kernels"]
+        if data.get("schema") != 1 or not isinstance(kernels, list):
+            raise ValueError("schema")
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(
+            "--manifest", f"{path} is not a schema-1 kernel manifest ({err})"
+        ) from None
+    candidates = [arch]
+    if arch.startswith("sm_") and arch[3:].isdigit() and int(arch[3:]) % 10:
+        candidates.append(f"sm_{int(arch[3:]) // 10 * 10}")
+    for want in candidates:
+        for entry in kernels:
+            if (
+                isinstance(entry, dict)
+                and entry.get("pattern") == pattern
+                and entry.get("config") == config.name
+                and entry.get("arch") == want
+            ):
+                try:
+                    registers = int(entry["registers"])
+                    smem = int(entry.get("shared_static_bytes", 0)) + int(
+                        entry["shared_dynamic_bytes"]
+                    )
+                except (KeyError, TypeError, ValueError) as err:
+                    raise InputError(
+                        "--manifest",
+                        f"{path}: kernel entry for {pattern} {config.name} {want} lacks {err}",
+                    ) from None
+                return KernelResources(
+                    registers_per_thread=registers,
+                    smem_bytes=smem,
+                    threads=config.threads,
+                    source="manifest",
+                )
+    return None
+
+
+def resources_for(
+    hw: Hardware, pattern: str, config: KernelConfig, manifest_path: str | Path | None = None
+) -> KernelResources:
+    """The compiled kernel's resources when a manifest lists it, else the estimate."""
+    path = DEFAULT_MANIFEST if manifest_path is None else Path(manifest_path)
+    found = load_resources(path, pattern, config, arch_of(hw))
+    return found if found is not None else estimate_resources(config)
+
+
+def occupancy(hw: Hardware, resources: KernelResources) -> Occupancy:
+    """Resident CTAs per SM for a kernel with `resources` on `hw`, and what limits it.
+
+    Raises InputError('tile') when one CTA does not fit at all, naming the limit and by
+    how much it is exceeded.
+    """
+    smem, regs, threads = resources.smem_bytes, resources.registers_per_thread, resources.threads
+    where = "compiled kernel" if resources.source == "manifest" else "estimate"
+    if smem > hw.smem_per_cta_bytes:
+        raise InputError(
+            "tile",
+            f"needs {smem} B shared memory per CTA, {hw.name} allows {hw.smem_per_cta_bytes} "
+            f"(over by {smem - hw.smem_per_cta_bytes} B); use fewer stages or a smaller tile",
+        )
+    if regs > hw.max_regs_per_thread:
+        raise InputError(
+            "tile",
+            f"needs {regs} registers per thread ({where}), {hw.name} allows "
+            f"{hw.max_regs_per_thread} (over by {regs - hw.max_regs_per_thread}); use more "
+            f"warps or a smaller tile",
+        )
+    warps = -(-threads // 32)
+    regs_per_warp = -(-regs * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+    regs_per_cta = regs_per_warp * warps
+    if regs_per_cta > hw.regs_per_sm:
+        raise InputError(
+            "tile",
+            f"needs {regs_per_cta} registers per CTA ({where}), {hw.name} has {hw.regs_per_sm} "
+            f"per SM (over by {regs_per_cta - hw.regs_per_sm}); use a smaller tile",
+        )
+    if threads > hw.max_threads_per_sm or warps > hw.max_warps_per_sm:
+        raise InputError(
+            "warps",
+            f"a CTA of {threads} threads exceeds {hw.name}'s {hw.max_threads_per_sm} "
+            f"threads / {hw.max_warps_per_sm} warps per SM",
+        )
+    reserved = SYSTEM_SMEM_PER_CTA_BYTES if hw.has_cp_async else 0
+    per_resource = (
+        ("threads", hw.max_threads_per_sm // threads),
+        ("warps", hw.max_warps_per_sm // warps),
+        ("registers", hw.regs_per_sm // regs_per_cta),
+        ("shared memory", hw.smem_per_sm_bytes // (smem + reserved) if smem else 10**9),
+        ("CTA slots", hw.max_ctas_per_sm),
+    )
+    # The first minimum wins, so the reported limiter is stable when two resources tie.
+    limited_by, ctas = min(per_resource, key=lambda item: item[1])
+    if ctas < 1:
+        raise InputError(
+            "tile",
+            f"needs {smem + reserved} B shared memory per CTA including the runtime's "
+            f"reserve, {hw.name} has {hw.smem_per_sm_bytes} per SM",
+        )
+    return Occupancy(ctas_per_sm=int(ctas), limited_by=limited_by, per_resource=per_resource)

@@ -1,0 +1,123 @@
+"""Timeline pictures: every CTA of a simulated launch as a bar on its SM.
+
+The picture an architecture course draws on the board, from a real simulation:
+
+- bottom panel, a Gantt chart: one row per SM, split into its resident slots; each CTA
+  is a bar from dispatch to retirement, coloured by the weight tile it computes (tiles
+  with more K are darker, so a skewed tile-wise schedule shows its heavy tiles);
+- top panel: how many SMs hold at least one CTA over time. A flat top then a cliff is
+  a balanced launch; a staircase at the end is a tail - a partial last wave, or a few
+  heavy CTAs running alone while the rest of the GPU idles.
+
+The dashed line marks the start of the tail (the first SM that runs out of work for
+good). matplotlib runs headless (Agg backend).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sim.result import SimResult
+
+
+def busy_sm_curve(result: SimResult) -> tuple[np.ndarray, np.ndarray]:
+    """(times, busy SMs) as a step function: SMs holding at least one CTA over time."""
+    busy = result.busy_intervals()
+    edges = []
+    for intervals in busy:
+        for start, end in intervals:
+            edges.append((start, 1))
+            edges.append((end, -1))
+    if not edges:
+        return np.zeros(1), np.zeros(1)
+    edges.sort()
+    times = np.array([t for t, _ in edges])
+    counts = np.cumsum([d for _, d in edges])
+    return times, counts
+
+
+def draw_timeline(
+    result: SimResult,
+    path: str | Path,
+    *,
+    schedule=None,
+    sparsity: float | None = None,
+    max_sms: int | None = None,
+) -> None:
+    """Draw `result` as a Gantt chart into `path` (format from the suffix, e.g. .png).
+
+    `schedule` (the `Schedule` that was simulated) lets bars be shaded by their tile's K
+    length; `max_sms` draws only the first SMs (for very wide GPUs).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+
+    us = 1.0 / result.clock_mhz
+    sms = result.sm_count if max_sms is None else min(max_sms, result.sm_count)
+    slots = max(1, result.ctas_per_sm)
+    height = float(np.clip(0.06 * sms + 2.5, 4.0, 11.0))
+    fig, (top, ax) = plt.subplots(
+        2, 1, figsize=(12, height), sharex=True, gridspec_kw={"height_ratios": [1, 5]}
+    )
+
+    # Colour: hue cycles over tiles (neighbours differ), lightness follows the tile's K.
+    tiles = result.cta_tile
+    n_tiles = int(tiles.max()) + 1 if tiles.size else 1
+    k_len = None
+    if schedule is not None:
+        k_len = np.asarray(schedule.work.k_lengths, dtype=float)
+    cmap = colormaps["tab20"]
+    base = np.array([cmap(t % 20)[:3] for t in range(n_tiles)])
+    if k_len is not None and k_len.size and k_len.max() > 0:
+        weight = 0.35 + 0.65 * (k_len / k_len.max())
+        colours = 1.0 - (1.0 - base) * weight[:, None]
+    else:
+        colours = base
+
+    shown_ctas = (result.cta_sm >= 0) & (result.cta_sm < sms)
+    start = result.cta_start_cycles[shown_ctas] * us
+    width = (result.cta_end_cycles[shown_ctas] - result.cta_start_cycles[shown_ctas]) * us
+    rows = result.cta_sm[shown_ctas] + result.cta_slot[shown_ctas] / slots
+    ax.barh(
+        rows,
+        width,
+        left=start,
+        height=0.9 / slots,
+        align="edge",
+        color=colours[tiles[shown_ctas]],
+        edgecolor="black",
+        linewidth=0.2,
+    )
+    tail = result.tail_start_cycles * us
+    end = result.kernel_cycles * us
+    for axis in (top, ax):
+        if result.tail_share > 0.005:
+            axis.axvline(tail, color="black", linestyle="--", linewidth=0.8)
+    ax.set_ylim(sms, 0)
+    ax.set_xlim(0, end * 1.01 if end > 0 else 1)
+    ax.set_ylabel(f"SM (each row: {slots} resident slot{'s' if slots > 1 else ''})")
+    ax.set_xlabel("time since launch, microseconds (launch overhead not drawn)")
+    if result.tail_share > 0.005:
+        ax.text(tail, sms * 0.99, f" tail {result.tail_share:.0%}", va="bottom", fontsize=8)
+
+    times, counts = busy_sm_curve(result)
+    top.step(times * us, counts, where="post", color="tab:blue")
+    top.set_ylim(0, result.sm_count * 1.1)
+    top.set_ylabel("busy SMs")
+    shown = f"{sparsity:g}" if sparsity is not None else f"{result.achieved_sparsity:.2f}"
+    top.set_title(
+        f"{result.hardware}: {result.pattern} (sparsity {shown}) M={result.m} N={result.n} "
+        f"K={result.k}, {result.config}, policy {result.policy}\n"
+        f"{result.ctas} CTAs, {result.ctas_per_sm}/SM, {result.waves} wave(s), "
+        f"{result.kernel_us:.1f} us kernel; bottleneck: {result.bottleneck} - "
+        f"colour = weight tile" + (" (darker = more K)" if k_len is not None else ""),
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110, format=Path(path).suffix.lstrip(".").lower() or "png")
+    plt.close(fig)
