@@ -315,12 +315,16 @@ def quality_table(
     tile: int = 128,
     speedup_fn: SpeedupFn | None = None,
     progress: Callable[[str], None] | None = None,
+    shape: BertShape = MINILM,
 ) -> list[QualityRow]:
-    """Dense row first, then one row per (pattern, sparsity) case."""
+    """Dense row first, then one row per (pattern, sparsity) case.
+
+    `speedup_fn` is the simulator's hook (see SpeedupFn); None leaves the column empty.
+    """
     from validate.real_weights import minilm_gemm_layers
 
     tokens = int(np.asarray(attention_mask).sum())
-    dense = encode(tensors, input_ids, attention_mask)
+    dense = encode(tensors, input_ids, attention_mask, shape=shape)
     gemms = minilm_gemm_layers(tensors)
     total_weights = sum(g.weight.size for g in gemms)
     total_importance = sum(float(np.abs(g.weight).sum(dtype=np.float64)) for g in gemms)
@@ -333,7 +337,7 @@ def quality_table(
         if progress:
             progress(f"{pattern} {s:g}")
         pruned_tensors, record = prune_minilm(tensors, pattern, s, tile=tile, tokens=tokens)
-        emb = encode(pruned_tensors, input_ids, attention_mask)
+        emb = encode(pruned_tensors, input_ids, attention_mask, shape=shape)
         similarity = emb @ dense.T  # both unit length: entry (i, j) is a cosine
         cos = np.diagonal(similarity)
         kept = sum(int(np.count_nonzero(p.mask)) for _, p in record.layers)
