@@ -151,7 +151,8 @@ def _config(args: argparse.Namespace, pattern: str):
     except InputError as err:
         if err.argument in ("warps", "stages"):
             raise InputError(f"--{err.argument}", err.problem) from None
-        raise InputError("--tile", f"{pattern}: {err.argument} {err.problem}") from None
+        detail = err.problem if err.argument == "tile" else f"{err.argument} {err.problem}"
+        raise InputError("--tile", f"{detail} (kernel for {pattern})") from None
 
 
 def _load_weights(path: str | None, n: int, k: int):

@@ -1,0 +1,247 @@
+"""`tvwsim simulate` and `tvwsim timeline`, run in-process through tvwsim.cli.main."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tvwsim.cli import main
+
+SMALL = ["--hw", "a100", "--shape", "512,768,512"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_has_the_documented_keys_and_consistent_figures(capsys):
+    code, out, err = run(
+        capsys, "simulate", *SMALL, "--pattern", "tw", "--sparsity", "0.75", "--json"
+    )
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    for key in (
+        "hardware",
+        "pattern",
+        "sparsity",
+        "M",
+        "N",
+        "K",
+        "cycles",
+        "time_us",
+        "tflops",
+        "ctas",
+        "waves",
+        "bottleneck",
+    ):
+        assert key in data
+    assert (data["hardware"], data["pattern"], data["sparsity"]) == ("a100", "tw", 0.75)
+    assert (data["M"], data["N"], data["K"]) == (512, 768, 512)
+    assert data["time_us"] == pytest.approx(data["cycles"] / 1410.0)
+    flops = 2 * 512 * 768 * 512 * (1 - data["achieved_sparsity"])
+    assert data["tflops"] == pytest.approx(flops / (data["time_us"] * 1e-6) / 1e12, rel=1e-6)
+    assert data["bottleneck"] in ("compute", "memory bandwidth", "latency", "imbalance tail")
+
+
+def test_same_arguments_give_the_same_cycles(capsys):
+    args = ("simulate", *SMALL, "--pattern", "tvw", "--sparsity", "0.8", "--seed", "7", "--json")
+    _, first, _ = run(capsys, *args)
+    _, second, _ = run(capsys, *args)
+    assert json.loads(first)["cycles"] == json.loads(second)["cycles"]
+
+
+def test_text_output_names_time_grid_and_bottleneck(capsys):
+    code, out, _ = run(capsys, "simulate", *SMALL, "--pattern", "dense")
+    assert code == 0
+    assert "M=512 N=768 K=512" in out and "CTAs" in out and "bottleneck" in out
+    assert "128x128x32s3w4" in out
+
+
+def test_pattern_all_prints_every_pattern_with_speedup_over_dense(capsys):
+    code, out, _ = run(capsys, "simulate", *SMALL, "--pattern", "all", "--sparsity", "0.75")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[3:] if line.strip()}
+    for pattern in ("dense", "ew", "bw", "vw", "tw", "tvw"):
+        assert pattern in rows
+    assert rows["dense"][6] == "1.00x"
+    assert rows["vw"][1] == "0.5" and rows["tw"][1] == "0.75"
+
+
+def test_pattern_all_json_and_tvw_skipped_below_half(capsys):
+    code, out, _ = run(
+        capsys, "simulate", *SMALL, "--pattern", "all", "--sparsity", "0.3", "--json"
+    )
+    assert code == 0
+    data = json.loads(out)
+    patterns = [r["pattern"] for r in data["results"]]
+    assert patterns == ["dense", "ew", "bw", "vw", "tw"]  # tvw needs sparsity >= 0.5
+    dense = data["results"][0]
+    assert dense["speedup_over_dense"] == pytest.approx(1.0)
+
+
+def test_overrides_change_the_hardware(capsys):
+    base = json.loads(run(capsys, "simulate", *SMALL, "--pattern", "dense", "--json")[1])
+    half = json.loads(
+        run(capsys, "simulate", *SMALL, "--pattern", "dense", "--json", "--set", "clock_mhz=705")[1]
+    )
+    assert half["time_us"] > 1.5 * base["time_us"]
+
+
+def test_weights_file_is_pruned(tmp_path, capsys):
+    w = np.random.default_rng(1).standard_normal((768, 512)).astype(np.float32)
+    path = tmp_path / "w.npy"
+    np.save(path, w)
+    code, out, _ = run(
+        capsys,
+        "simulate",
+        *SMALL,
+        "--pattern",
+        "tw",
+        "--sparsity",
+        "0.5",
+        "--weights",
+        str(path),
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_tile_warps_stages_and_policy_reach_the_kernel(capsys):
+    code, out, _ = run(
+        capsys,
+        "simulate",
+        *SMALL,
+        "--pattern",
+        "tw",
+        "--sparsity",
+        "0.75",
+        "--tile",
+        "64x64x32",
+        "--warps",
+        "2",
+        "--stages",
+        "4",
+        "--policy",
+        "longest-first",
+        "--json",
+    )
+    data = json.loads(out)
+    assert code == 0 and data["config"] == "64x64x32s4w2" and data["policy"] == "longest-first"
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--hw", "b200"], "--hw"),
+        (["--set", "sm_cnt=4"], "--set"),
+        (["--set", "sm_count=abc"], "sm_count"),
+        (["--set", "dram_efficiency=2"], "dram_efficiency"),
+        (["--set", "sm_count"], "--set"),
+        (["--shape", "4096,3072"], "--shape"),
+        (["--shape", "0,3072,768"], "--shape"),
+        (["--shape", "a,b,c"], "--shape"),
+        (["--sparsity", "1.5"], "--sparsity"),
+        (["--policy", "random"], "--policy"),
+        (["--pattern", "xw"], "--pattern"),
+        (["--tile", "128x128"], "--tile"),
+        (["--tile", "128x128x64", "--stages", "4", "--hw", "rtx3090"], "shared memory"),
+        (["--tile", "256x256x32"], "registers"),
+        (["--warps", "3"], "--warps"),
+        (["--manifest", "missing.json"], "--manifest"),
+    ],
+)
+def test_bad_input_is_one_clear_error(capsys, extra, needle):
+    argv = [
+        "simulate",
+        "--hw",
+        "a100",
+        "--shape",
+        "512,768,512",
+        "--pattern",
+        "tw",
+        "--sparsity",
+        "0.75",
+    ]
+    # Later options win in argparse, so `extra` replaces the defaults above.
+    code, out, err = run(capsys, *argv, *extra)
+    assert code == 2 and out == ""
+    assert err.startswith("tvwsim simulate: error:") and needle in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_tile_too_big_says_by_how_much(capsys):
+    code, _, err = run(
+        capsys,
+        "simulate",
+        "--hw",
+        "rtx3090",
+        "--shape",
+        "512,768,512",
+        "--pattern",
+        "dense",
+        "--tile",
+        "128x128x64s4w4",
+    )
+    assert code == 2
+    assert "131072 B shared memory" in err and "rtx3090 allows 101376" in err
+    assert "over by 29696" in err
+
+
+def test_weights_of_the_wrong_shape_write_nothing(tmp_path, capsys):
+    path = tmp_path / "w.npy"
+    np.save(path, np.ones((512, 768), dtype=np.float32))  # K x N, not N x K
+    out_png = tmp_path / "t.png"
+    code, _, err = run(
+        capsys,
+        "timeline",
+        *SMALL,
+        "--pattern",
+        "tw",
+        "--sparsity",
+        "0.75",
+        "--weights",
+        str(path),
+        "--out",
+        str(out_png),
+    )
+    assert code == 2 and "--weights" in err and "(768, 512)" in err
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_timeline_writes_a_png(tmp_path, capsys):
+    out_png = tmp_path / "tw.png"
+    code, out, _ = run(
+        capsys,
+        "timeline",
+        *SMALL,
+        "--pattern",
+        "tw",
+        "--sparsity",
+        "0.75",
+        "--set",
+        "sm_count=16",
+        "--out",
+        str(out_png),
+    )
+    assert code == 0 and "wrote" in out
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tw.png"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--out", "picture.bmp"], "--out"),
+        (["--out", "no/such/dir/t.png"], "--out"),
+        (["--pattern", "all", "--out", "t.png"], "--pattern"),
+    ],
+)
+def test_timeline_bad_input(tmp_path, capsys, monkeypatch, extra, needle):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "timeline", *SMALL, "--pattern", "tw", "--sparsity", "0.75", *extra)
+    assert code == 2 and needle in err
+    assert list(tmp_path.iterdir()) == []
