@@ -20,6 +20,7 @@ from kernels.errors import InputError
 # Modules that define `register(subparsers)`. Order is the order of `tvwsim --help`.
 COMMAND_MODULES: list[str] = [
     "kernels.commands",
+    "kernels.kernel_commands",
     "sim.hw_commands",
     "validate.weight_commands",
     "sim.commands",

@@ -1,0 +1,607 @@
+"""Build the CUDA kernels with nvcc and record what each one costs the SM.
+
+One cubin per (pattern, KernelConfig, arch), named `<pattern>-<config>-<arch>.cubin`
+(`tvw-128x128x64s3w4-sm_90.cubin`). The config becomes compile-time constants
+(`-DBM -DBN -DBK -DWARPS -DSTAGES`), so the kernel that runs is exactly the
+`KernelConfig` the simulator models. ptxas reports, per kernel, the registers, shared
+memory, stack frame and spill bytes (`-Xptxas -v`); they go into `manifest.json`, from
+which the simulator takes occupancy (how many CTAs fit on an SM) instead of guessing:
+
+    {"schema": 1, "nvcc": "<last line of nvcc --version>",
+     "kernels": [{"pattern": "tvw", "config": "128x128x64s3w4", "arch": "sm_90",
+                  "cubin": "tvw-128x128x64s3w4-sm_90.cubin", "function": "tvw_gemm",
+                  "registers": 248, "shared_static_bytes": 0,
+                  "shared_dynamic_bytes": 76800, "stack_frame_bytes": 0,
+                  "spill_store_bytes": 0, "spill_load_bytes": 0}, ...]}
+
+`shared_dynamic_bytes` is what the launch must request: the pipeline's
+`stages * (weight stage + activation stage)` bytes (= `KernelConfig.smem_bytes`) or the
+epilogue's staging tile if that is larger. The kernel sources check the same figure with a
+`static_assert`, so the manifest cannot drift from the code.
+
+Builds run nvcc jobs in parallel, write into a temporary directory inside the output
+directory and move each finished cubin into place with `os.replace`, so an interrupted
+build never leaves a half-written cubin; the manifest is written last, the same way.
+
+The SASS helpers at the end (`find_cuda_tool`, `dump_sass`, `sass_opcodes`,
+`resource_usage`) read cubins with `cuobjdump` from the `nvidia-cuda-cuobjdump` PyPI
+package, so the build can be checked on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kernels.config import KernelConfig
+from kernels.errors import InputError
+
+CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+"""Where the kernel sources live (package data)."""
+
+DEFAULT_OUT = Path("build") / "kernels"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA = 1
+
+ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
+"""Architectures built by default: Ampere (A100, RTX 30xx) and Hopper (H100). An sm_80
+cubin does not load on sm_90, so each GPU gets its own native build."""
+
+PATTERNS: tuple[str, ...] = ("dense", "tw", "bw", "vw", "tvw")
+"""Patterns with a tensor-core kernel (ew runs on cuSPARSE, not here)."""
+
+KERNEL_FUNCTIONS: dict[str, str] = {p: f"{p}_gemm" for p in PATTERNS}
+"""The extern "C" entry point of each pattern's cubin."""
+
+FINALIZE_FUNCTION = "finalize_rows"
+"""Second entry point of every pattern cubin: split-K conversion and zero rows."""
+
+PROBE_SOURCE = "mma_sp_probe.cu"
+PROBE_FUNCTIONS: tuple[str, ...] = ("mma_sp_probe", "mma_probe")
+
+SPARSE_PATTERNS = frozenset({"vw", "tvw"})
+
+
+def _dense(bm: int, bn: int, bk: int, stages: int, warps: int = 4) -> KernelConfig:
+    return KernelConfig(bm=bm, bn=bn, bk=bk, stages=stages, warps=warps, mma="dense")
+
+
+def _sparse(bm: int, bn: int, bk: int, stages: int, warps: int = 4) -> KernelConfig:
+    return KernelConfig(bm=bm, bn=bn, bk=bk, stages=stages, warps=warps, mma="sparse")
+
+
+# The shipped variants. 128 x 128 tiles with 4 warps of 64 x 64 are the workhorse (the
+# authors' CUTLASS tile); 4 stages hide more latency where shared memory allows; 128 x 64
+# halves the token side for small M (fewer idle tokens in the last activation block);
+# G = 64 tiles for tw/tvw are the finer tile width the pruning study also uses. Sparse
+# stages are 64 logical K deep: one metadata word per lane covers 16 rows x 64 K.
+VARIANTS: dict[str, list[KernelConfig]] = {
+    "dense": [_dense(128, 128, 32, 3), _dense(128, 128, 32, 4), _dense(128, 64, 32, 3)],
+    "tw": [
+        _dense(128, 128, 32, 3),
+        _dense(128, 128, 32, 4),
+        _dense(128, 64, 32, 3),
+        _dense(64, 128, 32, 3),
+    ],
+    "bw": [_dense(128, 128, 32, 3), _dense(128, 128, 32, 4), _dense(128, 64, 32, 3)],
+    "vw": [_sparse(128, 128, 64, 3), _sparse(128, 128, 64, 4), _sparse(128, 64, 64, 3)],
+    "tvw": [
+        _sparse(128, 128, 64, 3),
+        _sparse(128, 128, 64, 4),
+        _sparse(128, 64, 64, 3),
+        _sparse(64, 128, 64, 3),
+    ],
+}
+
+NVCC_MISSING = (
+    "not found: install the CUDA toolkit (nvcc 12.5+ for mma.sp::ordered_metadata) "
+    "or put it on PATH"
+)
+MIN_NVCC = (12, 5)
+
+
+class BuildError(RuntimeError):
+    """nvcc or ptxas rejected a kernel; the message carries the compiler's output."""
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """What ptxas reported for one entry point (`-Xptxas -v`)."""
+
+    registers: int
+    """Registers per thread."""
+    shared_static_bytes: int
+    """Statically declared shared memory (ours is all dynamic, so 0)."""
+    stack_frame_bytes: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+
+
+@dataclass(frozen=True)
+class BuiltKernel:
+    """One manifest entry: a compiled GEMM kernel and its per-CTA resources."""
+
+    pattern: str
+    config: str
+    """`KernelConfig.name`, e.g. '128x128x64s3w4'."""
+    arch: str
+    cubin: str
+    """File name inside the build directory."""
+    function: str
+    registers: int
+    shared_static_bytes: int
+    shared_dynamic_bytes: int
+    """Dynamic shared memory the launch requests."""
+    stack_frame_bytes: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# -- shapes the kernels derive from a config ------------------------------------------
+def kernel_smem_bytes(config: KernelConfig) -> int:
+    """Dynamic shared memory of a kernel built from `config` (mirrors `StageLayout`).
+
+    Pipeline: `stages` x (A tile + metadata + B tile), with the A tile `bm x bk` fp16
+    (`bm x bk/2` when sparse) and metadata `bm/16 x bk/64` blocks of 128 bytes; this is
+    `KernelConfig.smem_bytes`. The epilogue reuses that memory for a `bm x (bn + 8)` fp16
+    staging tile and needs more only for very shallow pipelines.
+    """
+    sparse = config.mma == "sparse"
+    a_bytes = config.bm * (config.bk // 2 if sparse else config.bk) * 2
+    e_bytes = (config.bm // 16) * (config.bk // 64) * 128 if sparse else 0
+    b_bytes = config.bk * config.bn * 2
+    pipeline = config.stages * (a_bytes + e_bytes + b_bytes)
+    epilogue = config.bm * (config.bn + 8) * 2
+    return max(pipeline, epilogue)
+
+
+def cubin_name(pattern: str, config: KernelConfig, arch: str) -> str:
+    return f"{pattern}-{config.name}-{arch}.cubin"
+
+
+def probe_cubin_name(arch: str) -> str:
+    return f"mma_sp_probe-{arch}.cubin"
+
+
+def check_pattern_config(pattern: str, config: KernelConfig) -> None:
+    """Raise InputError unless a `pattern` kernel can be built from `config`."""
+    if pattern not in KERNEL_FUNCTIONS:
+        raise InputError(
+            "pattern", f"got {pattern!r}; kernels exist for: {', '.join(KERNEL_FUNCTIONS)}"
+        )
+    want = "sparse" if pattern in SPARSE_PATTERNS else "dense"
+    if config.mma != want:
+        raise InputError(
+            "config", f"{pattern} kernels need mma={want!r}, got {config.mma!r} ({config.name})"
+        )
+    if config.dtype != "fp16":
+        raise InputError("config", f"kernels are fp16 only, got {config.dtype!r}")
+    # Warp grid: some power-of-two split of the warps must give 16-row, 16-token tiles.
+    fits = False
+    wm = 1
+    while wm <= config.warps:
+        wn = config.warps // wm
+        if config.bm % (16 * wm) == 0 and config.bn % (16 * wn) == 0:
+            fits = True
+        wm *= 2
+    if not fits:
+        raise InputError(
+            "config",
+            f"{config.name}: no split of {config.warps} warps gives warp tiles that are "
+            "multiples of 16 x 16; use fewer warps or a larger tile",
+        )
+    chunks = config.bn // 8
+    if chunks & (chunks - 1) and chunks % 8:
+        raise InputError("config", f"{config.name}: bn/8 must be a power of two or a multiple of 8")
+
+
+def parse_arch_list(text: str) -> list[str]:
+    """'sm_80,sm_90' -> ['sm_80', 'sm_90'] (validated)."""
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    if not archs:
+        raise InputError("--arch", "empty; give e.g. sm_80,sm_90")
+    for arch in archs:
+        m = re.fullmatch(r"sm_(\d+)a?", arch)
+        if not m or int(m.group(1)) < 80:
+            raise InputError(
+                "--arch",
+                f"got {arch!r}; kernels need sm_80 or newer (cp.async, mma.sp), e.g. sm_80,sm_90",
+            )
+    return archs
+
+
+# -- nvcc -------------------------------------------------------------------------------
+CUDA_ROOTS: tuple[str, ...] = ("/usr/local/cuda",)
+"""Where nvcc is looked for after PATH, $CUDA_HOME and $CUDA_PATH."""
+
+
+def find_nvcc() -> str:
+    """Path of nvcc: PATH first, then $CUDA_HOME/bin, $CUDA_PATH/bin, CUDA_ROOTS."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    roots = (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), *CUDA_ROOTS)
+    for root in roots:
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return str(Path(root) / "bin" / "nvcc")
+    raise InputError("nvcc", NVCC_MISSING)
+
+
+def nvcc_version(nvcc: str | None = None) -> str:
+    """The last line of `nvcc --version`, e.g. 'Build cuda_13.0.r13.0/compiler.36424714_0'."""
+    nvcc = nvcc or find_nvcc()
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    if out.returncode != 0 or not lines:
+        raise BuildError(f"{nvcc} --version failed: {out.stderr.strip()}")
+    release = re.search(r"release (\d+)\.(\d+)", out.stdout)
+    if release and tuple(int(x) for x in release.groups()) < MIN_NVCC:
+        raise InputError(
+            "nvcc",
+            f"release {release.group(1)}.{release.group(2)} is too old: "
+            "mma.sp::ordered_metadata needs nvcc 12.5 or newer",
+        )
+    return lines[-1]
+
+
+def config_defines(config: KernelConfig) -> list[str]:
+    """The -D flags that make a kernel source into the `config` variant."""
+    return [
+        f"-DBM={config.bm}",
+        f"-DBN={config.bn}",
+        f"-DBK={config.bk}",
+        f"-DWARPS={config.warps}",
+        f"-DSTAGES={config.stages}",
+        f"-DTVW_SMEM_BYTES={kernel_smem_bytes(config)}",
+    ]
+
+
+def nvcc_command(
+    nvcc: str, source: Path, arch: str, out: Path, defines: Iterable[str] = ()
+) -> list[str]:
+    return [
+        nvcc,
+        "-cubin",
+        f"-arch={arch}",
+        "-O3",
+        "-std=c++17",
+        "-Xptxas",
+        "-v",
+        *defines,
+        f"-I{CUDA_DIR}",
+        "-o",
+        str(out),
+        str(source),
+    ]
+
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '([^']+)'")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas(text: str) -> dict[str, KernelResources]:
+    """Per-function resources from `ptxas -v` output (the stderr of `nvcc -Xptxas -v`)."""
+    result: dict[str, KernelResources] = {}
+    # Each entry function's report runs from its "Compiling entry function" line to the
+    # next one; inside it, "N bytes stack frame ..." and "Used N registers ..." lines.
+    starts = list(_ENTRY.finditer(text))
+    for i, m in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        block = text[m.end() : end]
+        frame = _FRAME.search(block)
+        used = _USED.search(block)
+        if not frame or not used:
+            raise BuildError(f"could not read ptxas resources of {m.group(1)}:\n{block}")
+        smem = _SMEM.search(block[used.start() :].splitlines()[0])
+        result[m.group(1)] = KernelResources(
+            registers=int(used.group(1)),
+            shared_static_bytes=int(smem.group(1)) if smem else 0,
+            stack_frame_bytes=int(frame.group(1)),
+            spill_store_bytes=int(frame.group(2)),
+            spill_load_bytes=int(frame.group(3)),
+        )
+    return result
+
+
+def _run_nvcc(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-30:])
+        raise BuildError(f"nvcc failed ({' '.join(cmd[1:4])} ... {cmd[-1]}):\n{tail}")
+    return proc.stderr + proc.stdout
+
+
+def compile_kernel(
+    pattern: str, config: KernelConfig, arch: str, out_dir: Path, nvcc: str | None = None
+) -> BuiltKernel:
+    """Compile one variant into `out_dir` and return its manifest entry.
+
+    The cubin is written directly by nvcc; callers that need atomicity pass a temporary
+    `out_dir` (as `build` does).
+    """
+    check_pattern_config(pattern, config)
+    nvcc = nvcc or find_nvcc()
+    name = cubin_name(pattern, config, arch)
+    cmd = nvcc_command(
+        nvcc, CUDA_DIR / f"{pattern}.cu", arch, Path(out_dir) / name, config_defines(config)
+    )
+    report = parse_ptxas(_run_nvcc(cmd))
+    function = KERNEL_FUNCTIONS[pattern]
+    if function not in report:
+        raise BuildError(f"ptxas reported no entry {function!r} for {name}")
+    res = report[function]
+    return BuiltKernel(
+        pattern=pattern,
+        config=config.name,
+        arch=arch,
+        cubin=name,
+        function=function,
+        registers=res.registers,
+        shared_static_bytes=res.shared_static_bytes,
+        shared_dynamic_bytes=kernel_smem_bytes(config),
+        stack_frame_bytes=res.stack_frame_bytes,
+        spill_store_bytes=res.spill_store_bytes,
+        spill_load_bytes=res.spill_load_bytes,
+    )
+
+
+def compile_probe(arch: str, out_dir: Path, nvcc: str | None = None) -> dict[str, KernelResources]:
+    """Compile the one-warp mma / mma.sp probe kernels (no config)."""
+    nvcc = nvcc or find_nvcc()
+    cmd = nvcc_command(nvcc, CUDA_DIR / PROBE_SOURCE, arch, Path(out_dir) / probe_cubin_name(arch))
+    return parse_ptxas(_run_nvcc(cmd))
+
+
+# -- the whole build --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Manifest:
+    """The build's record: nvcc version and one `BuiltKernel` per cubin."""
+
+    nvcc: str
+    kernels: tuple[BuiltKernel, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "nvcc": self.nvcc,
+            "kernels": [k.to_json() for k in self.kernels],
+        }
+
+    def find(self, pattern: str, config: str, arch: str) -> BuiltKernel | None:
+        for k in self.kernels:
+            if (k.pattern, k.config, k.arch) == (pattern, config, arch):
+                return k
+        return None
+
+
+def load_manifest(path: Path | str) -> Manifest:
+    """Read a manifest written by `build` (InputError if it is not one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(
+            "manifest", f"{path} does not exist; run `tvwsim kernels build` first"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise InputError("manifest", f"{path} is not JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
+        raise InputError("manifest", f"{path}: expected schema {MANIFEST_SCHEMA}")
+    fields = set(BuiltKernel.__dataclass_fields__)
+    kernels = []
+    for entry in data.get("kernels", []):
+        if not isinstance(entry, dict) or set(entry) != fields:
+            raise InputError("manifest", f"{path}: malformed kernel entry {entry!r}")
+        kernels.append(BuiltKernel(**entry))
+    return Manifest(nvcc=str(data.get("nvcc", "")), kernels=tuple(kernels))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def selected_variants(
+    patterns: Iterable[str] | None = None, configs: Iterable[str] | None = None
+) -> list[tuple[str, KernelConfig]]:
+    """(pattern, config) pairs of VARIANTS, optionally filtered by pattern / config name."""
+    pats = list(patterns) if patterns else list(VARIANTS)
+    for p in pats:
+        if p not in VARIANTS:
+            raise InputError("--pattern", f"got {p!r}; kernels exist for: {', '.join(VARIANTS)}")
+    names = set(configs) if configs else None
+    chosen = [(p, c) for p in pats for c in VARIANTS[p] if names is None or c.name in names]
+    if not chosen:
+        raise InputError("--config", f"no shipped variant matches {sorted(names or [])}")
+    return chosen
+
+
+def build(
+    archs: Iterable[str] = ARCHS,
+    out_dir: Path | str = DEFAULT_OUT,
+    *,
+    variants: list[tuple[str, KernelConfig]] | None = None,
+    jobs: int | None = None,
+    probe: bool = True,
+    progress: Callable[[str], None] | None = print,
+) -> Manifest:
+    """Compile `variants` (default: every shipped variant) for each arch into `out_dir`.
+
+    Returns the manifest that was written to `out_dir/manifest.json`. Entries from an
+    earlier build with the same nvcc whose cubins are still present are kept, so building
+    sm_80 and sm_90 in two calls yields one manifest.
+    """
+    archs = list(archs)
+    for arch in archs:
+        parse_arch_list(arch)
+    variants = variants if variants is not None else selected_variants()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    nvcc = find_nvcc()
+    version = nvcc_version(nvcc)
+    jobs = max(1, jobs or os.cpu_count() or 1)
+
+    jobs_list: list[tuple[str, KernelConfig | None, str]] = [
+        (p, c, a) for a in archs for (p, c) in variants
+    ]
+    if probe:
+        jobs_list += [("probe", None, a) for a in archs]
+    total = len(jobs_list)
+    built: list[BuiltKernel] = []
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out))
+    try:
+
+        def one(job: tuple[str, KernelConfig | None, str]) -> tuple[str, BuiltKernel | None]:
+            pattern, config, arch = job
+            start = time.perf_counter()
+            if config is None:
+                res = compile_probe(arch, tmp, nvcc)
+                name = probe_cubin_name(arch)
+                os.replace(tmp / name, out / name)
+                regs = max(r.registers for r in res.values())
+                return f"probe {arch}: {regs} regs ({time.perf_counter() - start:.1f} s)", None
+            k = compile_kernel(pattern, config, arch, tmp, nvcc)
+            os.replace(tmp / k.cubin, out / k.cubin)
+            spill = k.spill_store_bytes + k.spill_load_bytes
+            line = (
+                f"{pattern} {k.config} {arch}: {k.registers} regs, "
+                f"{k.shared_dynamic_bytes} B smem, {spill} B spill "
+                f"({time.perf_counter() - start:.1f} s)"
+            )
+            return line, k
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(one, job) for job in jobs_list]
+            try:
+                for done, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+                    line, k = fut.result()
+                    if k is not None:
+                        built.append(k)
+                    if progress:
+                        progress(f"[{done:>{len(str(total))}}/{total}] {line}")
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    keys = {(k.pattern, k.config, k.arch) for k in built}
+    kept: list[BuiltKernel] = []
+    manifest_path = out / MANIFEST_NAME
+    if manifest_path.exists():
+        try:
+            old = load_manifest(manifest_path)
+        except InputError:
+            old = None
+        if old is not None and old.nvcc == version:
+            kept = [
+                k
+                for k in old.kernels
+                if (k.pattern, k.config, k.arch) not in keys and (out / k.cubin).exists()
+            ]
+    entries = sorted(kept + built, key=lambda k: (k.pattern, k.config, k.arch))
+    manifest = Manifest(nvcc=version, kernels=tuple(entries))
+    _write_atomic(manifest_path, json.dumps(manifest.to_json(), indent=1) + "\n")
+    return manifest
+
+
+# -- reading cubins without a GPU ----------------------------------------------------------
+_TOOL_PACKAGES = {"cuobjdump": "nvidia-cuda-cuobjdump", "nvdisasm": "nvidia-cuda-nvdisasm"}
+
+
+def find_cuda_tool(name: str) -> str:
+    """Path of `cuobjdump` or `nvdisasm`: from its PyPI package if installed, else PATH."""
+    dist = _TOOL_PACKAGES.get(name)
+    if dist:
+        try:
+            files = importlib.metadata.files(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            files = []
+        for f in files:
+            if f.name == name and f.parent.name == "bin":
+                path = Path(str(f.locate()))
+                if path.is_file() and os.access(path, os.X_OK):
+                    return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise InputError(
+        name, f"not found: pip install {dist or name} (part of the test extra) or install CUDA"
+    )
+
+
+def dump_sass(cubin: Path | str) -> str:
+    """`cuobjdump --dump-sass` of a cubin."""
+    proc = subprocess.run(
+        [find_cuda_tool("cuobjdump"), "--dump-sass", str(cubin)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BuildError(f"cuobjdump failed on {cubin}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+_FUNC_HDR = re.compile(r"Function\s*:\s*(\S+)")
+_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+
+
+def sass_opcodes(cubin: Path | str) -> dict[str, Counter]:
+    """Per function, how often each SASS opcode (with modifiers) occurs."""
+    result: dict[str, Counter] = {}
+    current: Counter | None = None
+    for line in dump_sass(cubin).splitlines():
+        hdr = _FUNC_HDR.search(line)
+        if hdr:
+            current = result.setdefault(hdr.group(1), Counter())
+            continue
+        m = _OPCODE.search(line)
+        if m and current is not None:
+            current[m.group(1)] += 1
+    return result
+
+
+_RES_LINE = re.compile(r"Function\s+([^:\s]+)\s*:\s*\n\s*(.*)")
+
+
+def resource_usage(cubin: Path | str) -> dict[str, dict[str, int]]:
+    """`cuobjdump --dump-resource-usage`: per function REG, STACK, SHARED, LOCAL, ..."""
+    proc = subprocess.run(
+        [find_cuda_tool("cuobjdump"), "--dump-resource-usage", str(cubin)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BuildError(f"cuobjdump failed on {cubin}: {proc.stderr.strip()}")
+    result: dict[str, dict[str, int]] = {}
+    for m in _RES_LINE.finditer(proc.stdout):
+        fields = dict(re.findall(r"([A-Z_\[\]0-9]+):(\d+)", m.group(2)))
+        result[m.group(1)] = {k: int(v) for k, v in fields.items()}
+    return result
