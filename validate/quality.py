@@ -316,15 +316,18 @@ def quality_table(
     speedup_fn: SpeedupFn | None = None,
     progress: Callable[[str], None] | None = None,
     shape: BertShape = MINILM,
+    dense: np.ndarray | None = None,
 ) -> list[QualityRow]:
     """Dense row first, then one row per (pattern, sparsity) case.
 
     `speedup_fn` is the simulator's hook (see SpeedupFn); None leaves the column empty.
+    `dense`: the dense embeddings if already computed (saves one forward pass).
     """
     from validate.real_weights import minilm_gemm_layers
 
     tokens = int(np.asarray(attention_mask).sum())
-    dense = encode(tensors, input_ids, attention_mask, shape=shape)
+    if dense is None:
+        dense = encode(tensors, input_ids, attention_mask, shape=shape)
     gemms = minilm_gemm_layers(tensors)
     total_weights = sum(g.weight.size for g in gemms)
     total_importance = sum(float(np.abs(g.weight).sum(dtype=np.float64)) for g in gemms)

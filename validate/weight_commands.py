@@ -184,6 +184,7 @@ def run_quality(args: argparse.Namespace) -> int:
         sentences, minilm_tokenizer_json(cache_dir=cache, download=download)
     )
     cases = quality.quality_cases(patterns, sparsities)
+    dense = quality.encode(tensors, ids, mask)
     rows = quality.quality_table(
         tensors,
         ids,
@@ -192,8 +193,9 @@ def run_quality(args: argparse.Namespace) -> int:
         tile=tile,
         speedup_fn=None,  # INTEGRATION POINT: the simulator's SpeedupFn goes here
         progress=lambda text: print(f"pruning {text} ...", file=sys.stderr),
+        dense=dense,
     )
-    floor = quality.unrelated_cosine(quality.encode(tensors, ids, mask))
+    floor = quality.unrelated_cosine(dense)
     print(quality.format_table(rows))
     print(
         f"\n{len(sentences)} sentences, {int(np.sum(mask))} tokens; one-shot magnitude "
