@@ -898,8 +898,11 @@ def check_cases(quick: bool = False) -> list[CheckCase]:
     """Every shipped variant x (shape, policy) pairs that use each policy at least once.
 
     Full: each variant runs the regular shape with `natural`, the ragged shape with
-    `longest-first` and `split`, and the small shape with `split`; tw/tvw add a hand-made
-    edge layout. Quick: the first variant of each pattern only.
+    `longest-first`, `split` and `forced-split`, and the small shape with `split`; tw/tvw
+    add a hand-made edge layout. `split` cuts only tiles longer than the median, which a
+    pattern with equal tiles (dense, vw) never has; `forced-split` (natural order, every
+    task cut into up to three K pieces) makes every variant run its split-K path.
+    Quick: the first variant of each pattern only.
     """
     cases = []
     for pattern, configs in kbuild.VARIANTS.items():
@@ -908,6 +911,7 @@ def check_cases(quick: bool = False) -> list[CheckCase]:
                 (CHECK_SHAPES[0], "natural"),
                 (CHECK_SHAPES[1], "longest-first"),
                 (CHECK_SHAPES[1], "split"),
+                (CHECK_SHAPES[1], "forced-split"),
                 (CHECK_SHAPES[2], "split"),
             ]
             for j, ((m, n, k), policy) in enumerate(plan):
@@ -981,8 +985,28 @@ def make_case_inputs(case: CheckCase):
             weight, pruned.mask, case.pattern, case.config, layout=pruned.layout, block=32
         )
     x = rng.standard_normal((case.m, case.k)).astype(np.float32)
+    if case.policy == "forced-split":
+        natural = build_schedule(encoded, case.m, "natural")
+        return encoded, x, force_split(natural.tasks, case.config.bk)
     schedule = build_schedule(encoded, case.m, case.policy)
     return encoded, x, schedule
+
+
+def force_split(tasks: np.ndarray, bk: int, pieces: int = 3) -> np.ndarray:
+    """Cut every task into up to `pieces` K ranges of whole stages (a raw tasks array).
+
+    The pieces of one output tile then all add into the fp32 workspace: the split-K path
+    of a kernel runs even when no policy would split its (equal) tiles.
+    """
+    rows = []
+    for tile, block, lo, hi in np.asarray(tasks, dtype=np.int64):
+        stages = (hi - lo) // bk
+        cuts = np.unique(np.linspace(0, stages, min(pieces, max(stages, 1)) + 1).astype(int))
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            rows.append((tile, block, lo + a * bk, lo + b * bk))
+        if stages == 0:
+            rows.append((tile, block, lo, hi))
+    return np.array(rows, dtype=np.int32).reshape(-1, 4)
 
 
 def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
@@ -1007,7 +1031,9 @@ def run_check(case: CheckCase, build_dir: Path | str | None = None) -> CheckResu
     ref = matmul(x, encoded)
     err = relative_error(y, ref)
     note = "" if np.isfinite(err) else "non-finite output (unwritten or overflow)"
-    split = " (split tasks)" if getattr(schedule, "has_split_tasks", False) else ""
+    tasks = np.asarray(getattr(schedule, "tasks", schedule), dtype=np.int64)
+    whole = tile_lengths(encoded)[tasks[:, 0]]
+    split = " (split tasks)" if ((tasks[:, 2] != 0) | (tasks[:, 3] != whole)).any() else ""
     return CheckResult(
         f"{case.pattern} {case.config.name}",
         case.shape,

@@ -268,8 +268,11 @@ __device__ __forceinline__ void issue_activation_rows(uint32_t dst,
 #if BK % 64 == 0
 // Lane-ordered 2:4 metadata of one stage: (BM / 16) x (BK / 64) blocks of 32 words
 // (128 bytes = 8 chunks), copied unchanged. Block (rb, kc) of the stage comes from
-// `meta + (rb * chunks_per_row_block + kc0 + kc) * 32`; row blocks >= rb_valid are
-// zero-filled (their rows are never stored).
+// `meta + (rb * chunks_per_row_block + kc0 + kc) * 32`. Row blocks past the last stored
+// one (rb >= rb_valid, the ragged N edge of vw) copy the last stored block's words
+// instead: their values are zero-filled, so the product is zero either way, but a
+// zero-filled metadata word would name positions (0, 0), which ::ordered_metadata
+// leaves undefined. Borrowed legal words keep every mma.sp well defined.
 __device__ __forceinline__ void issue_metadata(uint32_t dst, const uint32_t* __restrict__ meta,
                                                int rb0, int rb_valid,
                                                int64_t chunks_per_row_block, int64_t kc0) {
@@ -281,11 +284,10 @@ __device__ __forceinline__ void issue_metadata(uint32_t dst, const uint32_t* __r
         const int c = P::chunk(i);
         const int rb = blk / (BK / 64);
         const int kc = blk % (BK / 64);
-        const bool ok = rb0 + rb < rb_valid;
-        const uint32_t* from =
-            ok ? meta + ((rb0 + rb) * chunks_per_row_block + kc0 + kc) * 32 + c * 4 : meta;
+        const int src_rb = rb0 + rb < rb_valid ? rb0 + rb : rb_valid - 1;
+        const uint32_t* from = meta + (src_rb * chunks_per_row_block + kc0 + kc) * 32 + c * 4;
         // No swizzle: a warp reads 32 consecutive words of one block, conflict-free.
-        cp_async_16(dst + blk * 128 + c * 16, from, ok);
+        cp_async_16(dst + blk * 128 + c * 16, from, true);
     }
 }
 
