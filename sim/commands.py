@@ -335,6 +335,7 @@ def _text_table(hw, results, m: int, n: int, k: int) -> str:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [header, fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*row) for row in rows]
+    out = [line.rstrip() for line in out]
     out.append("speedup = dense time / pattern time; TFLOP/s counts kept weights only")
     return "\n".join(out)
 

@@ -56,6 +56,7 @@ def draw_timeline(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
 
     us = 1.0 / result.clock_mhz
     sms = result.sm_count if max_sms is None else min(max_sms, result.sm_count)
@@ -71,8 +72,8 @@ def draw_timeline(
     k_len = None
     if schedule is not None:
         k_len = np.asarray(schedule.work.k_lengths, dtype=float)
-    cmap = colormaps["tab20"]
-    base = np.array([cmap(t % 20)[:3] for t in range(n_tiles)])
+    cmap = colormaps["tab10"]
+    base = np.array([cmap(t % 10)[:3] for t in range(n_tiles)])
     if k_len is not None and k_len.size and k_len.max() > 0:
         weight = 0.35 + 0.65 * (k_len / k_len.max())
         colours = 1.0 - (1.0 - base) * weight[:, None]
@@ -99,6 +100,8 @@ def draw_timeline(
         if result.tail_share > 0.005:
             axis.axvline(tail, color="black", linestyle="--", linewidth=0.8)
     ax.set_ylim(sms, 0)
+    # Whole SM numbers only: a row's slots sit between two ticks.
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, end * 1.01 if end > 0 else 1)
     ax.set_ylabel(f"SM (each row: {slots} resident slot{'s' if slots > 1 else ''})")
     ax.set_xlabel("time since launch, microseconds (launch overhead not drawn)")
