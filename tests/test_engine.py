@@ -29,6 +29,15 @@ from sim.result import name_bottleneck
 from sim.schedule import build_schedule, schedule_for_shape
 
 BIG_TILE = KernelConfig.from_name("256x128x64s3w8")
+
+
+@pytest.fixture(autouse=True)
+def _no_local_kernel_manifest(tmp_path, monkeypatch):
+    """Run where no build/kernels/manifest.json exists, so every test sees the same
+    (estimated) registers and shared memory whether or not kernels were built here."""
+    monkeypatch.chdir(tmp_path)
+
+
 SMALL_M_TILE = KernelConfig.from_name("64x16x64s4w4")
 
 

@@ -12,6 +12,13 @@ from tvwsim.cli import main
 SMALL = ["--hw", "a100", "--shape", "512,768,512"]
 
 
+@pytest.fixture(autouse=True)
+def _no_local_kernel_manifest(tmp_path, monkeypatch):
+    """Run where no build/kernels/manifest.json exists, so every test sees the same
+    (estimated) registers and shared memory whether or not kernels were built here."""
+    monkeypatch.chdir(tmp_path)
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     out = capsys.readouterr()
