@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "sim.hw_commands",
     "validate.weight_commands",
     "sim.commands",
+    "validate.commands",
     # "sim.commands" (simulate, hw, timeline), ...
 ]
 
