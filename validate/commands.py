@@ -270,7 +270,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print(f"calibrated {base.name} on {cal.device_name}: {cal.fit.n_rows} training rows")
         print(f"  {'parameter':<24}{'base':>10}{'fitted':>12}{'std err':>10}")
         for p in cal.fit.parameters:
-            err = "-" if p.rel_std_error is None else f"{100 * p.rel_std_error:.1f}%"
+            err = "-" if p.rel_std_error is None else f"{100 * p.rel_std_error:.2g}%"
             flag = "  at bound" if p.at_bound else ""
             print(f"  {p.name:<24}{p.initial:>10.4g}{p.value:>12.4g}{err:>10}{flag}")
         print(

@@ -391,7 +391,9 @@ def write_plots(c: Comparison, directory: str | Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.patches
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -423,12 +425,19 @@ def write_plots(c: Comparison, directory: str | Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    # Plain numbers on the log axes ("20", not "2 x 10^1"): microseconds are read, not computed.
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
+        axis.set_tick_params(which="minor", labelsize=7)
     ax.set_aspect("equal")
     ax.set_xlabel("measured kernel time (us)")
     ax.set_ylabel(f"simulated kernel time on {c.hardware} (us)")
     rho = _num(c.spearman, ".2f")
+    which = "held-out shapes" if c.rows == "held-out" else "all rows"
     ax.set_title(
-        f"{c.n} {c.rows} kernels on {c.device}\ntime MAPE {_pct(c.time_mape)}, Spearman {rho}",
+        f"{c.n} kernels ({which}) on {c.device}\ntime MAPE {_pct(c.time_mape)}, Spearman {rho}",
         fontsize=10,
     )
     ax.grid(True, which="both", color="0.85", lw=0.5)
@@ -456,19 +465,29 @@ def write_plots(c: Comparison, directory: str | Path) -> list[Path]:
             ax.text(xi - 0.2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
         for xi, value in zip(x, gm_sim, strict=True):
             ax.text(xi + 0.2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+        # Legend in neutral grey: the colour is the pattern, the hatching the source.
+        ax.legend(
+            handles=[
+                matplotlib.patches.Patch(facecolor="0.35", label="measured"),
+                matplotlib.patches.Patch(
+                    facecolor="0.35", alpha=0.45, hatch="//", label="simulated"
+                ),
+            ],
+            fontsize=8,
+        )
         ax.set_xticks(x)
         ax.set_xticklabels(
             [f"{pat}\n{s:.4g}\n(n={len(groups[(pat, s)])})" for pat, s in keys], fontsize=8
         )
-        ax.legend(fontsize=8)
     else:
         ax.text(
             0.5, 0.5, "no sparse rows with a dense reference", ha="center", transform=ax.transAxes
         )
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_ylabel("speedup over our dense kernel (x)")
+    which = "held-out shapes" if c.rows == "held-out" else "all rows"
     ax.set_title(
-        f"speedup per pattern and sparsity (geometric mean), {c.rows} rows\n"
+        f"speedup per pattern and sparsity (geometric mean), {which}\n"
         f"measured on {c.device} (solid) vs simulated on {c.hardware} (hatched)",
         fontsize=10,
     )
