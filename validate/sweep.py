@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -613,13 +614,14 @@ def build_row(
 
 
 class _Progress:
-    """tqdm when installed (points done, rate, time left), else one line per point."""
+    """A tqdm bar on a terminal (points done, rate, time left); one line per point when
+    tqdm is missing or the output is a log file (a bar's carriage returns garble logs)."""
 
     def __init__(self, total: int, enabled: bool, desc: str):
         self.bar = None
         self.total, self.done, self.enabled = total, 0, enabled
         self.start = time.monotonic()
-        if not enabled:
+        if not enabled or not sys.stderr.isatty():
             return
         try:
             from tqdm import tqdm
