@@ -569,3 +569,30 @@ def test_rows_round_trip_through_json_unchanged(tmp_path):
     run_sweep(small_points()[:3], FakeExecutor(), out, progress=False)
     lines = Path(out).read_text().splitlines()
     assert all(json.loads(line)["schema"] == 1 for line in lines)
+
+
+def test_vendor_baselines_compute_the_same_product_where_torch_exists():
+    """Runs where torch is installed (the GPU machine has it; the CI image need not): the
+    baseline closures on the CPU device compute YT = W @ XT, fall back to fp32 where a
+    library lacks fp16, and turn a missing library into a skipped point."""
+    torch = pytest.importorskip("torch")
+    from validate.baselines import TorchBaselines
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 128)).astype(np.float16)
+    w = rng.standard_normal((64, 128)).astype(np.float16)
+    w[:, 1::2] = 0  # 2:4 along K, and whole zero 32 x 32 blocks below
+    w[:32, :32] = 0
+    baselines = TorchBaselines(torch, device="cpu")
+    ran = 0
+    for implementation in BASELINES:
+        try:
+            prepared = baselines.prepare(implementation, x, w, block=32)
+        except PointSkipped as why:
+            assert implementation == "cusparselt", why  # the CPU build has no cuSPARSELt
+            continue
+        err, checked = check_baseline_output(prepared.run(), x, w)
+        assert err < REL_TOLERANCE and checked == 40
+        assert prepared.info["dtype"] in ("fp16", "fp32")
+        ran += 1
+    assert ran >= 3
