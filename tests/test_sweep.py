@@ -50,7 +50,8 @@ class FakeExecutor:
     def __init__(self, *, fail=(), skip=(), wrong=(), interrupt_after=None):
         self.measured: list[str] = []
         self.clock_reads = 0
-        self.fail, self.skip, self.wrong = set(fail), set(skip), set(wrong)
+        self.fail, self.skip = set(fail), set(skip)
+        self.wrong = wrong if isinstance(wrong, dict) else dict.fromkeys(wrong, 0.5)
         self.interrupt_after = interrupt_after
 
     def device_info(self) -> dict:
@@ -73,7 +74,7 @@ class FakeExecutor:
         return Measurement(
             kernel=f"{point.pattern}_gemm",
             times_us=times,
-            max_rel_error=0.5 if point.key in self.wrong else 1e-4,
+            max_rel_error=self.wrong.get(point.key, 1e-4),
             achieved_sparsity=point.sparsity,
             schedule_digest="d" * 64 if point.implementation == "tvwsim" else None,
             resources={"registers": 128, "smem_bytes": 49152, "threads": 128},
@@ -317,6 +318,14 @@ def test_skipped_failed_and_wrong_points(tmp_path):
     rows = {r["point"]: r for r in read_measurements(out)}
     assert keys[1] not in rows and keys[2] not in rows  # left for a later run
     assert rows[keys[3]]["correct"] is False and rows[keys[3]]["max_rel_error"] == 0.5
+    # A non-finite output: JSON has no infinity, so the row says so another way.
+    nan_key = keys[5]
+    out2 = tmp_path / "nan.jsonl"
+    run_sweep(points[5:6], FakeExecutor(wrong={nan_key: float("inf")}), out2, progress=False)
+    assert "Infinity" not in out2.read_text()
+    (row,) = read_measurements(out2)
+    assert row["max_rel_error"] is None and row["correct"] is False
+    assert row["extra"]["non_finite_output"] is True
     # The later run retries exactly the two that did not produce a row.
     again = FakeExecutor()
     run_sweep(points, again, out, timing=TimingPlan(0, 20), progress=False)

@@ -576,6 +576,9 @@ def build_row(
 
     times = [float(t) for t in measurement.times_us]
     err = measurement.max_rel_error
+    extra = dict(measurement.extra)
+    if err is not None and not math.isfinite(err):
+        extra["non_finite_output"] = True
     return {
         "schema": SCHEMA_VERSION,
         "point": point.key,
@@ -606,10 +609,12 @@ def build_row(
         "timing": dict(measurement.timing),
         "times_us": times,
         "median_us": float(np.median(times)) if times else 0.0,
-        "max_rel_error": None if err is None else float(err),
+        # JSON has no infinity: a non-finite output (an element no kernel wrote, or an
+        # overflow) is recorded as no error value, correct = false and a flag.
+        "max_rel_error": None if err is None or not math.isfinite(err) else float(err),
         "tolerance": REL_TOLERANCE,
         "correct": None if err is None else bool(err <= REL_TOLERANCE),
-        "extra": dict(measurement.extra),
+        "extra": extra,
     }
 
 
@@ -738,7 +743,7 @@ def run_sweep(
                 if row["correct"] is False:
                     incorrect += 1
                     bar.write(
-                        f"WRONG RESULT {point.key}: max rel error {row['max_rel_error']:.3g} "
+                        f"WRONG RESULT {point.key}: max rel error {result.max_rel_error:.3g} "
                         f"> {REL_TOLERANCE:g} (row kept with correct=false)"
                     )
                 point_times.append(clock() - t0)
