@@ -336,3 +336,15 @@ def test_scaled_hardware_keeps_the_per_sm_balance():
     for name in ("l2_bytes", "l2_bandwidth_gbps", "dram_bandwidth_gbps"):
         assert getattr(small, name) / 11 == pytest.approx(getattr(h100, name) / 132, rel=1e-6)
     assert np.isclose(small.dense_peak_tflops / 11, h100.dense_peak_tflops / 132)
+
+
+def test_worker_processes_simulate_exactly_what_one_process_does(true_hw, noisy_rows):
+    cases = [cal.row_case(r) for r in noisy_rows]
+    alone = cal.RowSimulator(cases, jobs=1)
+    spread = cal.RowSimulator(cases, jobs=3)
+    try:
+        assert spread.pool is not None
+        assert sorted(i for b in spread.bins for i in b) == list(range(len(cases)))
+        assert np.array_equal(alone(true_hw), spread(true_hw))
+    finally:
+        spread.close()

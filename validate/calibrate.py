@@ -356,18 +356,76 @@ def check_fit_names(names: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+_WORKER_CASES: Sequence[RowCase] = ()
+"""The rows a worker process simulates; inherited from the parent through fork."""
+
+
+def _simulate_rows(args: tuple[Hardware, list[int]]) -> list[float]:
+    hw, indices = args
+    return [_WORKER_CASES[i].simulate_us(hw) for i in indices]
+
+
+class RowSimulator:
+    """Simulates every row on a Hardware, in this process or in `jobs` forked workers.
+
+    A fit evaluates all rows a few hundred times (once per step, once per parameter for
+    each Jacobian), and a large GEMM takes a second to simulate, so a sweep of a few
+    hundred rows is worth spreading over the cores. The workers are forked after the
+    schedules are built, so they inherit them instead of pruning and encoding again.
+    Rows are dealt to workers largest first (by pipeline stages, the engine's unit of
+    work) onto the least loaded worker, so the workers finish together.
+    """
+
+    def __init__(self, cases: Sequence[RowCase], jobs: int = 1):
+        import multiprocessing
+
+        self.cases = list(cases)
+        self.pool = None
+        if jobs > 1 and len(self.cases) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            global _WORKER_CASES
+            _WORKER_CASES = self.cases
+            jobs = min(jobs, len(self.cases))
+            cost = [float(c.schedule.task_stages().sum()) + 1.0 for c in self.cases]
+            bins: list[list[int]] = [[] for _ in range(jobs)]
+            load = [0.0] * jobs
+            for i in sorted(range(len(cost)), key=lambda i: -cost[i]):
+                j = load.index(min(load))
+                bins[j].append(i)
+                load[j] += cost[i]
+            self.bins = bins
+            self.pool = multiprocessing.get_context("fork").Pool(jobs)
+
+    def __call__(self, hw: Hardware) -> np.ndarray:
+        if self.pool is None:
+            return np.array([c.simulate_us(hw) for c in self.cases])
+        out = np.empty(len(self.cases))
+        results = self.pool.map(_simulate_rows, [(hw, b) for b in self.bins])
+        for indices, times in zip(self.bins, results, strict=True):
+            out[indices] = times
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
 def fit_parameters(
     cases: Sequence[RowCase],
     base: Hardware,
     names: Sequence[str] = DEFAULT_FIT,
     *,
     max_nfev: int = MAX_NFEV,
+    jobs: int = 1,
     progress: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Least-squares fit of `names` so that simulated times match the measured ones.
 
-    `progress(evaluations, rms)` is called after every evaluation of all rows.
-    Raises InputError when there are fewer than len(names) + MIN_EXTRA_ROWS rows.
+    `jobs` > 1 simulates the rows of each evaluation in that many worker processes (the
+    result is identical: every simulation is deterministic). `progress(evaluations, rms)`
+    is called after every evaluation of all rows. Raises InputError when there are fewer
+    than len(names) + MIN_EXTRA_ROWS rows.
     """
     from scipy.optimize import least_squares
 
@@ -384,27 +442,29 @@ def fit_parameters(
     start = np.clip([float(getattr(base, n)) for n in names], lower, upper)
     measured = np.array([c.measured_us for c in cases])
     calls = [0]
+    evaluate = RowSimulator(cases, jobs)
 
     def residuals(logs: np.ndarray) -> np.ndarray:
-        hw = with_parameters(base, names, np.exp(logs))
-        simulated = np.array([c.simulate_us(hw) for c in cases])
-        r = np.log(simulated / measured)
+        r = np.log(evaluate(with_parameters(base, names, np.exp(logs))) / measured)
         calls[0] += 1
         if progress is not None:
             progress(calls[0], float(np.sqrt(np.mean(r**2))))
         return r
 
     x0 = np.log(start)
-    r0 = residuals(x0)
-    result = least_squares(
-        residuals,
-        x0,
-        bounds=(np.log(lower), np.log(upper)),
-        method="trf",
-        diff_step=DIFF_STEP,
-        x_scale=1.0,
-        max_nfev=max_nfev,
-    )
+    try:
+        r0 = residuals(x0)
+        result = least_squares(
+            residuals,
+            x0,
+            bounds=(np.log(lower), np.log(upper)),
+            method="trf",
+            diff_step=DIFF_STEP,
+            x_scale=1.0,
+            max_nfev=max_nfev,
+        )
+    finally:
+        evaluate.close()
     values = np.exp(result.x)
     errors = _relative_std_errors(result.jac, result.fun, len(names))
     params = []
@@ -523,6 +583,7 @@ def calibrate(
     names: Sequence[str] = DEFAULT_FIT,
     *,
     max_nfev: int = MAX_NFEV,
+    jobs: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Calibration:
     """Read the measurement files, split, rebuild schedules and fit (module docstring)."""
@@ -562,7 +623,7 @@ def calibrate(
             best[0] = rms
             progress(f"evaluation {evaluations}: rms log residual {rms:.4f} (best so far)")
 
-    fit = fit_parameters(cases, base, names, max_nfev=max_nfev, progress=report)
+    fit = fit_parameters(cases, base, names, max_nfev=max_nfev, jobs=jobs, progress=report)
     return Calibration(
         fit=fit,
         split=split,

@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "launch_overhead_us)",
     )
     c.add_argument("--max-nfev", metavar="N", help="most fit iterations (default 40)")
+    c.add_argument("--jobs", metavar="N", help="simulate rows in N processes (default: CPU count)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_calibrate)
 
@@ -233,6 +234,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise InputError("--max-nfev", f"must be an integer, got {args.max_nfev!r}") from None
         if max_nfev < 1:
             raise InputError("--max-nfev", f"must be >= 1, got {max_nfev}")
+    jobs = os.cpu_count() or 1
+    if args.jobs is not None:
+        try:
+            jobs = int(args.jobs)
+        except ValueError:
+            raise InputError("--jobs", f"must be an integer, got {args.jobs!r}") from None
+        if jobs < 1:
+            raise InputError("--jobs", f"must be >= 1, got {jobs}")
     base = load_preset(args.hw, argument="--hw")
     quiet = args.json
 
@@ -240,7 +249,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if not quiet:
             print(text, file=sys.stderr, flush=True)
 
-    cal = calibrate(args.measured, base, names, max_nfev=max_nfev, progress=progress)
+    cal = calibrate(args.measured, base, names, max_nfev=max_nfev, jobs=jobs, progress=progress)
     hw = calibrated_hardware(cal, out.stem, date=utc_now())
     header = (
         f"{out.stem}: {base.name} calibrated by tvwsim calibrate on {cal.device_name}.\n"
