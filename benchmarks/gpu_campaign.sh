@@ -13,6 +13,7 @@
 #   build.log, manifest.json                      nvcc build and its resource manifest
 #   check.log                                     `tvwsim kernels check` table
 #   <device>-<date>.jsonl                         the measurements (quick, then full)
+#   <device>-<date>.jsonl.failed.jsonl            points that crashed (skipped next time)
 #   validate.log                                  sweep progress, skipped and failed points
 #
 # Environment:
@@ -75,6 +76,9 @@ python3 -c "import numpy, numba, scipy, simpy, pycuda; print('imports ok')" \
 
 if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM" ] && [ ! -e "$MEAS" ]; then
     cp "$RESUME_FROM" "$MEAS" && note "resuming from $RESUME_FROM ($(wc -l <"$MEAS") rows)"
+    if [ -f "$RESUME_FROM.failed.jsonl" ]; then
+        cp "$RESUME_FROM.failed.jsonl" "$MEAS.failed.jsonl"
+    fi
 fi
 
 # -- 2. build the kernels for this GPU ---------------------------------------------------

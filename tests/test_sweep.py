@@ -32,9 +32,11 @@ from validate.sweep import (
     check_baseline_output,
     check_kernel_output,
     check_rows,
+    failed_log_path,
     kernel_inputs,
     load_spec,
     parse_spec,
+    read_failed_log,
     run_sweep,
     shipped_sweeps,
     time_launches,
@@ -326,10 +328,16 @@ def test_skipped_failed_and_wrong_points(tmp_path):
     (row,) = read_measurements(out2)
     assert row["max_rel_error"] is None and row["correct"] is False
     assert row["extra"]["non_finite_output"] is True
-    # The later run retries exactly the two that did not produce a row.
+    # The later run retries the skipped point; the one that raised is remembered and left
+    # alone (it may crash the GPU again) until asked for.
+    assert read_failed_log(failed_log_path(out)) == {keys[2]: "RuntimeError: illegal address"}
     again = FakeExecutor()
-    run_sweep(points, again, out, timing=TimingPlan(0, 20), progress=False)
-    assert again.measured == [keys[1], keys[2]]
+    summary = run_sweep(points, again, out, timing=TimingPlan(0, 20), progress=False)
+    assert again.measured == [keys[1]]
+    assert summary.skipped[0][0] == keys[2] and "earlier run" in summary.skipped[0][1]
+    last = FakeExecutor()
+    run_sweep(points, last, out, timing=TimingPlan(0, 20), progress=False, retry_failed=True)
+    assert last.measured == [keys[2]]
 
 
 def test_consecutive_failures_end_the_sweep(tmp_path):
@@ -341,6 +349,12 @@ def test_consecutive_failures_end_the_sweep(tmp_path):
     )
     assert summary.measured == 4 and len(summary.failed) == 3
     assert "3 points failed in a row" in summary.stopped
+    # Only the first of the streak is blamed: the others fell with the (fake) dead context.
+    assert set(read_failed_log(failed_log_path(tmp_path / "m.jsonl"))) == {keys[4]}
+    # So the next run gets past the culprit.
+    fake = FakeExecutor(fail={keys[4]})
+    summary = run_sweep(points, fake, tmp_path / "m.jsonl", progress=False)
+    assert fake.measured == keys[5:] and summary.remaining == 1
 
 
 def test_budget_and_stop_requests_end_between_points(tmp_path):

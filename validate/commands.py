@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--build-dir", metavar="DIR", help="built kernels (default build/kernels; else JIT)"
     )
+    v.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run again the points that raised in an earlier run (FILE.failed.jsonl)",
+    )
     v.add_argument("--dry-run", action="store_true", help="list the points; run nothing")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=run_validate)
@@ -181,6 +186,7 @@ def run_validate(args: argparse.Namespace) -> int:
             budget_s=budget,
             should_stop=stop,
             progress=not args.quiet,
+            retry_failed=args.retry_failed,
         )
     finally:
         stop.restore()

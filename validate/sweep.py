@@ -39,6 +39,7 @@ Row layout: docs/validation.md. Bad specs raise InputError naming the spec key.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -669,6 +670,7 @@ def run_sweep(
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
     max_consecutive_failures: int = 3,
+    retry_failed: bool = False,
     clock: Callable[[], float] = time.monotonic,
     now: Callable[[], str] | None = None,
 ) -> SweepSummary:
@@ -682,6 +684,10 @@ def run_sweep(
     - `PointSkipped` from the executor: reported and left for a later run. Any other
       exception: reported; `max_consecutive_failures` in a row end the sweep (a GPU whose
       context died fails every later point the same way).
+    - The first failure of each streak - the likely culprit, the others being collateral
+      damage of a dead context - is appended to `failed_log_path(out)`, and later runs skip
+      the points listed there unless `retry_failed`: a kernel that crashes the GPU stops
+      one run, not every run after it.
     """
     if now is None:
         from validate.device_info import utc_now as now
@@ -690,10 +696,21 @@ def run_sweep(
     failed: list[tuple[str, str]] = []
     measured = incorrect = 0
     stopped = None
+    failed_log = failed_log_path(out)
+    earlier_failures = {} if retry_failed else read_failed_log(failed_log)
     with MeasurementWriter(out) as log:
         todo = [p for p in points if p.key not in log.done]
         already = len(points) - len(todo)
+        for p in todo:
+            if p.key in earlier_failures:
+                skipped.append((p.key, f"failed in an earlier run ({earlier_failures[p.key]})"))
+        todo = [p for p in todo if p.key not in earlier_failures]
         bar = _Progress(len(todo), progress, sweep or "sweep")
+        if skipped:
+            bar.write(
+                f"{len(skipped)} points failed in an earlier run ({failed_log.name}); skipped "
+                "(--retry-failed runs them again)"
+            )
         if log.truncated_bytes:
             bar.write(
                 f"{Path(out).name}: cut {log.truncated_bytes} bytes of a row an interrupted "
@@ -728,9 +745,12 @@ def run_sweep(
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception as err:  # noqa: BLE001 - reported, and bounded below
-                    failed.append((point.key, f"{type(err).__name__}: {err}"))
-                    bar.write(f"FAILED {point.key}: {type(err).__name__}: {err}")
+                    message = f"{type(err).__name__}: {err}"
+                    failed.append((point.key, message))
+                    bar.write(f"FAILED {point.key}: {message}")
                     bar.step(point.key)
+                    if consecutive == 0:
+                        _append_failure(failed_log, point.key, message, now())
                     consecutive += 1
                     if consecutive >= max_consecutive_failures:
                         stopped = f"{consecutive} points failed in a row"
@@ -761,6 +781,33 @@ def run_sweep(
         truncated_bytes=log.truncated_bytes,
         elapsed_s=clock() - started,
     )
+
+
+def failed_log_path(out: str | os.PathLike) -> Path:
+    """Where a sweep writing `out` records the points that raised: `<out>.failed.jsonl`."""
+    out = Path(out)
+    return out.with_name(out.name + ".failed.jsonl")
+
+
+def read_failed_log(path: Path) -> dict[str, str]:
+    """{point key: error} of earlier failures; tolerant (a damaged line is ignored)."""
+    failures = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                failures[str(entry["point"])] = str(entry.get("error", ""))[:200]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return failures
+
+
+def _append_failure(path: Path, key: str, error: str, date: str) -> None:
+    line = json.dumps({"point": key, "error": error[:2000], "date": date}) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class StopFlag:
