@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurement campaign on a lent GPU machine: one script, one run, everything it
+# The measurement campaign on a GPU machine: one script, one run, everything it
 # finished comes back even if it is cut short.
 #
 #   build the kernels (sm_90) -> check them against the CPU twins -> quick sweep ->
