@@ -307,6 +307,22 @@ def test_interrupted_sweep_keeps_finished_rows_and_resumes(tmp_path):
     assert [r["point"] for r in read_measurements(out)] == [p.key for p in points]
 
 
+def test_a_file_from_another_gpu_is_not_resumed(tmp_path):
+    points = small_points()
+    out = tmp_path / "m.jsonl"
+    run_sweep(points[:2], FakeExecutor(), out, progress=False)
+    before = out.read_bytes()
+
+    class OtherGpu(FakeExecutor):
+        def device_info(self) -> dict:
+            return {"name": "Other GPU 40GB"}
+
+    with pytest.raises(InputError, match="holds measurements from Fake GPU 80GB") as err:
+        run_sweep(points, OtherGpu(), out, progress=False)
+    assert err.value.argument == "--out"
+    assert out.read_bytes() == before
+
+
 def test_skipped_failed_and_wrong_points(tmp_path):
     points = small_points()
     keys = [p.key for p in points]

@@ -719,6 +719,15 @@ def run_sweep(
         if already:
             bar.write(f"{already} of {len(points)} points already in {Path(out).name}; skipped")
         device = dict(executor.device_info()) if todo else {}
+        if todo:
+            # One file, one GPU: resuming another GPU's file would mix two devices' rows.
+            others = _device_names(out) - {device.get("name")}
+            if others:
+                raise InputError(
+                    "--out",
+                    f"{Path(out).name} holds measurements from {', '.join(sorted(others))}; "
+                    f"this GPU is {device.get('name')!r}. Use another file",
+                )
         consecutive = 0
         point_times: list[float] = []
         try:
@@ -781,6 +790,18 @@ def run_sweep(
         truncated_bytes=log.truncated_bytes,
         elapsed_s=clock() - started,
     )
+
+
+def _device_names(path: str | os.PathLike) -> set[str]:
+    """Device names of the complete rows in a measurement file (tolerant read)."""
+    names = set()
+    data = Path(path).read_bytes() if Path(path).is_file() else b""
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
+        try:
+            names.add(str(json.loads(line)["device"]["name"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return names
 
 
 def failed_log_path(out: str | os.PathLike) -> Path:
