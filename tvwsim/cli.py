@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "validate.weight_commands",
     "sim.commands",
     "validate.commands",
+    "validate.model_commands",
     # "sim.commands" (simulate, hw, timeline), ...
 ]
 
