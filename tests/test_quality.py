@@ -202,11 +202,12 @@ def test_cli_quality_prints_the_table(minilm, tmp_path, capsys) -> None:
     lines = [line.split() for line in text.splitlines()]
     assert lines[0][:2] == ["pattern", "target"]
     assert [row[0] for row in lines[2:5]] == ["dense", "vw", "ew"]
-    assert "simulator is not connected" in text
+    assert "sim speedup: the 36 pruned GEMMs" in text and "at 4096 tokens" in text
     rows = json.loads(out.read_text())
     by = {r["pattern"]: r for r in rows}
     assert by["vw"]["achieved_sparsity"] == pytest.approx(0.5)
-    assert by["ew"]["simulated_speedup"] is None
+    # the simulator is connected: ew (CUDA cores) is slower than 2:4 on sparse tensor cores
+    assert 0.0 < by["ew"]["simulated_speedup"] < by["vw"]["simulated_speedup"]
     # ew keeps the largest |W| of every layer, vw only the larger 2 of each 4: ew keeps
     # more magnitude and, on this model, stays closer to the dense embeddings.
     assert by["ew"]["importance_retained"] > by["vw"]["importance_retained"]

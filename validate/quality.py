@@ -230,9 +230,9 @@ class PrunedModel:
 
 SpeedupFn = Callable[[PrunedModel], "float | None"]
 """INTEGRATION POINT for the simulator: given a pruned model, its simulated speedup over
-the dense model (total GEMM time dense / pruned), or None when it cannot say. The
-`tvwsim quality` command passes none yet (column 'n/a'): the `sim` package provides the
-adapter once its engine can time a list of pruned GEMMs."""
+the dense model (total GEMM time dense / pruned), or None when it cannot say (column
+'n/a'). `tvwsim quality` passes `validate.model_sim.quality_speedup_fn`, which simulates
+the very masks of the table."""
 
 
 def prune_minilm(

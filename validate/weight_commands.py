@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Run a numpy MiniLM-L6 forward pass on a fixed set of sentences, dense and with "
             "every GEMM weight pruned one-shot per pattern and sparsity, and print how close "
             "the pruned sentence embeddings stay to the dense ones, next to each pattern's "
-            "simulated speedup (n/a until the simulator is connected)."
+            "simulated speedup (the same masks simulated on --hw)."
         ),
     )
     quality.add_argument(
@@ -82,6 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sentences", metavar="FILE", help="one sentence per line (default traces/sentences.txt)"
     )
     quality.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    quality.add_argument(
+        "--hw", default="a100", metavar="NAME", help="hardware preset of the sim speedup (a100)"
+    )
+    quality.add_argument(
+        "--sim-tokens",
+        default="4096",
+        metavar="M",
+        help="tokens (GEMM M) of the sim speedup (default 4096 = 32 x 128), or 'batch' for "
+        "the sentence batch's own token count",
+    )
     _add_weight_args(quality)
     quality.set_defaults(func=run_quality)
 
@@ -176,6 +186,7 @@ def run_quality(args: argparse.Namespace) -> int:
     if tile <= 0:
         raise InputError("tile", f"got {tile}; a positive integer")
     sentences = quality.load_sentences(Path(args.sentences) if args.sentences else None)
+    speedup_fn, sim_note = _speedup_fn(args)
     cache = Path(args.cache) if args.cache else None
     download = not args.offline
 
@@ -191,7 +202,7 @@ def run_quality(args: argparse.Namespace) -> int:
         mask,
         cases,
         tile=tile,
-        speedup_fn=None,  # INTEGRATION POINT: the simulator's SpeedupFn goes here
+        speedup_fn=speedup_fn,  # INTEGRATION POINT: the simulator's SpeedupFn (model_sim)
         progress=lambda text: print(f"pruning {text} ...", file=sys.stderr),
         dense=dense,
     )
@@ -201,11 +212,31 @@ def run_quality(args: argparse.Namespace) -> int:
         f"\n{len(sentences)} sentences, {int(np.sum(mask))} tokens; one-shot magnitude "
         f"pruning of all 36 GEMM weights, no fine-tuning. Two different sentences' dense "
         f"embeddings have mean cosine {floor:.4f}: a pruned model near that no longer "
-        f"tells sentences apart.\nsim speedup: n/a - the simulator is not connected yet."
+        f"tells sentences apart.\n{sim_note}"
     )
     if args.json:
         _write_text(Path(args.json), quality.rows_to_json(rows) + "\n")
     return 0
+
+
+def _speedup_fn(args: argparse.Namespace):
+    """The simulator's SpeedupFn for the table and the footer line that says what it is."""
+    from sim.presets import load_preset
+    from validate.model_sim import quality_speedup_fn
+
+    hw = load_preset(args.hw, argument="--hw")
+    text = str(args.sim_tokens).strip()
+    if text == "batch":
+        tokens, where = None, "the sentence batch's real tokens"
+    elif text.isdigit() and int(text) > 0:
+        tokens, where = int(text), f"{int(text)} tokens"
+    else:
+        raise InputError("--sim-tokens", f"got {args.sim_tokens!r}; a positive integer or batch")
+    note = (
+        f"sim speedup: the 36 pruned GEMMs (these masks, encoded) simulated on {hw.name} at "
+        f"{where}: dense GEMM time / pruned GEMM time (attention products not included)."
+    )
+    return quality_speedup_fn(hw, tokens=tokens), note
 
 
 def _write_text(path: Path, text: str) -> None:
