@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -186,7 +185,8 @@ class ModelResult:
     description: str
     hardware: str
     batch: int
-    seq: int
+    seq: int | None
+    """None when no GEMM of the model depends on the sequence length (CNNs)."""
     policy: str
     seed: int
     runs: tuple[ModelRun, ...]
@@ -375,12 +375,11 @@ def _simulate_gemm(
         else:
             structure = "seeded random weights"
 
-    time_us, kept, slowest, digests = 0.0, 0, (-1.0, ""), set()
+    time_us, kept, slowest = 0.0, 0, (-1.0, "")
     for work, times in groups.values():
         result = sim.run(work, gemm.m)
         time_us += times * result.time_us
         kept += times * work.kept_weights
-        digests.add(id(work))
         slowest = max(slowest, (times * result.time_us, result.bottleneck))
     sources = tuple(key for key in groups if key is not None)
     return LayerResult(
@@ -391,7 +390,7 @@ def _simulate_gemm(
         kept_weights=kept,
         structure=structure,
         sources=sources,
-        distinct=len(digests),
+        distinct=len(groups),
         bottleneck=slowest[1],
     )
 
@@ -448,26 +447,33 @@ def structure_lines(result: ModelResult) -> list[str]:
     random = sorted({r.gemm for r in sparse if "random" in r.structure}, key=_order(result))
     if traced:
         label = result.trace_label or "a real-weight trace"
-        if len(traced) == len(prunable):
-            which = "all"
-        elif len(traced) > 8 and random:
-            which = f"all but {', '.join(random)}"
-        else:
-            which = ", ".join(traced)
+        which = _names(traced, random, len(prunable))
         lines.append(
             f"weights: kept-K from real weights ({label}, scaled) - also its kept blocks (bw) "
             f"and row lengths (ew) - for {len(traced)} of {len(prunable)} prunable GEMMs "
             f"({which})"
         )
     if random:
+        which = _names(random, traced, len(prunable))
         lines.append(
             f"weights: seeded random weights (Gaussian, seed {result.seed}) for "
-            f"{len(random)} of {len(prunable)} prunable GEMMs: {', '.join(random)}"
+            f"{len(random)} of {len(prunable)} prunable GEMMs ({which})"
         )
     if any(r.pattern in ("dense", "vw") for r in result.layers):
         lines.append("weights: dense and vw work depends on the shape only, not on the values")
     lines.extend(result.notes)
     return lines
+
+
+def _names(these: list[str], others: list[str], total: int, most: int = 8) -> str:
+    """'all', the names, 'all but ...' or the first few: a line that stays readable."""
+    if len(these) == total:
+        return "all"
+    if len(these) <= most:
+        return ", ".join(these)
+    if others and len(others) <= most:
+        return f"all but {', '.join(others)}"
+    return f"{', '.join(these[:most])}, ... ({len(these) - most} more)"
 
 
 def _order(result: ModelResult) -> Callable[[str], int]:
@@ -480,7 +486,7 @@ def format_summary(result: ModelResult, hw_description: str = "") -> str:
     head = (
         f"{result.model} on {result.hardware}"
         f"{f' ({hw_description})' if hw_description else ''}: batch {result.batch}, "
-        f"seq {result.seq}, policy {result.policy}"
+        f"{_seq(result)}policy {result.policy}"
     )
     cols = ("pattern", "sparsity", "achieved", "time_us", "speedup", "attn_us")
     rows = []
@@ -555,6 +561,10 @@ def format_footer(result: ModelResult) -> str:
         )
     lines.append(f"{result.simulations} distinct launches simulated")
     return "\n".join(lines)
+
+
+def _seq(result: ModelResult) -> str:
+    return "" if result.seq is None else f"seq {result.seq}, "
 
 
 def _table(cols: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -673,7 +683,7 @@ def draw_speedup_plot(result: ModelResult, path: str | Path) -> None:
     if result.trace_label and random:
         source += f" ({len(random)} GEMM{'s' if len(random) > 1 else ''} random)"
     ax.set_title(
-        f"{result.model} on {result.hardware}, batch {result.batch}, seq {result.seq}, "
+        f"{result.model} on {result.hardware}, batch {result.batch}, {_seq(result)}"
         f"{result.policy}\n{source}; dense {result.total_us(result.dense):.0f} us",
         fontsize=9,
     )
@@ -683,7 +693,3 @@ def draw_speedup_plot(result: ModelResult, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format=Path(path).suffix.lstrip(".").lower() or "png")
     plt.close(fig)
-
-
-def to_json_text(result: ModelResult) -> str:
-    return json.dumps(to_json(result))

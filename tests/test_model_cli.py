@@ -107,6 +107,15 @@ def test_a_model_without_a_trace_says_so(capsys):
     assert "kept-K from real weights" not in out
 
 
+def test_a_cnn_has_no_sequence_length(capsys):
+    code, out, _ = run(capsys, "vgg16", "--hw", "a100", "--patterns", "dense,vw", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["seq"] is None and data["batch"] == 1
+    assert {r["m"] for r in data["layers"] if r["gemm"] == "conv1_1"} == {224 * 224}
+    code, out, _ = run(capsys, "vgg16", "--hw", "a100", "--patterns", "dense", "--seq", "7")
+    assert code == 0 and out.splitlines()[0].endswith("batch 1, policy natural")
+
+
 def test_plot_is_written(capsys, tmp_path):
     target = tmp_path / "speedup.png"
     code, out, _ = run(capsys, "bert-base", *FAST[:-1], "0.5,0.75", "--plot", str(target), "--json")

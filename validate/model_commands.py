@@ -20,6 +20,7 @@ free of validate imports. See docs/whole-models.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -174,6 +175,8 @@ def run_model(args: argparse.Namespace) -> int:
     plot = _check_plot(args.plot)
     hw = load_preset(args.hw, parse_overrides(args.set), argument="--hw")
     workload = load_workload(args.name, batch=batch, seq=seq)
+    # A CNN's shapes do not depend on --seq; then the output does not print it.
+    seq_used = load_workload(args.name, batch=batch, seq=seq + 1).gemms != workload.gemms
     mapping = load_mapping(workload, args.trace)
     configs = {run.pattern: default_config(run.pattern) for run in runs}
 
@@ -202,6 +205,8 @@ def run_model(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if not seq_used:
+        result = dataclasses.replace(result, seq=None)
 
     if plot is not None:
         _write_plot(result, plot)
