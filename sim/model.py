@@ -168,7 +168,8 @@ class LayerResult:
     sources: tuple[str, ...] = ()
     """The trace layers the instances followed (distinct, in order); empty otherwise."""
     distinct: int = 1
-    """Distinct schedules among the instances (each simulated once)."""
+    """Distinct structures among the instances (one per trace layer followed, or one
+    random weight); each is simulated once."""
     bottleneck: str = ""
     """Bottleneck of the instance that takes the most time in total."""
 
