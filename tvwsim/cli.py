@@ -19,14 +19,13 @@ from kernels.errors import InputError
 
 # Modules that define `register(subparsers)`. Order is the order of `tvwsim --help`.
 COMMAND_MODULES: list[str] = [
-    "kernels.commands",
-    "kernels.kernel_commands",
-    "sim.hw_commands",
-    "validate.weight_commands",
-    "sim.commands",
-    "validate.commands",
-    "validate.model_commands",
-    # "sim.commands" (simulate, hw, timeline), ...
+    "kernels.commands",  # prune
+    "sim.commands",  # simulate, timeline
+    "sim.hw_commands",  # hw list / show
+    "validate.model_commands",  # model
+    "kernels.kernel_commands",  # kernels build / check / list
+    "validate.commands",  # validate, calibrate, compare
+    "validate.weight_commands",  # traces build, quality
 ]
 
 
