@@ -204,9 +204,22 @@ def check_pattern_config(pattern: str, config: KernelConfig) -> None:
             f"{config.name}: no split of {config.warps} warps gives warp tiles that are "
             "multiples of 16 x 16; use fewer warps or a larger tile",
         )
+    # The shared-memory swizzle (swz in common.cuh) permutes the 16-byte chunks of a row
+    # by XOR, which stays inside the row only for a power of two or a multiple of 8
+    # chunks. The B row holds bn fp16, the A row bk (dense) or bk / 2 (compressed) fp16;
+    # without this check such a config would fail later, inside nvcc, at launch time.
     chunks = config.bn // 8
     if chunks & (chunks - 1) and chunks % 8:
         raise InputError("config", f"{config.name}: bn/8 must be a power of two or a multiple of 8")
+    a_elems = config.bk // 2 if config.mma == "sparse" else config.bk
+    a_chunks = a_elems // 8
+    if a_chunks & (a_chunks - 1) and a_chunks % 8:
+        raise InputError(
+            "config",
+            f"{config.name}: a weight stage row of {a_elems} fp16 is {a_chunks} 16-byte "
+            "chunks; it must be a power of two or a multiple of 8 (bk = 16, 32, 64, 128, "
+            "192, 256 dense; 64, 128, 256 sparse)",
+        )
 
 
 def parse_arch_list(text: str) -> list[str]:

@@ -263,9 +263,12 @@ __device__ __forceinline__ void issue_activation_rows(uint32_t dst,
     }
 }
 
-// Sparse-only helpers exist only when BK allows a sparse kernel (BK % 64 == 0), so that
-// a dense build with BK = 32 never instantiates them.
-#if BK % 64 == 0
+// Sparse-only helpers exist only in the sparse kernels (vw.cu, tvw.cu define
+// TVWSIM_SPARSE_KERNEL before including this header). They are ordinary functions, so a
+// dense build that saw them would compile them for its own BK: BK = 32 fails the sparse
+// StageLayout's static_assert, and BK = 192 gives a 12-chunk compressed row, which the
+// swizzle does not cover.
+#ifdef TVWSIM_SPARSE_KERNEL
 // Lane-ordered 2:4 metadata of one stage: (BM / 16) x (BK / 64) blocks of 32 words
 // (128 bytes = 8 chunks), copied unchanged. Block (rb, kc) of the stage comes from
 // `meta + (rb * chunks_per_row_block + kc0 + kc) * 32`. Row blocks past the last stored
@@ -291,7 +294,7 @@ __device__ __forceinline__ void issue_metadata(uint32_t dst, const uint32_t* __r
     }
 }
 
-#endif  // BK % 64 == 0
+#endif  // TVWSIM_SPARSE_KERNEL
 
 // The compile-time shared memory size must equal what the build computed in Python
 // (kernels/build.py passes it as TVW_SMEM_BYTES): the manifest, the launcher and the
@@ -391,7 +394,7 @@ __device__ __forceinline__ void warp_stage_dense(const char* stage,
     }
 }
 
-#if BK % 64 == 0
+#ifdef TVWSIM_SPARSE_KERNEL
 // Sparse: BK / 32 steps of m16n8k32. The compressed A tile (BM x BK/2) is loaded exactly
 // like a dense A tile (one ldmatrix.x4 per 16 rows x 16 stored values = 32 logical K).
 // B needs 32 K x 8 tokens per mma: one ldmatrix.x4.trans whose four matrices are
@@ -440,7 +443,7 @@ __device__ __forceinline__ void warp_stage_sparse(const char* stage,
     }
 }
 
-#endif  // BK % 64 == 0
+#endif  // TVWSIM_SPARSE_KERNEL
 
 // ---- epilogue -----------------------------------------------------------------------
 // Accumulator element (mt, nt, i) of lane (g = lane / 4, t = lane % 4) is output row

@@ -13,6 +13,7 @@
 // choice of 2 out of 4 gathered stage rows needs nothing new: the gather fills stage rows
 // in compacted order, exactly as the encoder compressed them.
 
+#define TVWSIM_SPARSE_KERNEL 1  // compile the mma.sp helpers of common.cuh
 #include "common.cuh"
 
 TVWSIM_CHECK_SMEM(true);

@@ -14,6 +14,7 @@
 // the two activation rows of each group of four using the metadata). The main loop is
 // the dense one with the mma swapped: that is the whole point of 2:4.
 
+#define TVWSIM_SPARSE_KERNEL 1  // compile the mma.sp helpers of common.cuh
 #include "common.cuh"
 
 TVWSIM_CHECK_SMEM(true);
