@@ -384,9 +384,11 @@ def _check_tasks(schedule: Any, encoded: Any, m: int, config: KernelConfig) -> n
     else:
         tasks = schedule
     tasks = np.asarray(tasks)
-    if tasks.ndim != 2 or tasks.shape[1] != 4 or tasks.shape[0] < 1:
+    # No tasks is legal only when no tile has work (a tw/tvw weight with every row
+    # pruned); the coverage check below says which (tile, block) is missing otherwise.
+    if tasks.ndim != 2 or tasks.shape[1] != 4:
         raise InputError(
-            "schedule", f"tasks must be an int array [n_tasks >= 1, 4], got shape {tasks.shape}"
+            "schedule", f"tasks must be an int array [n_tasks, 4], got shape {tasks.shape}"
         )
     if not np.issubdtype(tasks.dtype, np.integer):
         raise InputError("schedule", f"tasks must be integers, got dtype {tasks.dtype}")
@@ -499,6 +501,13 @@ def _check_buffers(encoded: Any, config: KernelConfig) -> None:
     elif p == "vw":
         if encoded.k_pad % config.bk:
             raise InputError("encoded", f"k_pad must be a multiple of bk={config.bk}")
+        # The kernel copies whole 128-byte metadata blocks per (16 rows, 64 K): a short
+        # buffer would be read past its end.
+        want = encoded.n_pad // 16 * (encoded.k_pad // 64) * 32
+        if encoded.n_pad % 16 or np.asarray(encoded.metadata).size != want:
+            raise InputError(
+                "encoded", f"vw metadata must hold n_pad/16 x k_pad/64 x 32 = {want} words"
+            )
     elif p == "dense":
         if encoded.k_pad % config.bk:
             raise InputError("encoded", f"k_pad must be a multiple of bk={config.bk}")
@@ -511,9 +520,10 @@ def _check_buffers(encoded: Any, config: KernelConfig) -> None:
 class PreparedGemm:
     """A GEMM with its weight, schedule and buffers on the device, for one token count.
 
-    `run(x)` copies X in, launches and returns Y; `time_ms` re-launches on the resident
-    buffers and times each run with CUDA events (workspace zeroing, GEMM and finalize pass
-    included: they are all part of the operation).
+    `run(x)` copies X in, launches and returns Y. `launch()` enqueues the whole operation
+    once more on the resident buffers (workspace zeroing, GEMM and finalize pass: they are
+    all part of the operation) without waiting for it; `time_ms` times repeated launches
+    with CUDA events and can run a callable before each one (an L2 flush, say).
     """
 
     kernel: LoadedKernel
@@ -529,7 +539,10 @@ class PreparedGemm:
     def m8(self) -> int:
         return -(-self.m // 8) * 8
 
-    def _launch(self, s: _Session) -> None:
+    def launch(self) -> None:
+        """Enqueue one complete launch on the resident X (asynchronous: synchronise or
+        record an event to wait for it). Call `run` or `upload_x` first."""
+        s = session()
         n, m8 = self.encoded.n, self.m8
         if self.needs_workspace:
             s.call(
@@ -539,14 +552,17 @@ class PreparedGemm:
                 0,
                 n * m8,
             )
-        s.call(
-            f"launching {self.kernel.pattern} {self.kernel.config.name}",
-            self.kernel.gemm.prepared_call,
-            (int(self.tasks.shape[0]), 1),
-            (self.kernel.config.threads, 1, 1),
-            *self._args,
-            shared_size=self.kernel.smem_bytes,
-        )
+        # A tw/tvw weight whose every row was pruned has no tile and so no task: CUDA
+        # rejects an empty grid, and the finalize pass alone writes its (zero) output.
+        if self.tasks.shape[0]:
+            s.call(
+                f"launching {self.kernel.pattern} {self.kernel.config.name}",
+                self.kernel.gemm.prepared_call,
+                (int(self.tasks.shape[0]), 1),
+                (self.kernel.config.threads, 1, 1),
+                *self._args,
+                shared_size=self.kernel.smem_bytes,
+            )
         if self.regions.shape[0]:
             row_map = int(self._buffers["row_map"]) if "row_map" in self._buffers else 0
             ws = int(self._buffers["ws"]) if self.needs_workspace else 0
@@ -581,24 +597,44 @@ class PreparedGemm:
         n, m8 = self.encoded.n, self.m8
         if poison:
             s.call("poisoning YT", s.cuda.memset_d16, int(self._buffers["yt"]), POISON_FP16, n * m8)
-        self._launch(s)
+        self.launch()
         s.synchronize(f"running {self.kernel.pattern} {self.kernel.config.name}")
         yt = np.empty((n, m8), dtype=np.float16)
         s.call("copying YT back", s.cuda.memcpy_dtoh, yt, self._buffers["yt"])
         return np.ascontiguousarray(yt[:, : self.m].T)
 
-    def time_ms(self, repeats: int = 20, warmup: int = 3) -> np.ndarray:
+    def time_ms(
+        self,
+        repeats: int = 20,
+        warmup: int = 3,
+        *,
+        before_each: Callable[[], Any] | None = None,
+    ) -> np.ndarray:
         """Milliseconds of each of `repeats` launches (after `warmup` untimed ones) on the
-        resident X (call `run` or `upload_x` first)."""
+        resident X (call `run` or `upload_x` first).
+
+        `before_each`, if given, runs before every launch, warm-up included, outside the
+        timed interval: pass an L2 flush (a write to a buffer larger than the L2) to time
+        cold-cache launches, as a layer in a network would see them. It must enqueue its
+        work on the default stream so that it is ordered before the launch.
+        """
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise InputError("repeats", f"must be a positive integer, got {repeats!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise InputError("warmup", f"must be a non-negative integer, got {warmup!r}")
         s = session()
         for _ in range(warmup):
-            self._launch(s)
+            if before_each is not None:
+                before_each()
+            self.launch()
         s.synchronize("warm-up")
         times = np.empty(repeats, dtype=np.float64)
         for i in range(repeats):
+            if before_each is not None:
+                before_each()
             start, end = s.cuda.Event(), s.cuda.Event()
             start.record()
-            self._launch(s)
+            self.launch()
             end.record()
             s.call("timing", end.synchronize)
             times[i] = start.time_till(end)

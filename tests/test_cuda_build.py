@@ -295,6 +295,31 @@ def test_pattern_and_config_must_fit():
     assert err.value.argument == "pattern"
     with pytest.raises(InputError, match="warp"):
         kbuild.check_pattern_config("dense", KernelConfig(bm=16, bn=16, warps=16))
+    # The swizzle needs rows of a power of two or a multiple of 8 chunks: refused here
+    # rather than by a static_assert inside nvcc at launch time.
+    for pattern, config in (
+        ("dense", KernelConfig(bk=48)),
+        ("tw", KernelConfig(bk=96)),
+        ("vw", KernelConfig(bk=192, mma="sparse")),
+        ("dense", KernelConfig(bn=48)),
+    ):
+        with pytest.raises(InputError, match="power of two or a multiple of 8") as err:
+            kbuild.check_pattern_config(pattern, config)
+        assert err.value.argument == "config"
+
+
+@needs_nvcc
+def test_configs_the_check_accepts_compile(tmp_path):
+    """check_pattern_config and the kernels' static_asserts agree at their edges: row
+    lengths of 2 and 24 chunks (dense bk = 16, 192) and 16 chunks compressed (bk = 256)."""
+    for pattern, config in (
+        ("dense", KernelConfig(bm=64, bn=64, bk=16, stages=2)),
+        ("tw", KernelConfig(bm=64, bn=64, bk=192, stages=2)),
+        ("tvw", KernelConfig(bm=64, bn=64, bk=256, stages=2, mma="sparse")),
+    ):
+        kbuild.check_pattern_config(pattern, config)
+        entry = kbuild.compile_kernel(pattern, config, "sm_80", tmp_path)
+        assert (tmp_path / entry.cubin).is_file()
 
 
 def test_parse_ptxas_reads_every_field():
@@ -340,17 +365,45 @@ def test_kernels_list(capsys):
 # =====================================================================================
 # The launcher's host side, with a numpy stand-in for the driver
 # =====================================================================================
+# C scalar type -> the PyCUDA `prepare` code that passes it with the right size: an
+# `int64_t` parameter handed 'i' would read 4 garbage bytes on the GPU.
+_SCALAR_CODES = {
+    "int": "i",
+    "int32_t": "i",
+    "unsigned": "I",
+    "unsigned int": "I",
+    "uint32_t": "I",
+    "long long": "q",
+    "int64_t": "q",
+    "float": "f",
+}
+
+
 def _kernel_params(source: Path, function: str) -> list[tuple[str, str]]:
-    """(name, 'P' or 'i') of each parameter of an extern "C" kernel in a .cu file."""
+    """(name, PyCUDA type code) of each parameter of an extern "C" kernel in a .cu file:
+    'P' for a pointer, else the code of its C type (_SCALAR_CODES)."""
     text = source.read_text()
     m = re.search(rf"\b{function}\s*\(([^)]*)\)", text)
     assert m, f"{function} not found in {source.name}"
     params = []
     for raw in m.group(1).split(","):
-        decl = raw.strip()
-        name = re.findall(r"[A-Za-z_]\w*", decl)[-1]
-        params.append((name, "P" if "*" in decl else "i"))
+        words = re.findall(r"[A-Za-z_]\w*", raw)
+        name = words[-1]
+        if "*" in raw:
+            params.append((name, "P"))
+            continue
+        ctype = " ".join(w for w in words[:-1] if w not in ("const", "__restrict__"))
+        assert ctype in _SCALAR_CODES, f"{function}({raw.strip()}): no PyCUDA code for {ctype!r}"
+        params.append((name, _SCALAR_CODES[ctype]))
     return params
+
+
+def test_kernel_parameter_parsing_knows_the_argument_sizes():
+    params = dict(_kernel_params(kbuild.CUDA_DIR / "bw.cu", "bw_gemm"))
+    assert params["values"] == params["tasks"] == "P" and params["b"] == params["K"] == "i"
+    assert dict(_kernel_params(kbuild.CUDA_DIR / "common.cuh", "finalize_rows")) == {
+        "regions": "P", "row_map": "P", "n": "i", "m8": "i", "ws": "P", "yt": "P",
+    }  # fmt: skip
 
 
 class _FakeAlloc:
@@ -369,6 +422,8 @@ class _FakeDriver:
     def __init__(self, smem_limit: int = 232448):
         self.mem: dict[int, np.ndarray] = {}
         self.launches: list[tuple[str, tuple]] = []
+        self.arguments: list[tuple[str, dict]] = []  # (function, parameter name -> value)
+        self.log: list[str] = []  # device work in stream order, for the timing tests
         self.smem_limit = smem_limit
         drv = self
 
@@ -400,10 +455,22 @@ class _FakeDriver:
             def synchronize():
                 pass
 
+        class Event:
+            def record(self):
+                self.at = len(drv.log)
+                drv.log.append("event")
+
+            def synchronize(self):
+                pass
+
+            def time_till(self, end):
+                return float(end.at - self.at)  # "ms" = work items between the events
+
         self.module = types.ModuleType("pycuda.driver")
         self.module.Error = Error
         self.module.Device = Device
         self.module.Context = Context
+        self.module.Event = Event
         self.module.init = lambda: None
         self.module.device_attribute = types.SimpleNamespace(
             MAX_SHARED_MEMORY_PER_BLOCK_OPTIN="optin",
@@ -415,8 +482,12 @@ class _FakeDriver:
         self.module.memcpy_htod = self.htod
         self.module.memcpy_dtoh = self.dtoh
         self.module.memset_d16 = lambda p, v, n: self.view(p, np.uint16, n).fill(v)
-        self.module.memset_d32 = lambda p, v, n: self.view(p, np.uint32, n).fill(v)
+        self.module.memset_d32 = self.memset_d32
         self.module.module_from_file = lambda path: _FakeModule(self, Path(path))
+
+    def memset_d32(self, ptr, value, count):
+        self.log.append("memset_d32")
+        self.view(ptr, np.uint32, count).fill(value)
 
     def view(self, ptr, dtype, count=None):
         data = self.mem[int(ptr)].view(dtype)
@@ -468,7 +539,10 @@ class _FakeFunction:
         assert self.sig == "".join(kind for _, kind in self.params), (self.name, self.sig)
         assert len(args) == len(self.params)
         a = {name: value for (name, _), value in zip(self.params, args, strict=True)}
+        assert grid[0] >= 1, "CUDA rejects an empty grid"
         drv.launches.append((self.name, grid))
+        drv.arguments.append((self.name, a))
+        drv.log.append(self.name)
         if self.module.pattern == "probe":
             assert grid == (1, 1) and block == (32, 1, 1)
             _fake_probe(drv, self.name, a)
@@ -716,6 +790,118 @@ def test_probe_launchers_pass_registers_through(fake_gpu):
     assert err.value.argument == "b_regs"
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole-k", "split-k"])
+@pytest.mark.parametrize("pattern", ["dense", "tw", "bw", "vw", "tvw"])
+def test_every_kernel_parameter_receives_its_own_buffer_or_value(fake_gpu, pattern, split):
+    """The argument list checked name by name against the kernel signature: every
+    pointer parameter must point at the buffer of that name, every int must be its
+    value. Two swapped arguments of one type fail here by name, even where the results
+    would happen to survive the swap."""
+    from kernels import launch
+    from sim.schedule import build_schedule
+
+    config = kbuild.VARIANTS[pattern][2]
+    m = 139
+    encoded, x, _ = _case_inputs(pattern, config, m, 290, 333, "natural")
+    tasks = build_schedule(encoded, m, "natural").tasks
+    if split:
+        tasks = launch.force_split(tasks, config.bk)
+    plan = launch.plan_launch(encoded, m, tasks)
+    assert plan.needs_workspace == split
+    y = launch.gemm(encoded, x, tasks)
+    n, m8 = encoded.n, plan.m8
+
+    def content(ptr: int, want: np.ndarray) -> np.ndarray:
+        return fake_gpu.view(ptr, want.dtype, want.size).reshape(want.shape)
+
+    xt = np.zeros((encoded.k, m8), np.float16)
+    xt[:, :m] = x.astype(np.float16).T
+    buffers = {"tasks": plan.tasks, "xt": xt}
+    buffers["w" if pattern == "dense" else "values"] = encoded.values
+    ints = {"m8": m8}
+    if pattern in ("dense", "vw", "bw"):
+        ints.update(n=n, K=encoded.k)
+    if pattern == "dense":
+        ints["ldw"] = encoded.k_pad
+    if pattern == "vw":
+        ints.update(n_pad=encoded.n_pad, k_pad=encoded.k_pad)
+    if pattern in ("vw", "tvw"):
+        buffers["meta"] = encoded.metadata
+    if pattern in ("tw", "tvw"):
+        buffers.update(row_map=encoded.row_map, k_ptr=encoded.k_ptr, k_index=encoded.k_index)
+    if pattern == "bw":
+        buffers.update(
+            tile_col_ptr=encoded.tile_col_ptr,
+            tile_col=encoded.tile_col,
+            tile_block=encoded.tile_block,
+        )
+        ints.update(b=encoded.block, n_block_rows=encoded.n_pad // encoded.block)
+
+    (gemm_args,) = [a for name, a in fake_gpu.arguments if name == f"{pattern}_gemm"]
+    assert set(gemm_args) == set(buffers) | set(ints) | {"yt", "ws"}
+    for name, want in buffers.items():
+        assert np.array_equal(content(gemm_args[name], np.asarray(want)), want), name
+    for name, want in ints.items():
+        assert gemm_args[name] == want, name
+    yt = fake_gpu.view(gemm_args["yt"], np.float16, n * m8).reshape(n, m8)
+    assert np.array_equal(yt[:, :m].T, y)  # the buffer read back as Y is the kernel's yt
+    if split:
+        assert fake_gpu.mem[gemm_args["ws"]].size >= 4 * n * m8
+    else:
+        assert gemm_args["ws"] == 0
+
+    finalize = [a for name, a in fake_gpu.arguments if name == kbuild.FINALIZE_FUNCTION]
+    if not plan.regions.shape[0]:
+        assert finalize == []
+        return
+    (fin,) = finalize
+    assert np.array_equal(content(fin["regions"], plan.regions), plan.regions)
+    assert (fin["n"], fin["m8"], fin["yt"], fin["ws"]) == (n, m8, gemm_args["yt"], gemm_args["ws"])
+    if pattern in ("tw", "tvw"):
+        assert fin["row_map"] == gemm_args["row_map"]
+    else:
+        assert fin["row_map"] == 0  # consecutive rows t * BM + r
+
+
+@pytest.mark.parametrize("pattern", ["tw", "tvw"])
+def test_a_weight_with_every_row_pruned_runs_only_the_zero_fill(fake_gpu, pattern):
+    """No surviving row means no tile and no task: the GEMM grid would be empty (which
+    CUDA rejects), and the finalize pass alone writes Y = 0."""
+    from kernels import launch
+    from kernels.formats import encode
+
+    w = np.ones((40, 64), np.float32)
+    encoded = encode(w, np.zeros(w.shape, bool), pattern, kbuild.VARIANTS[pattern][0])
+    assert encoded.n_row_tiles == 0
+    y = launch.gemm(encoded, np.ones((10, 64), np.float32))
+    assert y.shape == (10, 40) and (y == 0).all()
+    assert [name for name, _ in fake_gpu.launches] == [kbuild.FINALIZE_FUNCTION]
+
+
+def test_timing_runs_the_hook_before_every_launch_outside_the_timed_interval(fake_gpu):
+    from kernels import launch
+    from sim.schedule import build_schedule
+
+    config = kbuild.VARIANTS["vw"][2]
+    encoded, x, _ = _case_inputs("vw", config, 40, 100, 128, "natural")
+    tasks = launch.force_split(build_schedule(encoded, 40).tasks, config.bk)
+    prepared = launch.prepare(encoded, 40, tasks)
+    prepared.upload_x(x)
+    fake_gpu.log.clear()
+    times = prepared.time_ms(repeats=3, warmup=2, before_each=lambda: fake_gpu.log.append("flush"))
+    # One launch is the whole operation: workspace zeroing, GEMM, finalize pass.
+    whole = ["memset_d32", "vw_gemm", kbuild.FINALIZE_FUNCTION]
+    assert fake_gpu.log == ["flush", *whole] * 2 + ["flush", "event", *whole, "event"] * 3
+    assert times.tolist() == [4.0] * 3  # the events bracket exactly one launch
+    fake_gpu.log.clear()
+    prepared.launch()
+    assert fake_gpu.log == whole
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError) as err:
+            prepared.time_ms(repeats=bad)
+        assert err.value.argument == "repeats"
+
+
 # -- validation before anything reaches a device --------------------------------------
 @pytest.fixture(scope="module")
 def tw_case():
@@ -756,8 +942,8 @@ def test_plan_accepts_every_policy(tw_case):
         (lambda t: np.vstack([t, t[:1]]), "exactly once"),
         (lambda t: _shift_end(t, 64), "outside the tile"),
         (lambda t: _shift_end(t, 16), "whole stages"),
-        (lambda t: t[:, :3], r"\[n_tasks >= 1, 4\]"),
-        (lambda t: t[:0], r"\[n_tasks >= 1, 4\]"),
+        (lambda t: t[:, :3], r"\[n_tasks, 4\]"),
+        (lambda t: t[:0], "no task computes"),
         (lambda t: t.astype(np.float32), "integers"),
     ],
 )

@@ -112,3 +112,27 @@ def test_repeated_launches_are_deterministic_and_timed(kernel_dir):
     assert np.array_equal(first, second)  # no race in the pipeline or the epilogue
     times = prepared.time_ms(repeats=3, warmup=1)
     assert times.shape == (3,) and (times > 0).all()
+    # The public hook the sweeps use: an L2 flush (a 64 MiB memset) before each launch.
+    s = launch.session()
+    flush_words = 16 * 2**20
+    flush = s.alloc(4 * flush_words, "the L2 flush buffer")
+    flushes = []
+
+    def flush_l2() -> None:
+        flushes.append(1)
+        s.cuda.memset_d32(int(flush), 0, flush_words)
+
+    cold = prepared.time_ms(repeats=3, warmup=1, before_each=flush_l2)
+    assert cold.shape == (3,) and (cold > 0).all() and len(flushes) == 4
+    assert np.array_equal(prepared.run(x), first)  # timing left the operation intact
+
+
+@pytest.mark.parametrize("pattern", ["tw", "tvw"])
+def test_a_weight_with_every_row_pruned_gives_zeros(kernel_dir, pattern):
+    """No tile, no task: only the finalize pass runs, and it must overwrite the poison."""
+    from kernels.formats import encode
+
+    w = np.ones((300, 128), np.float32)
+    encoded = encode(w, np.zeros(w.shape, bool), pattern, kbuild.VARIANTS[pattern][0])
+    y = launch.gemm(encoded, np.ones((37, 128), np.float32), build_dir=kernel_dir)
+    assert y.shape == (37, 300) and (y == 0).all()
