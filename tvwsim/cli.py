@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"tvwsim {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`tvwsim ... | head`): not an error of ours. Point stdout at
+        # devnull so the interpreter's final flush does not complain either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:
         name = err.filename if err.filename is not None else ""
         print(f"tvwsim {args.command}: error: {name}: {err.strerror or err}", file=sys.stderr)
