@@ -79,6 +79,18 @@ Shapes that do not fit the granule (never a silent drop)
   padding up to the kernel's K granule then still forms legal n:m groups.
 - `tw`: the last tile may hold fewer than G rows; a tile may keep no column at all.
 
+Memory and speed (the same masks, leaner)
+------------------------------------------
+A 1024 x 500000 layer has half a billion weights, so the pruner never makes a full-size
+float64 copy of the scores. With the default importance the scores are |W| computed on
+the fly from W itself; every norm is summed slab by slab (`CHUNK_ELEMENTS` at a time)
+with exactly the numpy arithmetic of a whole-matrix pass, so each row, block or column
+segment gets the same float64 sum bit for bit. Selections need no arithmetic at all:
+the k-th largest score is found by a radix select on the IEEE bit patterns (for
+non-negative floats the bits sort like the values), and n:m groups by comparisons, both
+in numba loops that read W in place. Only comparisons of exactly converted values decide
+a mask, so the result is the one a float64 copy would give.
+
 Bad input raises `kernels.errors.InputError` naming the argument.
 """
 
@@ -89,6 +101,7 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from kernels.errors import InputError
 
@@ -145,6 +158,73 @@ class Pruned:
     """1 - kept / (N*K): equal to the target up to one granule (module docstring)."""
     layout: TileLayout | None
     """The tile structure for tw and tvw; None for the other patterns."""
+
+
+# -- scores, read slab by slab -------------------------------------------------------------------
+
+CHUNK_ELEMENTS = 1 << 21
+"""Scores per slab when a pass needs float64 temporaries (16 MiB each). The slab size
+bounds memory only; it never changes a result (module docstring, "Memory and speed")."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Scores:
+    """The importance scores of a weight, without a full-size float64 copy.
+
+    `source` holds either W itself (`magnitude=True`: the score is |W|) or the caller's
+    importance converted to float64. float16 weights are widened to float32 (exactly) so
+    that the numba loops see float32 or float64 only.
+    """
+
+    source: np.ndarray
+    magnitude: bool
+
+    @classmethod
+    def of_weight(cls, w: np.ndarray) -> _Scores:
+        if w.dtype == np.float16:
+            w = w.astype(np.float32)
+        elif w.dtype not in (np.float32, np.float64):
+            # Wider floats: the float64 a whole-matrix np.abs(w, dtype=float64) would see.
+            w = w.astype(np.float64)
+        return cls(w, magnitude=True)
+
+    @classmethod
+    def of_array(cls, score: object) -> _Scores:
+        """Scores given as an array (the public norm functions): read as float64."""
+        return cls(np.asarray(score), magnitude=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.source.shape
+
+    def as_float64(self, part: np.ndarray) -> np.ndarray:
+        """float64 scores of a piece of `source`: |W| or the importance itself."""
+        if self.magnitude:
+            return np.abs(part, dtype=np.float64)
+        return np.asarray(part, dtype=np.float64)
+
+
+def _slabs(
+    n_rows: int, n_cols: int, row_unit: int = 1, col_unit: int = 1, *, split_cols: bool = True
+):
+    """(r0, r1, c0, c1) pieces of about CHUNK_ELEMENTS covering an n_rows x n_cols array.
+
+    Row pieces hold whole multiples of `row_unit` rows (a tile, a block row); columns are
+    cut only when one row unit alone is too big, and then into pieces of at least two
+    `col_unit`s: numpy sums a reduction that degenerates to one contiguous column unit
+    pairwise, a wider one row after row, so a piece must keep the whole matrix's shape.
+    """
+    units_per_slab = max(1, CHUNK_ELEMENTS // max(1, n_cols * row_unit))
+    rows_per = units_per_slab * row_unit
+    units = -(-n_cols // col_unit)
+    pieces = 1
+    if split_cols and units_per_slab == 1:
+        pieces = max(1, min(units // 2, -(-(n_cols * row_unit) // CHUNK_ELEMENTS)))
+    bounds = [min(n_cols, (i * units // pieces) * col_unit) for i in range(pieces + 1)]
+    for r0 in range(0, n_rows, rows_per):
+        r1 = min(n_rows, r0 + rows_per)
+        for c0, c1 in zip(bounds[:-1], bounds[1:], strict=True):
+            yield r0, r1, c0, c1
 
 
 # -- public entry points -------------------------------------------------------------------
@@ -226,7 +306,7 @@ def prune_with_layout(
             raise InputError("sparsity", f"dense keeps every weight; must be 0, got {s}")
         mask = np.ones(w.shape, dtype=bool)
     elif pattern == "ew":
-        mask = _top_k_mask(score.ravel(), _keep_count(score.size, s)).reshape(w.shape)
+        mask = _top_k_mask(score.source, _keep_count(w.size, s)).reshape(w.shape)
     elif pattern == "bw":
         mask = _block_wise(score, s, block)
     elif pattern == "vw":
@@ -270,8 +350,7 @@ def prune_with_layout(
 
 def normalised_row_norms(score: np.ndarray) -> np.ndarray:
     """float64 [N]: ||score[i, :]|| / sqrt(K), tw's row ranking score (step 1)."""
-    score = np.asarray(score, dtype=np.float64)
-    return np.sqrt(np.einsum("ij,ij->i", score, score)) / math.sqrt(score.shape[1])
+    return _row_norms(_Scores.of_array(score))
 
 
 def block_rms_norms(score: np.ndarray, block: int) -> np.ndarray:
@@ -279,17 +358,7 @@ def block_rms_norms(score: np.ndarray, block: int) -> np.ndarray:
 
     Edge blocks may be partial; they are scored over their actual elements only.
     """
-    score = np.asarray(score, dtype=np.float64)
-    n_rows, n_cols = score.shape
-    nbr, nbc = -(-n_rows // block), -(-n_cols // block)
-    sq = score * score
-    if nbr * block != n_rows or nbc * block != n_cols:
-        # Zero padding adds nothing to a sum of squares; the count below stays exact.
-        padded = np.zeros((nbr * block, nbc * block))
-        padded[:n_rows, :n_cols] = sq
-        sq = padded
-    sums = sq.reshape(nbr, block, nbc, block).sum(axis=(1, 3))
-    return np.sqrt(sums / _block_sizes(n_rows, n_cols, block))
+    return _block_norms(_Scores.of_array(score), block)
 
 
 def segment_norms(score: np.ndarray, rows: np.ndarray, tile: int) -> np.ndarray:
@@ -298,13 +367,50 @@ def segment_norms(score: np.ndarray, rows: np.ndarray, tile: int) -> np.ndarray:
     Entry (t, k) is the L2 norm of score[rows of tile t, k] divided by sqrt(rows in tile
     t), where tile t holds `rows[t*tile : (t+1)*tile]`.
     """
-    score = np.asarray(score, dtype=np.float64)
-    rows = np.asarray(rows)
-    n_kept, n_cols = len(rows), score.shape[1]
+    return _segment_norms(_Scores.of_array(score), np.asarray(rows), tile)
+
+
+def _row_norms(scores: _Scores) -> np.ndarray:
+    n_rows, n_cols = scores.shape
+    sums = np.empty(n_rows)
+    # Whole rows only: a row's sum of squares is one einsum, never cut.
+    for r0, r1, _, _ in _slabs(n_rows, n_cols, split_cols=False):
+        part = scores.as_float64(scores.source[r0:r1])
+        sums[r0:r1] = np.einsum("ij,ij->i", part, part)
+    return np.sqrt(sums) / math.sqrt(n_cols)
+
+
+def _block_norms(scores: _Scores, block: int) -> np.ndarray:
+    n_rows, n_cols = scores.shape
+    nbr, nbc = -(-n_rows // block), -(-n_cols // block)
+    sums = np.empty((nbr, nbc))
+    for r0, r1, c0, c1 in _slabs(n_rows, n_cols, block, block):
+        part = scores.as_float64(scores.source[r0:r1, c0:c1])
+        sq = part * part
+        rows_b, cols_b = -(-(r1 - r0) // block), -(-(c1 - c0) // block)
+        if sq.shape != (rows_b * block, cols_b * block):
+            # Zero padding adds nothing to a sum of squares; the count below stays exact.
+            padded = np.zeros((rows_b * block, cols_b * block))
+            padded[: r1 - r0, : c1 - c0] = sq
+            sq = padded
+        b0, k0 = r0 // block, c0 // block
+        sums[b0 : b0 + rows_b, k0 : k0 + cols_b] = sq.reshape(rows_b, block, cols_b, block).sum(
+            axis=(1, 3)
+        )
+    return np.sqrt(sums / _block_sizes(n_rows, n_cols, block))
+
+
+def _segment_norms(scores: _Scores, rows: np.ndarray, tile: int) -> np.ndarray:
+    n_kept, n_cols = len(rows), scores.shape[1]
     n_tiles = -(-n_kept // tile)
-    sq = np.zeros((n_tiles * tile, n_cols))
-    sq[:n_kept] = score[rows] ** 2
-    sums = sq.reshape(n_tiles, tile, n_cols).sum(axis=1)
+    sums = np.empty((n_tiles, n_cols))
+    # Slabs of whole tiles of the (zero-padded) stack of surviving rows.
+    for r0, r1, c0, c1 in _slabs(n_tiles * tile, n_cols, tile):
+        picked = rows[r0:r1]
+        sq = np.zeros((r1 - r0, c1 - c0))
+        sq[: picked.size] = scores.as_float64(scores.source[picked, c0:c1]) ** 2
+        t0 = r0 // tile
+        sums[t0 : t0 + (r1 - r0) // tile, c0:c1] = sq.reshape(-1, tile, c1 - c0).sum(axis=1)
     return np.sqrt(sums / _tile_sizes(n_kept, tile)[:, None])
 
 
@@ -338,24 +444,74 @@ def _keep_count(total: int, sparsity: float) -> int:
 
 
 def _top_k_mask(score: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k largest entries of a 1-D array; among equal scores the lower index wins.
+    """Keep the k largest entries of a float array (flattened, row-major) whose values
+    count by magnitude; among equal values the lower index wins.
 
-    A full stable sort would do, but on 16M weights a partition to find the k-th largest
-    value is several times faster: everything above it is kept, and the ties at it are
-    resolved by index order, which is what the stable sort would have done.
+    A full stable sort would do, but a threshold is all that is needed: everything above
+    the k-th largest value is kept, and the ties at it are resolved by index order, which
+    is what the stable sort would have done. The threshold is found without sorting or
+    copying: with the sign bit cleared, the IEEE bit patterns of non-negative floats sort
+    exactly like their values (and -0.0 becomes +0.0, its equal), so a radix select over
+    16-bit digits of the bits (`_radix_select`) finds it in one pass per digit, and the
+    mask is filled in one more. Passing W itself ranks |W|.
     """
-    size = score.size
+    values = np.ascontiguousarray(score).reshape(-1)
+    size = values.size
     mask = np.zeros(size, dtype=bool)
     if k <= 0:
         return mask
     if k >= size:
         mask[:] = True
         return mask
-    threshold = np.partition(score, size - k)[size - k]
-    mask = score > threshold
-    missing = k - int(np.count_nonzero(mask))
-    mask[np.flatnonzero(score == threshold)[:missing]] = True
+    bits = 8 * values.dtype.itemsize
+    keys = values.view(f"u{values.dtype.itemsize}")
+    clear = np.uint64((1 << (bits - 1)) - 1)  # every bit but the sign
+    threshold, above = _radix_select(keys, clear, bits, k)
+    _fill_top(keys, clear, threshold, k - above, mask)
     return mask
+
+
+@njit(cache=True)
+def _radix_select(keys, clear, n_bits, k):  # pragma: no cover - numba
+    """(threshold, above): the k-th largest of `keys & clear` and how many are larger.
+
+    Most significant 16-bit digit first: count the keys that share the digits fixed so
+    far, per value of the next digit, and walk down from the top digit until k is
+    reached; that digit is fixed and the keys above it counted as kept.
+    """
+    prefix = np.uint64(0)
+    above = 0
+    hist = np.zeros(1 << 16, dtype=np.int64)
+    digit_mask = np.uint64(0xFFFF)
+    shift = n_bits
+    while shift > 0:
+        shift -= 16
+        hist[:] = 0
+        low = np.uint64(shift)
+        high = np.uint64(shift + 16)
+        first = shift + 16 >= n_bits  # no digit fixed yet
+        for i in range(keys.size):
+            v = np.uint64(keys[i]) & clear
+            if first or (v >> high) == prefix:
+                hist[(v >> low) & digit_mask] += 1
+        d = 0xFFFF
+        while above + hist[d] < k:
+            above += hist[d]
+            d -= 1
+        prefix = (prefix << np.uint64(16)) | np.uint64(d)
+    return prefix, above
+
+
+@njit(cache=True)
+def _fill_top(keys, clear, threshold, missing, out):  # pragma: no cover - numba
+    """Keep every key above the threshold and the first `missing` equal to it."""
+    for i in range(keys.size):
+        v = np.uint64(keys[i]) & clear
+        if v > threshold:
+            out[i] = True
+        elif v == threshold and missing > 0:
+            out[i] = True
+            missing -= 1
 
 
 def _closest_prefix(cum_kept: np.ndarray, target: int, prefer: int) -> int:
@@ -382,47 +538,86 @@ def _tile_sizes(n_kept_rows: int, tile: int) -> np.ndarray:
     )
 
 
-def _block_wise(score: np.ndarray, sparsity: float, block: int) -> np.ndarray:
+def _block_wise(score: _Scores, sparsity: float, block: int) -> np.ndarray:
     n_rows, n_cols = score.shape
-    norms = block_rms_norms(score, block)
+    norms = _block_norms(score, block)
     sizes = _block_sizes(n_rows, n_cols, block).ravel()
     order = np.argsort(-norms.ravel(), kind="stable")
     cum = np.concatenate(([0], np.cumsum(sizes[order])))
-    target = _keep_count(score.size, sparsity)
+    target = _keep_count(n_rows * n_cols, sparsity)
     keep = np.zeros(norms.size, dtype=bool)
     keep[order[: _closest_prefix(cum, target, prefer=0)]] = True
     keep = keep.reshape(norms.shape)
-    return np.repeat(np.repeat(keep, block, axis=0), block, axis=1)[:n_rows, :n_cols]
+    mask = np.empty((n_rows, n_cols), dtype=bool)
+    for br in range(norms.shape[0]):
+        mask[br * block : (br + 1) * block] = np.repeat(keep[br], block)[:n_cols]
+    return mask
 
 
-def _n_of_m_mask(score: np.ndarray, n: int, m: int) -> np.ndarray:
+def _n_of_m_mask(score: _Scores, n: int, m: int) -> np.ndarray:
     """Keep the n best of every aligned group of m consecutive columns, row by row.
 
     A partial last group of length L < m keeps min(n, L). Within a group the rank of
     entry i is the number of entries that beat it: a higher score, or an equal score at a
-    lower position. With m = 4 that is 12 vectorised comparisons, cheaper than sorting
-    millions of 4-element groups.
+    lower position (`_n_of_m_rows`). Only comparisons decide, so reading W in place and
+    comparing magnitudes gives what comparing float64 copies of |W| would.
     """
-    n_rows, n_cols = score.shape
-    groups = -(-n_cols // m)
-    if groups * m != n_cols:
-        # Scores are >= 0, so -1 pads rank below every real entry; dropped again below.
-        padded = np.full((n_rows, groups * m), -1.0)
-        padded[:, :n_cols] = score
-    else:
-        padded = np.asarray(score, dtype=np.float64)
-    grouped = padded.reshape(n_rows, groups, m)
-    keep = np.empty(grouped.shape, dtype=bool)
-    for i in range(m):
-        s_i = grouped[:, :, i]
-        beaten_by = np.zeros(s_i.shape, dtype=np.int32)
-        for j in range(m):
+    mask = np.empty(score.shape, dtype=bool)
+    _n_of_m_rows(score.source, score.magnitude, n, m, mask)
+    return mask
+
+
+@njit(cache=True)
+def _group_keep(s, length, n, keep):  # pragma: no cover - numba
+    """keep[i] = entry i of a group of `length` scores s[:length] is among its n best."""
+    for i in range(length):
+        beaten_by = 0
+        for j in range(length):
             if j < i:
-                beaten_by += grouped[:, :, j] >= s_i
+                beaten_by += s[j] >= s[i]
             elif j > i:
-                beaten_by += grouped[:, :, j] > s_i
-        keep[:, :, i] = beaten_by < n
-    return keep.reshape(n_rows, groups * m)[:, :n_cols]
+                beaten_by += s[j] > s[i]
+        keep[i] = beaten_by < n
+
+
+@njit(cache=True)
+def _n_of_m_rows(values, magnitude, n, m, out):  # pragma: no cover - numba
+    n_rows, n_cols = values.shape
+    s = np.empty(m, dtype=np.float64)
+    keep = np.empty(m, dtype=np.bool_)
+    for r in range(n_rows):
+        for g0 in range(0, n_cols, m):
+            length = min(m, n_cols - g0)
+            for i in range(length):
+                x = np.float64(values[r, g0 + i])
+                s[i] = abs(x) if magnitude else x
+            _group_keep(s, length, n, keep)
+            for i in range(length):
+                out[r, g0 + i] = keep[i]
+
+
+@njit(cache=True)
+def _n_of_m_tiles(values, magnitude, rows, tile, cols, col_ptr, n, m, out):  # pragma: no cover
+    """tvw's second step: n:m along each tile's compacted kept-K list, row by row.
+
+    Tile t holds rows[t*tile : (t+1)*tile] and the kept columns cols[col_ptr[t] :
+    col_ptr[t+1]]; aligned groups are positions 0..m-1, m..2m-1, ... of that list.
+    Writes out[row, column] for every kept (row, column) of every tile.
+    """
+    s = np.empty(m, dtype=np.float64)
+    keep = np.empty(m, dtype=np.bool_)
+    for t in range(col_ptr.size - 1):
+        c0, c1 = col_ptr[t], col_ptr[t + 1]
+        for p in range(t * tile, min(rows.size, (t + 1) * tile)):
+            r = rows[p]
+            for g0 in range(c0, c1, m):
+                length = min(m, c1 - g0)
+                for i in range(length):
+                    x = np.float64(values[r, cols[g0 + i]])
+                    s[i] = abs(x) if magnitude else x
+                _group_keep(s, length, n, keep)
+                for i in range(length):
+                    out[r, cols[g0 + i]] = keep[i]
 
 
 def _occurrence(labels: np.ndarray, n_labels: int) -> np.ndarray:
@@ -436,7 +631,7 @@ def _occurrence(labels: np.ndarray, n_labels: int) -> np.ndarray:
 
 
 def _tile_wise(
-    score: np.ndarray,
+    score: _Scores,
     *,
     tw_sparsity: float,
     final_sparsity: float,
@@ -445,7 +640,7 @@ def _tile_wise(
     nm: tuple[int, int] | None,
 ) -> tuple[np.ndarray, TileLayout]:
     n_rows, n_cols = score.shape
-    total = score.size
+    total = n_rows * n_cols
     tw_target = _keep_count(total, tw_sparsity)
 
     # Step 1: rows. s_rows from the split, the count by rounding, at least one row when
@@ -454,11 +649,11 @@ def _tile_wise(
     n_kept_rows = n_rows - round(s_rows * n_rows)
     if n_kept_rows == 0 and tw_target > 0:
         n_kept_rows = 1
-    rows = np.flatnonzero(_top_k_mask(normalised_row_norms(score), n_kept_rows))
+    rows = np.flatnonzero(_top_k_mask(_row_norms(score), n_kept_rows))
     rows = rows.astype(np.int32)
 
     # Step 2 and 3: tiles of surviving rows, column segments ranked across all tiles.
-    seg = segment_norms(score, rows, tile)
+    seg = _segment_norms(score, rows, tile)
     n_tiles = seg.shape[0]
     sizes = _tile_sizes(n_kept_rows, tile)
     order = np.argsort(-seg.ravel(), kind="stable")  # ties: lower tile, then lower k
@@ -483,14 +678,13 @@ def _tile_wise(
     layout = TileLayout(tile_width=tile, rows=rows, kept_k=kept_k)
 
     mask = np.zeros(score.shape, dtype=bool)
-    mask[rows] = seg_keep[np.arange(n_kept_rows) // tile]
+    for t in range(n_tiles):
+        mask[layout.tile_rows(t)] = seg_keep[t]
     if nm is not None:
-        for t in range(n_tiles):
-            cols = kept_k[t]
-            if cols.size:
-                tile_rows = layout.tile_rows(t)
-                sub = score[np.ix_(tile_rows, cols)]
-                mask[np.ix_(tile_rows, cols)] = _n_of_m_mask(sub, *nm)
+        col_ptr = np.zeros(n_tiles + 1, dtype=np.int64)
+        np.cumsum([cols.size for cols in kept_k], out=col_ptr[1:])
+        cols = np.concatenate(kept_k) if kept_k else np.zeros(0, np.int32)
+        _n_of_m_tiles(score.source, score.magnitude, rows, tile, cols, col_ptr, *nm, mask)
     return mask, layout
 
 
@@ -507,26 +701,31 @@ def _check_weight(weight: object) -> np.ndarray:
         )
     if w.size == 0:
         raise InputError("weight", f"must have at least one row and column, got {w.shape}")
-    if not np.isfinite(w).all():
+    if not _all_rows(w, np.isfinite):
         raise InputError("weight", "must be finite (found NaN or inf)")
     return w
 
 
-def _check_importance(importance: object, w: np.ndarray) -> np.ndarray:
-    """float64 scores: |w| by default, else the caller's, checked."""
+def _all_rows(array: np.ndarray, test) -> bool:
+    """test(rows).all() for every slab of rows: no full-size boolean temporary."""
+    return all(test(array[r0:r1]).all() for r0, r1, _, _ in _slabs(*array.shape, split_cols=False))
+
+
+def _check_importance(importance: object, w: np.ndarray) -> _Scores:
+    """The scores: |w| by default (read from w itself), else the caller's, checked."""
     if importance is None:
-        return np.abs(w, dtype=np.float64)
+        return _Scores.of_weight(w)
     score = np.asarray(importance)
     if score.shape != w.shape:
         raise InputError("importance", f"must have the weight's shape {w.shape}, got {score.shape}")
     if score.dtype.kind not in "fiu":
         raise InputError("importance", f"must be a real numeric array, got dtype {score.dtype}")
     score = score.astype(np.float64)
-    if not np.isfinite(score).all():
+    if not _all_rows(score, np.isfinite):
         raise InputError("importance", "must be finite (found NaN or inf)")
-    if (score < 0).any():
+    if not _all_rows(score, lambda part: part >= 0):
         raise InputError("importance", "must be non-negative (scores rank weights)")
-    return score
+    return _Scores(score, magnitude=False)
 
 
 def _check_fraction(name: str, value: object, *, upper_inclusive: bool) -> float:
