@@ -175,6 +175,14 @@ def compress_2to4(weight16: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, n
     K `16q + 4c .. 16q + 4c + 3` (bits [1:0] first position, [3:2] second). Raises
     InputError('mask') if a group keeps 3 or more.
     """
+    return _compress_2to4(weight16, mask)
+
+
+def _compress_2to4(
+    weight16: np.ndarray, mask: np.ndarray, row_offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`compress_2to4` of a slab of rows that starts at row `row_offset` of the matrix
+    (the offset only names the row in the error)."""
     rows, length = mask.shape
     if length % 16:
         raise ValueError(f"compress_2to4 needs a K length that is a multiple of 16, got {length}")
@@ -185,10 +193,11 @@ def compress_2to4(weight16: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, n
     first = _FIRST_POS[bits]
     if (first < 0).any():
         r, grp = np.argwhere(first < 0)[0]
+        kept = int(np.count_nonzero(mask[r, 4 * grp : 4 * grp + 4]))
         raise InputError(
             "mask",
-            f"row {r} keeps {int(np.count_nonzero(mask[r, 4 * grp : 4 * grp + 4]))} of the "
-            f"aligned group of 4 at K {4 * grp}..{4 * grp + 3}; 2:4 allows at most 2",
+            f"row {row_offset + r} keeps {kept} of the aligned group of 4 at K "
+            f"{4 * grp}..{4 * grp + 3}; 2:4 allows at most 2",
         )
     second = _SECOND_POS[bits]
     grouped = weight16.reshape(rows, groups, 4)
@@ -572,53 +581,125 @@ def encode(
     if layout is not None and pattern not in ("tw", "tvw"):
         raise InputError("layout", f"only tw and tvw take a tile layout, not {pattern}")
 
-    weight16 = _to_fp16(w, mask)
     n, k = w.shape
     if pattern == "dense":
-        return _encode_dense(weight16, n, k, config)
+        return _encode_dense(w, mask, n, k, config)
     if pattern == "ew":
-        return _encode_csr(weight16, mask, n, k, config)
+        return _encode_csr(w, mask, n, k, config)
     if pattern == "bw":
-        return _encode_bsr(weight16, mask, n, k, config, block)
+        return _encode_bsr(w, mask, n, k, config, block)
     if pattern == "vw":
-        return _encode_vw(weight16, mask, n, k, config)
-    return _encode_tiles(weight16, mask, n, k, config, pattern, layout)
+        return _encode_vw(w, mask, n, k, config)
+    return _encode_tiles(w, mask, n, k, config, pattern, layout)
 
 
-def _to_fp16(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """fp16(W) with dropped entries zeroed; a kept value must be finite in fp16."""
+CHUNK_ELEMENTS = 1 << 21
+"""Weights converted to fp16 at a time. The encoders work through the weight in slabs of
+whole rows, so a layer of half a billion weights never needs a full-size fp16 copy or a
+full-size temporary; the slab size changes no byte of the result."""
+
+
+def _row_slabs(n_rows: int, n_cols: int, multiple: int = 1):
+    """(lo, hi) slabs of about CHUNK_ELEMENTS, each a whole multiple of `multiple` rows."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, n_cols * multiple)) * multiple
+    for lo in range(0, n_rows, rows):
+        yield lo, min(n_rows, lo + rows)
+
+
+def _fp16_rows(w: np.ndarray, mask: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """fp16(W[lo:hi]) with dropped entries zeroed; a kept value must be finite in fp16."""
+    part, keep = w[lo:hi], mask[lo:hi]
     with np.errstate(over="ignore", invalid="ignore"):
-        w16 = w.astype(np.float16)
-    bad = mask & ~np.isfinite(w16)
+        w16 = part.astype(np.float16)
+    if not _within_fp16(part):
+        _raise_first_unrepresentable(part, keep, w16, lo)
+    return np.where(keep, w16, np.float16(0))
+
+
+def _check_fp16(w: np.ndarray, mask: np.ndarray) -> None:
+    """Raise for the first kept weight that fp16 cannot hold (before any other error)."""
+    for lo, hi in _row_slabs(*w.shape):
+        part = w[lo:hi]
+        if not _within_fp16(part):
+            with np.errstate(over="ignore", invalid="ignore"):
+                w16 = part.astype(np.float16)
+            _raise_first_unrepresentable(part, mask[lo:hi], w16, lo)
+
+
+def _within_fp16(part: np.ndarray) -> bool:
+    """True when no entry can round to inf: all lie within the largest finite fp16 (a
+    value that does round to fp16's edge, 65504, is still finite). Two reductions are far
+    cheaper than converting and testing every entry; NaN fails the comparison."""
+    return part.size == 0 or bool(part.max() <= FP16_MAX and part.min() >= -FP16_MAX)
+
+
+def _raise_first_unrepresentable(
+    part: np.ndarray, keep: np.ndarray, w16: np.ndarray, lo: int
+) -> None:
+    """Slabs are visited in row order, so the first offending slab holds the first
+    offending weight of the whole matrix: the error names the entry a whole-matrix check
+    would."""
+    bad = keep & ~np.isfinite(w16)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise InputError(
-            "weight",
-            f"kept value {w[r, c]!r} at ({r}, {c}) is not representable in fp16; kept "
-            f"weights must be finite with |w| <= {FP16_MAX:g}",
-        )
-    return np.where(mask, w16, np.float16(0))
+        _raise_unrepresentable(part[r, c], lo + r, c)
 
 
-def _encode_dense(w16: np.ndarray, n: int, k: int, config: KernelConfig) -> DenseWeight:
-    values = np.zeros((n, _roundup(k, config.bk)), dtype=np.float16)
-    values[:, :k] = w16
-    return DenseWeight("dense", n, k, config, values)
-
-
-def _encode_csr(
-    w16: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig
-) -> CsrWeight:
-    rows, cols = np.nonzero(mask)  # row-major order: columns ascend within a row
-    row_ptr = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=n), out=row_ptr[1:])
-    return CsrWeight(
-        "ew", n, k, config, row_ptr, cols.astype(np.int32), w16[rows, cols].astype(np.float16)
+def _raise_unrepresentable(value: object, row: int, col: int) -> None:
+    raise InputError(
+        "weight",
+        f"kept value {value!r} at ({row}, {col}) is not representable in fp16; kept "
+        f"weights must be finite with |w| <= {FP16_MAX:g}",
     )
 
 
+def _encode_dense(
+    w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig
+) -> DenseWeight:
+    values = np.zeros((n, _roundup(k, config.bk)), dtype=np.float16)
+    for lo, hi in _row_slabs(n, k):
+        values[lo:hi, :k] = _fp16_rows(w, mask, lo, hi)
+    return DenseWeight("dense", n, k, config, values)
+
+
+def _encode_csr(w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig) -> CsrWeight:
+    row_nnz = np.empty(n, dtype=np.int64)
+    for lo, hi in _row_slabs(n, k):
+        row_nnz[lo:hi] = np.count_nonzero(mask[lo:hi], axis=1)
+    row_ptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(row_nnz, out=row_ptr[1:])
+    nnz = int(row_nnz.sum())
+    col_idx = np.empty(nnz, dtype=np.int32)
+    _kept_columns(mask, row_nnz, col_idx)
+    values = np.empty(nnz, dtype=np.float16)
+    for lo, hi in _row_slabs(n, k):
+        start, end = int(row_ptr[lo]), int(row_ptr[hi])
+        kept = w[lo:hi][mask[lo:hi]]  # row-major, like col_idx
+        with np.errstate(over="ignore", invalid="ignore"):
+            values[start:end] = kept.astype(np.float16)
+        bad = np.flatnonzero(~np.isfinite(values[start:end]))
+        if bad.size:
+            at = start + int(bad[0])
+            row, col = int(np.searchsorted(row_ptr, at, side="right")) - 1, int(col_idx[at])
+            _raise_unrepresentable(w[row, col], row, col)
+    return CsrWeight("ew", n, k, config, row_ptr, col_idx, values)
+
+
+@njit(cache=True)
+def _kept_columns(mask, row_nnz, col_idx):  # pragma: no cover - numba
+    """CSR column indices: the kept columns of every row, ascending, rows in order."""
+    at = 0
+    for r in range(mask.shape[0]):
+        if row_nnz[r] == 0:
+            continue
+        for c in range(mask.shape[1]):
+            if mask[r, c]:
+                col_idx[at] = c
+                at += 1
+
+
 def _encode_bsr(
-    w16: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig, block: Any
+    w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig, block: Any
 ) -> BsrWeight:
     if not isinstance(block, int) or isinstance(block, bool) or block < 16 or block % 16:
         raise InputError("block", f"must be a positive multiple of 16, got {block!r}")
@@ -635,15 +716,20 @@ def _encode_bsr(
     b = block
     n_pad, k_pad = _roundup(n, b), _roundup(k, b)
     nbr, nbc = n_pad // b, k_pad // b
-    padded_mask = np.zeros((n_pad, k_pad), dtype=bool)
-    padded_mask[:n, :k] = mask
-    kept_per_block = padded_mask.reshape(nbr, b, nbc, b).sum(axis=(1, 3))
+    kept_per_block = np.empty((nbr, nbc), dtype=np.int64)
+    for lo, hi in _row_slabs(n, k, b):
+        part = np.zeros((_roundup(hi - lo, b), k_pad), dtype=bool)
+        part[: hi - lo, :k] = mask[lo:hi]
+        kept_per_block[lo // b : lo // b + part.shape[0] // b] = part.reshape(-1, b, nbc, b).sum(
+            axis=(1, 3)
+        )
     # A block is all-kept or all-dropped over its logical (unpadded) part.
     logical_rows = np.minimum(b, n - np.arange(nbr) * b)
     logical_cols = np.minimum(b, k - np.arange(nbc) * b)
     full = np.outer(logical_rows, logical_cols)
     partial = (kept_per_block > 0) & (kept_per_block != full)
     if partial.any():
+        _check_fp16(w, mask)  # an unrepresentable kept value is the first error to report
         br, bc = np.argwhere(partial)[0]
         raise InputError(
             "mask",
@@ -654,9 +740,13 @@ def _encode_bsr(
     block_rows, block_cols = np.nonzero(present)
     block_row_ptr = np.zeros(nbr + 1, dtype=np.int32)
     np.cumsum(np.bincount(block_rows, minlength=nbr), out=block_row_ptr[1:])
-    padded = np.zeros((n_pad, k_pad), dtype=np.float16)
-    padded[:n, :k] = w16
-    values = padded.reshape(nbr, b, nbc, b)[block_rows, :, block_cols, :]
+    values = np.empty((block_rows.size, b, b), dtype=np.float16)
+    for lo, hi in _row_slabs(n, k, b):
+        padded = np.zeros((_roundup(hi - lo, b), k_pad), dtype=np.float16)
+        padded[: hi - lo, :k] = _fp16_rows(w, mask, lo, hi)
+        first = lo // b
+        sel = slice(int(block_row_ptr[first]), int(block_row_ptr[first + padded.shape[0] // b]))
+        values[sel] = padded.reshape(-1, b, nbc, b)[block_rows[sel] - first, :, block_cols[sel], :]
 
     # Kernel view: per CTA tile of bm / b block rows, the union of kept block columns.
     per_tile = config.bm // b
@@ -686,14 +776,30 @@ def _encode_bsr(
     )
 
 
-def _encode_vw(w16: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig) -> VwWeight:
+def _encode_vw(w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig) -> VwWeight:
     n_pad, k_pad = _roundup(n, 16), _roundup(k, config.bk)
-    padded = np.zeros((n_pad, k_pad), dtype=np.float16)
-    padded[:n, :k] = w16
-    padded_mask = np.zeros((n_pad, k_pad), dtype=bool)
-    padded_mask[:n, :k] = mask
-    values, meta16 = compress_2to4(padded, padded_mask)
-    return VwWeight("vw", n, k, config, values, metadata_to_lanes(meta16))
+    values = np.empty((n_pad, k_pad // 2), dtype=np.float16)
+    metadata = np.empty((n_pad // 16, k_pad // 64, 32), dtype=np.uint32)
+    broken = None  # the first 2:4 violation; raised after every kept value is checked
+    for lo, hi in _row_slabs(n_pad, k_pad, 16):
+        padded = np.zeros((hi - lo, k_pad), dtype=np.float16)
+        padded_mask = np.zeros((hi - lo, k_pad), dtype=bool)
+        real = min(hi, n) - lo
+        if real > 0:
+            padded[:real, :k] = _fp16_rows(w, mask, lo, lo + real)
+            padded_mask[:real, :k] = mask[lo : lo + real]
+        if broken is not None:
+            continue
+        try:
+            part, meta16 = _compress_2to4(padded, padded_mask, row_offset=lo)
+        except InputError as err:
+            broken = err
+            continue
+        values[lo:hi] = part
+        metadata[lo // 16 : hi // 16] = metadata_to_lanes(meta16)
+    if broken is not None:
+        raise broken
+    return VwWeight("vw", n, k, config, values, metadata)
 
 
 @njit(cache=True)
@@ -783,7 +889,7 @@ def _tile_lists_from_layout(
 
 
 def _encode_tiles(
-    w16: np.ndarray,
+    w: np.ndarray,
     mask: np.ndarray,
     n: int,
     k: int,
@@ -792,6 +898,7 @@ def _encode_tiles(
     layout: _Layout | None,
 ) -> TileWeight:
     g, bk, sparse = config.bm, config.bk, pattern == "tvw"
+    _check_fp16(w, mask)  # the first error to report, before any question of layout
     if layout is None:
         rows, lists = _tile_lists_from_mask(mask, g, sparse)
     else:
@@ -803,20 +910,26 @@ def _encode_tiles(
     k_ptr = np.zeros(tiles + 1, dtype=np.int32)
     np.cumsum([_roundup(int(c), bk) for c in kept_k], out=k_ptr[1:])
     k_index = np.full(int(k_ptr[-1]), -1, dtype=np.int32)
+    # Every tile's block goes straight to its place: no list of parts to concatenate.
+    total = g * int(k_ptr[-1])
+    values = np.empty(total // 2 if sparse else total, dtype=np.float16)
+    metadata = np.empty(total // 32, dtype=np.uint32) if sparse else None
 
     covered = 0  # kept entries that land in some tile: must be all of them
-    value_parts, meta_parts = [], []
     for t, cols in enumerate(lists):
         k_index[k_ptr[t] : k_ptr[t] + cols.size] = cols
         tile_rows = rows[t * g : (t + 1) * g]
-        k_pad_t = int(k_ptr[t + 1] - k_ptr[t])
-        block = np.zeros((g, k_pad_t), dtype=np.float16)
-        block_mask = np.zeros((g, k_pad_t), dtype=bool)
+        start, end = int(k_ptr[t]), int(k_ptr[t + 1])
+        block = np.zeros((g, end - start), dtype=np.float16)
+        block_mask = np.zeros((g, end - start), dtype=bool)
         real = np.flatnonzero(cols >= 0)
         picked = np.ix_(tile_rows, cols[real])
-        block[: tile_rows.size, real] = w16[picked]
-        block_mask[: tile_rows.size, real] = mask[picked]
-        covered += int(np.count_nonzero(block_mask))
+        kept = mask[picked]
+        with np.errstate(over="ignore", invalid="ignore"):
+            # Dropped entries may overflow fp16; they are zeroed (kept ones were checked).
+            block[: tile_rows.size, real] = np.where(kept, w[picked].astype(np.float16), 0)
+        block_mask[: tile_rows.size, real] = kept
+        covered += int(np.count_nonzero(kept))
         if sparse:
             try:
                 compact, meta16 = compress_2to4(block, block_mask)
@@ -824,10 +937,10 @@ def _encode_tiles(
                 raise InputError(
                     "mask", f"tile {t} breaks 2:4 along its kept-K list: {err.problem}"
                 ) from None
-            value_parts.append(compact.ravel())
-            meta_parts.append(metadata_to_lanes(meta16).ravel())
+            values[g * start // 2 : g * end // 2] = compact.ravel()
+            metadata[g * start // 32 : g * end // 32] = metadata_to_lanes(meta16).ravel()
         else:
-            value_parts.append(block.ravel())
+            values[g * start : g * end] = block.ravel()
     missing = int(np.count_nonzero(mask)) - covered
     if missing:
         raise InputError(
@@ -835,10 +948,6 @@ def _encode_tiles(
             f"{missing} kept weights lie outside the tile layout (rows not listed or K not "
             "in their tile's kept-K list); the encoder never drops a kept weight",
         )
-    values = np.concatenate(value_parts) if value_parts else np.zeros(0, np.float16)
-    metadata = None
-    if sparse:
-        metadata = np.concatenate(meta_parts) if meta_parts else np.zeros(0, np.uint32)
     return TileWeight(
         pattern, n, k, config, sparse, row_map, kept_k, k_ptr, k_index, values, metadata
     )
