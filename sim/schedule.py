@@ -348,26 +348,28 @@ def _csr_work(enc, kept_weights: int) -> TileWork:
     config, bm, bk, bn = enc.config, enc.config.bm, enc.config.bk, enc.config.bn
     n, k = int(enc.n), int(enc.k)
     row_ptr = np.asarray(enc.row_ptr, dtype=np.int64)
-    col_idx = np.asarray(enc.col_idx, dtype=np.int64)
+    col_idx = np.asarray(enc.col_idx)
     tiles = -(-n // bm)
-    row_of = np.repeat(np.arange(n), np.diff(row_ptr))
-    tile_of = row_of // bm
-    # Nonzeros per (tile, column): the union of a tile's columns and each one's count.
-    per_pair = np.bincount(tile_of * k + col_idx, minlength=tiles * k)
-    uniq = np.flatnonzero(per_pair)
-    counts = per_pair[uniq]
-    u_tile, u_col = uniq // k, uniq % k
-    per_tile = np.bincount(u_tile, minlength=tiles)
-    k_lengths = np.array([_roundup(int(c), bk) for c in per_tile], dtype=np.int32)
+    # Tile by tile (a tile's nonzeros are one contiguous run of col_idx): the union of
+    # the columns its rows keep, ascending, and each column's nonzero count.
+    rows_parts, nnz_parts = [], []
+    k_lengths = np.zeros(tiles, dtype=np.int32)
+    for t in range(tiles):
+        cols = col_idx[row_ptr[t * bm] : row_ptr[min(n, (t + 1) * bm)]]
+        per_col = np.bincount(cols, minlength=k)
+        used = np.flatnonzero(per_col)
+        length = _roundup(used.size, bk)
+        k_lengths[t] = length
+        rows = np.full(length, -1, dtype=np.int64)
+        rows[: used.size] = used
+        nnz = np.zeros(length, dtype=np.float64)
+        nnz[: used.size] = per_col[used]
+        rows_parts.append(rows)
+        nnz_parts.append(nnz)
     act_ptr = np.zeros(tiles + 1, dtype=np.int64)
     np.cumsum(k_lengths, out=act_ptr[1:])
-    rows = np.full(int(act_ptr[-1]), -1, dtype=np.int64)
-    nnz_at = np.zeros(int(act_ptr[-1]), dtype=np.float64)
-    first = np.zeros(tiles + 1, dtype=np.int64)
-    np.cumsum(per_tile, out=first[1:])
-    position = act_ptr[u_tile] + (np.arange(uniq.size) - first[u_tile])
-    rows[position] = u_col
-    nnz_at[position] = counts
+    rows = np.concatenate(rows_parts) if rows_parts else np.zeros(0, dtype=np.int64)
+    nnz_at = np.concatenate(nnz_parts) if nnz_parts else np.zeros(0, dtype=np.float64)
     stage_nnz, stage_ptr = _stage_arrays(k_lengths, bk, nnz_at)
     return TileWork(
         pattern="ew",
