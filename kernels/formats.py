@@ -186,27 +186,47 @@ def _compress_2to4(
     rows, length = mask.shape
     if length % 16:
         raise ValueError(f"compress_2to4 needs a K length that is a multiple of 16, got {length}")
-    groups = length // 4
-    bits = (mask.reshape(rows, groups, 4).astype(np.uint8) << np.arange(4, dtype=np.uint8)).sum(
-        axis=2, dtype=np.uint8
-    )
-    first = _FIRST_POS[bits]
-    if (first < 0).any():
-        r, grp = np.argwhere(first < 0)[0]
+    # The values move as raw fp16 bit patterns: a copy, never arithmetic.
+    bits16 = np.ascontiguousarray(weight16, dtype=np.float16).view(np.uint16)
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    values = np.empty((rows, length // 2), dtype=np.uint16)
+    meta16 = np.empty((rows, length // 16), dtype=np.uint16)
+    r, grp = _compress_rows(bits16, mask, _FIRST_POS, _SECOND_POS, values, meta16)
+    if r >= 0:
         kept = int(np.count_nonzero(mask[r, 4 * grp : 4 * grp + 4]))
         raise InputError(
             "mask",
             f"row {row_offset + r} keeps {kept} of the aligned group of 4 at K "
             f"{4 * grp}..{4 * grp + 3}; 2:4 allows at most 2",
         )
-    second = _SECOND_POS[bits]
-    grouped = weight16.reshape(rows, groups, 4)
-    values = np.empty((rows, groups, 2), dtype=np.float16)
-    values[:, :, 0] = np.take_along_axis(grouped, first[:, :, None].astype(np.intp), 2)[:, :, 0]
-    values[:, :, 1] = np.take_along_axis(grouped, second[:, :, None].astype(np.intp), 2)[:, :, 0]
-    nibbles = (first.astype(np.uint16) | (second.astype(np.uint16) << 2)).reshape(rows, -1, 4)
-    meta16 = (nibbles << (4 * np.arange(4, dtype=np.uint16))).sum(axis=2, dtype=np.uint16)
-    return values.reshape(rows, groups * 2), meta16
+    return values.view(np.float16), meta16
+
+
+@njit(cache=True)
+def _compress_rows(bits16, mask, first_pos, second_pos, values, meta16):  # pragma: no cover
+    """The 2:4 compression loop: for every aligned group of 4, the 4-bit set of kept
+    positions picks the two stored positions (`_position_table`), their values are
+    copied and the nibble `first | second << 2` goes to bits 4c+3..4c of the row's
+    16-K metadata word. Returns the first (row, group) that keeps 3 or more, else -1s."""
+    n_rows, length = mask.shape
+    for r in range(n_rows):
+        for q in range(length // 16):
+            word = 0
+            for c in range(4):
+                g = 4 * q + c
+                at = 4 * g
+                kept = (
+                    mask[r, at] | mask[r, at + 1] << 1 | mask[r, at + 2] << 2 | mask[r, at + 3] << 3
+                )
+                first = first_pos[kept]
+                if first < 0:
+                    return r, g
+                second = second_pos[kept]
+                values[r, 2 * g] = bits16[r, at + first]
+                values[r, 2 * g + 1] = bits16[r, at + second]
+                word |= (first | second << 2) << (4 * c)
+            meta16[r, q] = word
+    return -1, -1
 
 
 def expand_2to4(values: np.ndarray, meta16: np.ndarray) -> np.ndarray:
@@ -669,12 +689,20 @@ def _encode_csr(w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelC
     row_ptr = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(row_nnz, out=row_ptr[1:])
     nnz = int(row_nnz.sum())
-    col_idx = np.empty(nnz, dtype=np.int32)
-    _kept_columns(mask, row_nnz, col_idx)
+    # One slot of slack: the branch-free fill below writes one entry past the last kept.
+    col_idx = np.empty(nnz + 1, dtype=np.int32)
     values = np.empty(nnz, dtype=np.float16)
+    items = _raw_items(w)
     for lo, hi in _row_slabs(n, k):
         start, end = int(row_ptr[lo]), int(row_ptr[hi])
-        kept = w[lo:hi][mask[lo:hi]]  # row-major, like col_idx
+        keep = np.ascontiguousarray(mask[lo:hi])
+        if items is None:
+            kept = w[lo:hi][keep]  # row-major, like col_idx
+            col_idx[start:end] = np.nonzero(keep)[1]
+        else:
+            raw = np.empty(end - start + 1, dtype=items.dtype)
+            _csr_fill(items[lo:hi], keep, col_idx[start:], raw)
+            kept = raw[:-1].view(w.dtype)
         with np.errstate(over="ignore", invalid="ignore"):
             values[start:end] = kept.astype(np.float16)
         bad = np.flatnonzero(~np.isfinite(values[start:end]))
@@ -682,20 +710,32 @@ def _encode_csr(w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelC
             at = start + int(bad[0])
             row, col = int(np.searchsorted(row_ptr, at, side="right")) - 1, int(col_idx[at])
             _raise_unrepresentable(w[row, col], row, col)
-    return CsrWeight("ew", n, k, config, row_ptr, col_idx, values)
+    return CsrWeight("ew", n, k, config, row_ptr, col_idx[:nnz], values)
+
+
+def _raw_items(w: np.ndarray) -> np.ndarray | None:
+    """W's elements as unsigned integers of the same width (a view, no copy), for numba
+    loops that move weights without arithmetic; None when W has no such view (a
+    non-contiguous array, a 16-byte float) and numpy indexing has to do."""
+    if not w.flags.c_contiguous or w.dtype.itemsize not in (1, 2, 4, 8):
+        return None
+    return w.view(f"u{w.dtype.itemsize}")
 
 
 @njit(cache=True)
-def _kept_columns(mask, row_nnz, col_idx):  # pragma: no cover - numba
-    """CSR column indices: the kept columns of every row, ascending, rows in order."""
+def _csr_fill(items, mask, col_idx, kept):  # pragma: no cover - numba
+    """The kept entries of a slab of rows, row-major: their columns and raw values.
+
+    Branch-free (a random mask defeats branch prediction): every entry is written to
+    the next free slot, and the slot advances only when the entry is kept, so both
+    outputs need one slot of slack past the last kept entry.
+    """
     at = 0
     for r in range(mask.shape[0]):
-        if row_nnz[r] == 0:
-            continue
         for c in range(mask.shape[1]):
-            if mask[r, c]:
-                col_idx[at] = c
-                at += 1
+            col_idx[at] = c
+            kept[at] = items[r, c]
+            at += mask[r, c]
 
 
 def _encode_bsr(
@@ -916,20 +956,27 @@ def _encode_tiles(
     metadata = np.empty(total // 32, dtype=np.uint32) if sparse else None
 
     covered = 0  # kept entries that land in some tile: must be all of them
+    items = _raw_items(w)
     for t, cols in enumerate(lists):
         k_index[k_ptr[t] : k_ptr[t] + cols.size] = cols
         tile_rows = rows[t * g : (t + 1) * g]
         start, end = int(k_ptr[t]), int(k_ptr[t + 1])
-        block = np.zeros((g, end - start), dtype=np.float16)
         block_mask = np.zeros((g, end - start), dtype=bool)
-        real = np.flatnonzero(cols >= 0)
-        picked = np.ix_(tile_rows, cols[real])
-        kept = mask[picked]
-        with np.errstate(over="ignore", invalid="ignore"):
-            # Dropped entries may overflow fp16; they are zeroed (kept ones were checked).
-            block[: tile_rows.size, real] = np.where(kept, w[picked].astype(np.float16), 0)
-        block_mask[: tile_rows.size, real] = kept
-        covered += int(np.count_nonzero(kept))
+        if items is None:
+            block = np.zeros((g, end - start), dtype=np.float16)
+            real = np.flatnonzero(cols >= 0)
+            picked = np.ix_(tile_rows, cols[real])
+            kept = mask[picked]
+            with np.errstate(over="ignore", invalid="ignore"):
+                # Dropped entries may overflow fp16; they are zeroed (kept ones were checked).
+                block[: tile_rows.size, real] = np.where(kept, w[picked].astype(np.float16), 0)
+            block_mask[: tile_rows.size, real] = kept
+        else:
+            raw = np.zeros((g, end - start), dtype=items.dtype)
+            _gather_tile(items, mask, tile_rows, cols, raw, block_mask)
+            with np.errstate(over="ignore", invalid="ignore"):
+                block = raw.view(w.dtype).astype(np.float16)  # dropped entries are 0 bits
+        covered += int(np.count_nonzero(block_mask))
         if sparse:
             try:
                 compact, meta16 = compress_2to4(block, block_mask)
@@ -951,3 +998,16 @@ def _encode_tiles(
     return TileWeight(
         pattern, n, k, config, sparse, row_map, kept_k, k_ptr, k_index, values, metadata
     )
+
+
+@njit(cache=True)
+def _gather_tile(items, mask, tile_rows, cols, raw, block_mask):  # pragma: no cover - numba
+    """A tile's compact block: raw[i, j] = W[tile_rows[i], cols[j]] where that weight is
+    kept (else 0, which is +0.0 as a float), and the kept flags; cols -1 stay empty."""
+    for i in range(tile_rows.size):
+        r = tile_rows[i]
+        for j in range(cols.size):
+            c = cols[j]
+            if c >= 0 and mask[r, c]:
+                raw[i, j] = items[r, c]
+                block_mask[i, j] = True

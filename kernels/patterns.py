@@ -507,9 +507,8 @@ def _fill_top(keys, clear, threshold, missing, out):  # pragma: no cover - numba
     """Keep every key above the threshold and the first `missing` equal to it."""
     for i in range(keys.size):
         v = np.uint64(keys[i]) & clear
-        if v > threshold:
-            out[i] = True
-        elif v == threshold and missing > 0:
+        out[i] = v > threshold  # branch-free: a random mask defeats branch prediction
+        if v == threshold and missing > 0:  # rare: the ties at the threshold
             out[i] = True
             missing -= 1
 
