@@ -714,10 +714,10 @@ def _encode_csr(w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelC
 
 
 def _raw_items(w: np.ndarray) -> np.ndarray | None:
-    """W's elements as unsigned integers of the same width (a view, no copy), for numba
-    loops that move weights without arithmetic; None when W has no such view (a
-    non-contiguous array, a 16-byte float) and numpy indexing has to do."""
-    if not w.flags.c_contiguous or w.dtype.itemsize not in (1, 2, 4, 8):
+    """W's elements as unsigned integers of the same width (a view with W's strides, no
+    copy), for numba loops that move weights without arithmetic; None for a 16-byte
+    float, which has no such view, so numpy indexing has to do."""
+    if w.dtype.itemsize not in (1, 2, 4, 8):
         return None
     return w.view(f"u{w.dtype.itemsize}")
 

@@ -255,11 +255,16 @@ class _Simulator:
         key = ("random", n, k, pattern, sparsity, config)
         if key not in self.works:
             if (n, k) != self.weight_key:
-                # One weight at a time: a VGG fc6 weight is 400 MB of float32.
-                self.weight, self.weight_key = None, None
+                # One weight at a time: a VGG fc6 weight is 400 MB of float32, a DeepBench
+                # 1024 x 500000 one 2 GB.
+                self.drop_weight()
                 self.weight, self.weight_key = random_weight(n, k, self.seed), (n, k)
             self.works[key] = prune_and_encode(self.weight, pattern, sparsity, config)
         return self.works[key]
+
+    def drop_weight(self) -> None:
+        """Forget the random weight; only its (small) TileWorks stay cached."""
+        self.weight, self.weight_key = None, None
 
     def shape_work(self, n: int, k: int, pattern: str, config) -> TileWork:
         key = ("shape", n, k, pattern, config)
@@ -314,6 +319,9 @@ def simulate_model(
             per_gemm[(gemm.name, run)] = _simulate_gemm(sim, workload, gemm, run, profiles)
             if on_step is not None:
                 on_step(f"{run.label} {gemm.name}")
+        # Every run has its work now: the weight is not needed again (a later GEMM of the
+        # same shape finds its works in the cache).
+        sim.drop_weight()
     layers = tuple(per_gemm[(g.name, run)] for run in runs for g in workload.gemms)
     return ModelResult(
         model=workload.name,

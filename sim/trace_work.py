@@ -372,8 +372,13 @@ def scaled_mask(
         mask = np.repeat(np.repeat(grid, b, axis=0), b, axis=1)[:n, :k]
         return np.ascontiguousarray(mask), None
     nnz = scaled_row_nnz(profile, n, k, sparsity, rng)
-    order = np.argsort(rng.random((n, k)), axis=1)
-    np.put_along_axis(mask, order, np.arange(k)[None, :] < nnz[:, None], axis=1)
+    # Row by row in slabs: the uniform draws come off the generator in the same order as
+    # one (n, k) draw, and each row is sorted on its own, so the mask is the same.
+    rows_per_slab = max(1, (1 << 20) // k)
+    for lo in range(0, n, rows_per_slab):
+        hi = min(n, lo + rows_per_slab)
+        order = np.argsort(rng.random((hi - lo, k)), axis=1)
+        np.put_along_axis(mask[lo:hi], order, np.arange(k)[None, :] < nnz[lo:hi, None], axis=1)
     return mask, None
 
 
@@ -396,7 +401,7 @@ def trace_tile_work(
 
     config = config_for(profile.pattern, config)
     mask, layout = scaled_mask(profile, n, k, sparsity, config, seed=seed)
-    ones = np.ones((n, k), dtype=np.float16)
+    ones = np.broadcast_to(np.float16(1.0), (n, k))  # a view: no n x k array of ones
     encoded = encode(ones, mask, profile.pattern, config, layout=layout, block=profile.block)
     return tile_work(encoded, kept_weights=int(np.count_nonzero(mask)))
 
