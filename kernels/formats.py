@@ -613,7 +613,7 @@ def encode(
     return _encode_tiles(w, mask, n, k, config, pattern, layout)
 
 
-CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 18
 """Weights converted to fp16 at a time. The encoders work through the weight in slabs of
 whole rows, so a layer of half a billion weights never needs a full-size fp16 copy or a
 full-size temporary; the slab size changes no byte of the result."""
@@ -647,9 +647,9 @@ def _check_fp16(w: np.ndarray, mask: np.ndarray) -> None:
 
 
 def _within_fp16(part: np.ndarray) -> bool:
-    """True when no entry can round to inf: all lie within the largest finite fp16 (a
-    value that does round to fp16's edge, 65504, is still finite). Two reductions are far
-    cheaper than converting and testing every entry; NaN fails the comparison."""
+    """True when no entry can round to inf: all lie within +-65504, the largest finite
+    fp16, and rounding never carries a value past a representable bound. Two reductions
+    cost far less than converting and testing every entry; NaN fails the comparison."""
     return part.size == 0 or bool(part.max() <= FP16_MAX and part.min() >= -FP16_MAX)
 
 

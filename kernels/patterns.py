@@ -162,9 +162,10 @@ class Pruned:
 
 # -- scores, read slab by slab -------------------------------------------------------------------
 
-CHUNK_ELEMENTS = 1 << 21
-"""Scores per slab when a pass needs float64 temporaries (16 MiB each). The slab size
-bounds memory only; it never changes a result (module docstring, "Memory and speed")."""
+CHUNK_ELEMENTS = 1 << 18
+"""Scores per slab when a pass needs float64 temporaries (2 MiB each: they stay in the
+cache, which makes slabs faster than whole-matrix passes). The slab size bounds memory
+only; it never changes a result (module docstring, "Memory and speed")."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,8 +173,9 @@ class _Scores:
     """The importance scores of a weight, without a full-size float64 copy.
 
     `source` holds either W itself (`magnitude=True`: the score is |W|) or the caller's
-    importance converted to float64. float16 weights are widened to float32 (exactly) so
-    that the numba loops see float32 or float64 only.
+    importance (float64, or any array for the public norm functions, converted slab by
+    slab). float16 weights are widened to float32 (exactly) because numba has no float16
+    on the CPU.
     """
 
     source: np.ndarray
@@ -444,8 +446,9 @@ def _keep_count(total: int, sparsity: float) -> int:
 
 
 def _top_k_mask(score: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k largest entries of a float array (flattened, row-major) whose values
-    count by magnitude; among equal values the lower index wins.
+    """Keep the k entries of largest magnitude of a float array (flattened, row-major);
+    among equal magnitudes the lower index wins. Callers pass non-negative scores, or W
+    itself to rank |W|.
 
     A full stable sort would do, but a threshold is all that is needed: everything above
     the k-th largest value is kept, and the ties at it are resolved by index order, which
@@ -581,6 +584,7 @@ def _group_keep(s, length, n, keep):  # pragma: no cover - numba
 
 @njit(cache=True)
 def _n_of_m_rows(values, magnitude, n, m, out):  # pragma: no cover - numba
+    """vw: n:m along K for every row; the last group of a row may be partial."""
     n_rows, n_cols = values.shape
     s = np.empty(m, dtype=np.float64)
     keep = np.empty(m, dtype=np.bool_)
