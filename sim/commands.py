@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from kernels.errors import InputError
+from tvwsim.args import parse_int
 
 ALL_PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
 VW_SPARSITY = 0.5
@@ -109,12 +110,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def _parse_int(name: str, text: str | None, *, minimum: int = 0) -> int | None:
-    if text is None:
-        return None
-    value = str(text).strip()
-    if not value.isdigit() or int(value) < minimum:
-        raise InputError(name, f"expected an integer >= {minimum}, got {text!r}")
-    return int(value)
+    return None if text is None else parse_int(name, text, minimum=minimum)
 
 
 def _parse_sparsity(text: str | None) -> float | None:

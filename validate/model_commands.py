@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from kernels.errors import InputError
+from tvwsim.args import parse_int, parse_sparsity_list
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 DEFAULT_PATTERNS = "dense,ew,bw,vw,tw,tvw"
@@ -96,31 +97,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_model)
 
 
-def _positive_int(name: str, text: str) -> int:
-    value = str(text).strip()
-    if not value.isdigit() or int(value) < 1:
-        raise InputError(name, f"must be a positive integer, got {text!r}")
-    return int(value)
-
-
-def _sparsities(text: str) -> list[float]:
-    values = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            s = float(part)
-        except ValueError:
-            raise InputError("--sparsity", f"got {part!r}; a number in (0, 1)") from None
-        if not 0.0 < s < 1.0:
-            raise InputError("--sparsity", f"got {s:g}; each sparsity must lie in (0, 1)")
-        values.append(s)
-    if not values:
-        raise InputError("--sparsity", f"got {text!r}; a comma list of numbers in (0, 1)")
-    return values
-
-
 def _check_plot(path: str | None) -> Path | None:
     if path is None:
         return None
@@ -163,13 +139,13 @@ def run_model(args: argparse.Namespace) -> int:
     from validate.model_sim import load_mapping
 
     # Everything is checked before any work: bad input fails in milliseconds.
-    batch = _positive_int("--batch", args.batch)
-    seq = _positive_int("--seq", args.seq)
+    batch = parse_int("--batch", args.batch)
+    seq = parse_int("--seq", args.seq)
     seed_text = str(args.seed).strip()
     if not seed_text.isdigit():
         raise InputError("--seed", f"must be a non-negative integer, got {args.seed!r}")
     patterns = [p.strip() for p in str(args.patterns).split(",") if p.strip()]
-    runs = sim_model.model_runs(patterns, _sparsities(args.sparsity))
+    runs = sim_model.model_runs(patterns, parse_sparsity_list("--sparsity", args.sparsity))
     if args.policy not in POLICIES:
         raise InputError("--policy", f"got {args.policy!r}; allowed: {', '.join(POLICIES)}")
     plot = _check_plot(args.plot)

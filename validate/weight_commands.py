@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from kernels.errors import InputError
+from tvwsim.args import parse_sparsity_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -156,21 +157,6 @@ def _parse_patterns(text: str) -> list[str]:
     return names
 
 
-def _parse_sparsities(text: str) -> list[float]:
-    values = []
-    for part in _split(text):
-        try:
-            s = float(part)
-        except ValueError:
-            raise InputError("sparsity", f"got {part!r}; a number in (0, 1)") from None
-        if not 0.0 < s < 1.0:
-            raise InputError("sparsity", f"got {s}; each sparsity must lie in (0, 1)")
-        values.append(s)
-    if not values:
-        raise InputError("sparsity", f"got {text!r}; a comma list of numbers in (0, 1)")
-    return values
-
-
 def run_quality(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -178,7 +164,7 @@ def run_quality(args: argparse.Namespace) -> int:
     from validate.real_weights import load_model_tensors, minilm_tokenizer_json
 
     patterns = _parse_patterns(args.pattern)
-    sparsities = _parse_sparsities(args.sparsity)
+    sparsities = parse_sparsity_list("sparsity", args.sparsity)
     try:
         tile = int(args.tile)
     except ValueError:
