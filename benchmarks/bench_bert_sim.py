@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.engine import clear_cache, simulate  # noqa: E402
-from sim.presets import load_preset  # noqa: E402
-from sim.schedule import schedule_for_shape  # noqa: E402
-from sim.workloads import load_workload  # noqa: E402
+from tvwsim.kernels.prepare import schedule_for_shape
+from tvwsim.sim.engine import clear_cache, simulate  # noqa: E402
+from tvwsim.sim.presets import load_preset  # noqa: E402
+from tvwsim.traces.catalog import load_workload  # noqa: E402
 
 PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
 

@@ -13,7 +13,7 @@ hides in another's. Measured:
 - `tvwsim model deepbench --hw a100 --sparsity 0.75` (random 512 and 1024 x 500000
   weights among 248 GEMMs; most of its time is the simulation itself);
 - prune + encode of one seeded random N x K float32 weight (default 1024 x 500000, as
-  `sim.schedule.random_weight` draws it) per pattern: the seconds to draw it, prune it
+  `tvwsim.schedule.random_weight` draws it) per pattern: the seconds to draw it, prune it
   and encode it, the peak RSS with the weight alone, and the peak RSS at the end.
 
 Figures of this machine, not assertions: compare runs on the same machine only.
@@ -60,10 +60,11 @@ def child_model(argv: list[str]) -> dict:
 
 
 def child_prune(pattern: str, n: int, k: int) -> dict:
-    from kernels.config import default_config
-    from kernels.formats import encode
-    from kernels.patterns import prune_with_layout
-    from sim.schedule import random_weight
+    from tvwsim.kernels.formats import encode
+    from tvwsim.kernels.patterns import prune_with_layout
+    from tvwsim.kernels.prepare import random_weight
+
+    from tvwsim.config import default_config
 
     config = default_config(pattern)
     # Compile (or load) the numba loops on a small weight first: their one-off cost is

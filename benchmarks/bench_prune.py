@@ -17,9 +17,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-
-from kernels.formats import encode
-from kernels.patterns import PATTERNS, prune_with_layout, synthetic_weight
+from tvwsim.kernels.formats import encode
+from tvwsim.kernels.patterns import PATTERNS, prune_with_layout, synthetic_weight
 
 # The sparsity each pattern is timed at: the README's 75 %, except where a pattern fixes it.
 SPARSITY = {"dense": 0.0, "ew": 0.75, "bw": 0.75, "vw": 0.5, "tw": 0.75, "tvw": 0.75}

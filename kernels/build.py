@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kernels.config import KernelConfig
-from kernels.errors import InputError
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 """Where the kernel sources live (package data)."""

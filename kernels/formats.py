@@ -13,8 +13,8 @@ made for. The byte-level contract is docs/formats.md; this module is its executa
 | vw      | `VwWeight`    | 2:4-compressed values + lane-ordered mma.sp metadata         |
 | tw/tvw  | `TileWeight`  | row map, per-tile kept-K index lists, compact (2:4) values   |
 
-Every encoding offers the same small interface, which the CPU twin (`kernels.reference`)
-and the simulator's tile schedule (`sim.schedule`) are written against:
+Every encoding offers the same small interface, which the CPU twin (`tvwsim.kernels.reference`)
+and the simulator's tile schedule (`tvwsim.schedule`) are written against:
 
 - `byte_counts()` -> `ByteCounts(values_bytes, indices_bytes, metadata_bytes)`, the sizes
   of the buffers held (so memory traffic is counted from the real encoding);
@@ -36,8 +36,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from numba import njit
 
-from kernels.config import KernelConfig, default_config
-from kernels.errors import InputError
+from tvwsim.config import KernelConfig, default_config
+from tvwsim.errors import InputError
 
 __all__ = [
     "PATTERNS",
@@ -548,7 +548,7 @@ ENCODINGS: dict[str, type] = {
 # Encoders
 # =====================================================================================
 class _Layout(Protocol):
-    """What encode needs from `kernels.patterns.TileLayout` (duck-typed, no import)."""
+    """What encode needs from `tvwsim.kernels.patterns.TileLayout` (duck-typed, no import)."""
 
     tile_width: int
     rows: np.ndarray

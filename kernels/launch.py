@@ -3,8 +3,8 @@
 This is the only module that imports pycuda, and only inside functions, so importing it
 (or anything else in tvwsim) never needs a GPU. One launcher per pattern
 (`gemm_dense`, `gemm_tw`, `gemm_bw`, `gemm_vw`, `gemm_tvw`, or `gemm` to dispatch on
-`encoded.pattern`) takes exactly what the CPU twin (`kernels.reference.matmul`) takes plus
-the tile schedule (`sim.schedule.Schedule`, or its raw `tasks` array), and returns
+`encoded.pattern`) takes exactly what the CPU twin (`tvwsim.kernels.reference.matmul`) takes plus
+the tile schedule (`tvwsim.schedule.Schedule`, or its raw `tasks` array), and returns
 Y = X @ W.T as fp16 M x N.
 
 What a launch does (docs/kernels.md has the picture):
@@ -31,7 +31,7 @@ whose cubin is older than its sources, is compiled on the spot for the device's 
 
 The end of the module holds the correctness checks that `tvwsim kernels check` and
 `tests/test_gpu_kernels.py` share: a one-warp mma.sp probe against the numpy emulation
-(`kernels.mma_sp`) and every kernel variant against its CPU twin.
+(`tvwsim.kernels.mma_sp`) and every kernel variant against its CPU twin.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tvwsim.kernels import build as kbuild
+from tvwsim.kernels.tile_work import tile_work
 
-from kernels import build as kbuild
-from kernels.config import KernelConfig
-from kernels.errors import InputError
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
 
 GPU_EXTRA_HINT = 'pip install -e ".[gpu]"'
 KERNEL_DIR_ENV = "TVWSIM_KERNEL_DIR"
@@ -323,7 +324,7 @@ def _check_encoded(encoded: Any, pattern: str | None = None) -> str:
     if got not in _ENCODED_TYPES or type(encoded).__name__ != _ENCODED_TYPES[got]:
         raise InputError(
             "encoded",
-            f"must be a dense, bw, vw, tw or tvw encoding from kernels.formats.encode, got "
+            f"must be a dense, bw, vw, tw or tvw encoding from tvwsim.kernels.formats.encode, got "
             f"{type(encoded).__name__} (pattern {got!r}; ew has no tvwsim kernel)",
         )
     if pattern is not None and got != pattern:
@@ -760,15 +761,15 @@ def gemm(
 ) -> np.ndarray:
     """Y (fp16, M x N) = X @ W.T on the GPU, W read from `encoded`'s buffers.
 
-    `schedule` is a `sim.schedule.Schedule` or its int32 `[n_tasks, 4]` tasks; None builds
+    `schedule` is a `tvwsim.schedule.Schedule` or its int32 `[n_tasks, 4]` tasks; None builds
     one with `policy` (natural, longest-first, split).
     """
     pattern = _check_encoded(encoded, pattern)
     x16 = _check_x(x, encoded.k)
     if schedule is None:
-        from sim.schedule import build_schedule
+        from tvwsim.schedule import build_schedule
 
-        schedule = build_schedule(encoded, x16.shape[0], policy)
+        schedule = build_schedule(tile_work(encoded), x16.shape[0], policy)
     prepared = prepare(encoded, x16.shape[0], schedule, build_dir=build_dir, pattern=pattern)
     return prepared.run(x16, poison=poison)
 
@@ -824,7 +825,7 @@ def mma_sp_probe(
     build_dir: Path | str | None = None,
 ) -> np.ndarray:
     """Execute exactly one mma.sp m16n8k32 on silicon with the given per-lane registers
-    (same arguments as `kernels.mma_sp.mma_sp_m16n8k32`); returns D (32, 4) float32."""
+    (same arguments as `tvwsim.kernels.mma_sp.mma_sp_m16n8k32`); returns D (32, 4) float32."""
     if selector not in (0, 1):
         raise InputError("selector", f"must be 0 or 1, got {selector!r}")
     a = _regs("a_regs", a_regs, (32, 4), np.uint32)
@@ -966,7 +967,7 @@ def _skewed_weight(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _EdgeLayout:
-    """A hand-made TileLayout (duck-typed for kernels.formats.encode)."""
+    """A hand-made TileLayout (duck-typed for tvwsim.kernels.formats.encode)."""
 
     tile_width: int
     rows: np.ndarray
@@ -976,7 +977,7 @@ class _EdgeLayout:
 def _edge_encoding(case: CheckCase, weight: np.ndarray):
     """tw/tvw encoding with: rows pruned away (zero rows of YT), a tile with no kept K,
     a ragged last tile, and kept-K lists of uneven length (-1 padding)."""
-    from kernels.formats import encode
+    from tvwsim.kernels.formats import encode
 
     rng = np.random.default_rng(case.seed)
     g = case.config.bm
@@ -1005,9 +1006,10 @@ def _edge_encoding(case: CheckCase, weight: np.ndarray):
 
 def make_case_inputs(case: CheckCase):
     """(encoded weight, X, schedule) of a check case (seeded: the same case, same data)."""
-    from kernels.formats import encode
-    from kernels.patterns import prune_with_layout
-    from sim.schedule import build_schedule
+    from tvwsim.kernels.formats import encode
+    from tvwsim.kernels.patterns import prune_with_layout
+
+    from tvwsim.schedule import build_schedule
 
     rng = np.random.default_rng(case.seed)
     weight = _skewed_weight(rng, case.n, case.k)
@@ -1022,9 +1024,9 @@ def make_case_inputs(case: CheckCase):
         )
     x = rng.standard_normal((case.m, case.k)).astype(np.float32)
     if case.policy == "forced-split":
-        natural = build_schedule(encoded, case.m, "natural")
+        natural = build_schedule(tile_work(encoded), case.m, "natural")
         return encoded, x, force_split(natural.tasks, case.config.bk)
-    schedule = build_schedule(encoded, case.m, case.policy)
+    schedule = build_schedule(tile_work(encoded), case.m, case.policy)
     return encoded, x, schedule
 
 
@@ -1060,7 +1062,7 @@ def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
 
 def run_check(case: CheckCase, build_dir: Path | str | None = None) -> CheckResult:
     """Run one case on the GPU and compare every element with the CPU twin."""
-    from kernels.reference import matmul
+    from tvwsim.kernels.reference import matmul
 
     encoded, x, schedule = make_case_inputs(case)
     y = gemm(encoded, x, schedule, build_dir=build_dir, poison=True)
@@ -1085,9 +1087,9 @@ def probe_cases(seed: int = 0, trials: int = 8) -> list[tuple[str, Callable[[], 
 
     Each sparse trial draws random fp16 values, a random legal 2:4 pattern per group
     (so every ordered nibble appears), random C, and garbage in the metadata lanes the
-    selector does not read; silicon must equal `kernels.mma_sp` for both selectors.
+    selector does not read; silicon must equal `tvwsim.kernels.mma_sp` for both selectors.
     """
-    from kernels import mma_sp
+    from tvwsim.kernels import mma_sp
 
     rng = np.random.default_rng(seed)
     pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.errors import InputError
+from tvwsim.errors import InputError
 
 __all__ = [
     "ORDERED_NIBBLES",

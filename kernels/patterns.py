@@ -91,7 +91,7 @@ non-negative floats the bits sort like the values), and n:m groups by comparison
 in numba loops that read W in place. Only comparisons of exactly converted values decide
 a mask, so the result is the one a float64 copy would give.
 
-Bad input raises `kernels.errors.InputError` naming the argument.
+Bad input raises `tvwsim.errors.InputError` naming the argument.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from kernels.errors import InputError
+from tvwsim.errors import InputError
 
 PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
 

@@ -1,6 +1,6 @@
 """CPU twins of the GPU kernels: Y = X @ W.T computed from the encoded buffers only.
 
-Each twin reads an encoding (`kernels.formats`) the way its kernel does - per CTA row
+Each twin reads an encoding (`tvwsim.kernels.formats`) the way its kernel does - per CTA row
 tile, gathering activation rows through the kept-K index list, expanding 2:4 values by
 decoding the metadata words nibble by nibble as the tensor core does, scattering output
 rows through the row map - and never looks at the original weight or mask. If a twin
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
-from kernels.errors import InputError
-from kernels.formats import (
+from tvwsim.kernels.formats import (
     LEGAL_NIBBLES,
     BsrWeight,
     CsrWeight,
@@ -31,6 +29,8 @@ from kernels.formats import (
     TileWeight,
     VwWeight,
 )
+
+from tvwsim.errors import InputError
 
 __all__ = ["matmul", "matmul_yt", "expand_sparse_block"]
 

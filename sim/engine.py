@@ -3,7 +3,7 @@
 The scenario, as a CTA lives it
 -------------------------------
 A launch starts after a fixed launch overhead. Every SM has `ctas_per_sm` resident
-slots (`sim.occupancy`). A dispatcher hands the schedule's tasks to slots in schedule
+slots (`tvwsim.sim.occupancy`). A dispatcher hands the schedule's tasks to slots in schedule
 order, breadth-first over the SMs at the start (slot 0 of every SM, then slot 1, ...)
 and afterwards to whichever slot frees up first. A CTA then
 
@@ -21,7 +21,7 @@ and afterwards to whichever slot frees up first. A CTA then
 A stage load is the gathered activation rows (bk rows of the token block) plus the weight
 tile's stage (values, metadata, indices). Its bytes go through the L2 bandwidth server;
 those that miss the L2 residency model also through the DRAM server; it arrives after
-the queueing of both plus the L2 or DRAM latency (`sim.memory`). Math time of a stage is
+the queueing of both plus the L2 or DRAM latency (`tvwsim.sim.memory`). Math time of a stage is
 `max(FLOPs / (rate x efficiency), shared-memory bytes / shared-memory bandwidth)`: the
 mma rate (dense or sparse) or, on a GPU without sparse tensor cores, the dense rate for
 the 2:4 kernel's logical work; partial edge tiles, padding and absent bw blocks cost a
@@ -49,13 +49,13 @@ from pathlib import Path
 
 import numpy as np
 import simpy
+from tvwsim.sim.hardware import Hardware
+from tvwsim.sim.memory import BandwidthServer, L2Cache
+from tvwsim.sim.occupancy import KernelResources, Occupancy, occupancy, resources_for, warp_grid
+from tvwsim.sim.result import SimResult
 
-from kernels.errors import InputError
-from sim.hardware import Hardware
-from sim.memory import BandwidthServer, L2Cache
-from sim.occupancy import KernelResources, Occupancy, occupancy, resources_for, warp_grid
-from sim.result import SimResult
-from sim.schedule import ELEMENT_BYTES, Schedule
+from tvwsim.errors import InputError
+from tvwsim.schedule import ELEMENT_BYTES, Schedule
 
 ACT_CHUNK_ROWS = 64
 """Activation rows per L2 residency chunk (one 64-bit row mask)."""
@@ -87,9 +87,9 @@ def simulate(
     A kernel that does not fit on an SM raises InputError('tile').
     """
     if not isinstance(schedule, Schedule):
-        raise InputError("schedule", f"must be a sim.schedule.Schedule, got {type(schedule)}")
+        raise InputError("schedule", f"must be a tvwsim.schedule.Schedule, got {type(schedule)}")
     if not isinstance(hw, Hardware):
-        raise InputError("hw", f"must be a sim.hardware.Hardware, got {type(hw)}")
+        raise InputError("hw", f"must be a tvwsim.sim.hardware.Hardware, got {type(hw)}")
     if resources is None:
         resources = resources_for(hw, schedule.pattern, schedule.config, manifest)
     occ = occupancy(hw, resources)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from kernels.errors import InputError
+from tvwsim.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Whole-model simulation: every GEMM of a forward pass, per sparsity pattern.
 
-A model is a workload catalog (`sim.workloads`): a list of GEMM shapes, each run `count`
+A model is a workload catalog (`tvwsim.traces.catalog`): a list of GEMM shapes, each run `count`
 times per forward pass. `simulate_model` times all of them on one hardware preset for a
 list of (pattern, sparsity) runs and adds them up:
 
@@ -13,13 +13,13 @@ model does not overlap kernels of different layers.
 Where each GEMM's sparse structure comes from
 ---------------------------------------------
 - dense and vw: from the shape alone - every tile is alike whatever the weight values
-  (`sim.schedule.regular_tile_work`).
+  (`tvwsim.schedule.regular_tile_work`).
 - ew, bw, tw, tvw, when the caller passes a `ProfileFn` that knows a real-weight trace
   layer for this GEMM: that layer's statistics scaled to the full-size shape
-  (`sim.trace_work`). Instances of one catalog entry may take different trace layers
+  (`tvwsim.sim.trace_work`). Instances of one catalog entry may take different trace layers
   (BERT-base layer 7's FFN1 and layer 8's are different matrices), so the profile is
   asked per instance.
-- otherwise: a seeded i.i.d. Gaussian weight (`sim.schedule.random_weight`), pruned and
+- otherwise: a seeded i.i.d. Gaussian weight (`tvwsim.schedule.random_weight`), pruned and
   encoded - the same work `tvwsim simulate --shape M,N,K --seed S` builds.
 
 Every result says which (`LayerResult.structure`).
@@ -48,24 +48,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tvwsim.kernels.prepare import config_for, prune_and_encode, random_weight
+from tvwsim.kernels.tile_work import regular_tile_work, tile_work
+from tvwsim.sim.hardware import Hardware
+from tvwsim.sim.result import SimResult
+from tvwsim.sim.trace_work import TRACE_PATTERNS, LayerProfile, trace_tile_work
+from tvwsim.traces.catalog import Gemm, Workload
 
-from kernels.config import KernelConfig
-from kernels.errors import InputError
-from sim.hardware import Hardware
-from sim.result import SimResult
-from sim.schedule import (
-    PATTERNS,
-    POLICIES,
-    TileWork,
-    build_schedule,
-    config_for,
-    prune_and_encode,
-    random_weight,
-    regular_tile_work,
-    tile_work,
-)
-from sim.trace_work import TRACE_PATTERNS, LayerProfile, trace_tile_work
-from sim.workloads import Gemm, Workload
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
+from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
+from tvwsim.schedule import POLICIES, TileWork, build_schedule
 
 VW_SPARSITY = 0.5
 """vw is 2:4: its sparsity is fixed."""
@@ -242,7 +235,7 @@ class _Simulator:
     """The caches of one `simulate_model` call (work per structure, the last weight)."""
 
     def __init__(self, hw: Hardware, policy: str, seed: int, manifest):
-        from sim.engine import simulate
+        from tvwsim.sim.engine import simulate
 
         self.hw, self.policy, self.seed, self.manifest = hw, policy, seed, manifest
         self._simulate = simulate
@@ -416,15 +409,15 @@ def simulate_pruned_layers(
 ) -> list[SimResult]:
     """Simulate GEMMs whose pruned masks are given: one (mask, tile layout or None) each.
 
-    Every mask (N x K bool) is encoded as is by `kernels.formats.encode` (values 1.0: the
+    Every mask (N x K bool) is encoded as is by `tvwsim.kernels.formats.encode` (values 1.0: the
     work does not depend on them), turned into work and scheduled for `m` tokens. `tile`
     is the tw/tvw tile width G (the kernel's bm; default the pattern's kernel). dense
     ignores the masks' contents and uses their shapes.
     """
     import dataclasses
 
-    from kernels.formats import encode
-    from sim.engine import simulate
+    from tvwsim.kernels.formats import encode
+    from tvwsim.sim.engine import simulate
 
     config = config_for(pattern)
     if tile is not None and pattern in ("tw", "tvw") and tile != config.bm:

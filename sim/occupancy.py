@@ -28,9 +28,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernels.config import MMA_M, MMA_N, KernelConfig
-from kernels.errors import InputError
-from sim.hardware import Hardware
+from tvwsim.sim.hardware import Hardware
+
+from tvwsim.config import MMA_M, MMA_N, KernelConfig
+from tvwsim.errors import InputError
 
 DEFAULT_MANIFEST = Path("build") / "kernels" / "manifest.json"
 """Where `tvwsim kernels build` writes its manifest, relative to the working directory."""

@@ -1,6 +1,6 @@
 """Hardware presets: finding, loading and writing the TOML files that describe GPUs.
 
-A preset is a TOML file whose keys are the fields of `sim.hardware.Hardware`; its name is
+A preset is a TOML file whose keys are the fields of `tvwsim.sim.hardware.Hardware`; its name is
 the file name without `.toml`. Presets are looked up, first match wins, in:
 
 1. `sim/presets/` inside the package - the shipped presets (a100, h100, v100, rtx3090);
@@ -38,8 +38,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernels.errors import InputError
-from sim.hardware import Hardware
+from tvwsim.sim.hardware import Hardware
+
+from tvwsim.errors import InputError
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "presets"
 """Directory of the presets that ship with the package."""

@@ -18,8 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from sim.result import SimResult
+from tvwsim.sim.result import SimResult
 
 
 def busy_sm_curve(result: SimResult) -> tuple[np.ndarray, np.ndarray]:

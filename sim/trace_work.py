@@ -29,7 +29,7 @@ How a trace layer is scaled (the same recipe for every pattern)
    the block rows of one CTA tile share columns about as often as in the real layer (the
    union of their columns is what a bw CTA walks); ew's columns uniformly.
 5. *Through the real encoder.* The drawn mask (and, for tw/tvw, its tile layout) is
-   encoded by `kernels.formats.encode` and turned into work by `sim.schedule.tile_work`,
+   encoded by `tvwsim.kernels.formats.encode` and turned into work by `tvwsim.schedule.tile_work`,
    so the result obeys the byte-level contract (docs/formats.md) like any other weight.
 
 dense and vw need no trace: their work depends on the shape only (`regular_tile_work`).
@@ -46,10 +46,12 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
+from tvwsim.kernels.prepare import config_for
+from tvwsim.kernels.tile_work import tile_work
 
-from kernels.config import KernelConfig
-from kernels.errors import InputError
-from sim.schedule import TileWork, config_for, tile_work
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
+from tvwsim.schedule import TileWork
 
 TRACE_PATTERNS = ("ew", "bw", "tw", "tvw")
 """Patterns whose structure depends on the weight values (and so can come from a trace)."""
@@ -237,7 +239,7 @@ def fit_counts(
 
 def keep_count(total: int, sparsity: float) -> int:
     """Weights a layer of `total` weights keeps at `sparsity`: total - round(s * total),
-    the pruner's own count (kernels.patterns)."""
+    the pruner's own count (tvwsim.kernels.patterns)."""
     return int(total) - int(round(float(sparsity) * int(total)))
 
 
@@ -325,8 +327,8 @@ def scaled_row_nnz(
 # =====================================================================================
 @dataclass(frozen=True, eq=False)
 class DrawnLayout:
-    """A tile layout drawn from a trace: what `kernels.formats.encode` takes as `layout`
-    (the fields of `kernels.patterns.TileLayout`)."""
+    """A tile layout drawn from a trace: what `tvwsim.kernels.formats.encode` takes as `layout`
+    (the fields of `tvwsim.kernels.patterns.TileLayout`)."""
 
     tile_width: int
     rows: np.ndarray
@@ -394,10 +396,10 @@ def trace_tile_work(
     """The work of an n x k layer pruned at `sparsity` whose structure follows `profile`.
 
     The mask from `scaled_mask` is encoded with all kept values 1.0 (values never change
-    the work) and measured by `sim.schedule.tile_work`; `kept_weights` is the mask's
+    the work) and measured by `tvwsim.schedule.tile_work`; `kept_weights` is the mask's
     count, so the achieved sparsity of the result is the drawn mask's.
     """
-    from kernels.formats import encode
+    from tvwsim.kernels.formats import encode
 
     config = config_for(profile.pattern, config)
     mask, layout = scaled_mask(profile, n, k, sparsity, config, seed=seed)

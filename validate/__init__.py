@@ -1,1 +1,2 @@
-"""Where the model and silicon meet: GPU sweeps, vendor baselines, calibration, reports."""
+"""Where the model and silicon meet (`tvwsim.validate`): GPU sweeps and their runner,
+timing, vendor baselines, device info, calibration, comparison and plots."""

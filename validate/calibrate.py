@@ -1,9 +1,9 @@
 """Calibration: fit the model's few free parameters to kernel times measured on a GPU.
 
-The model (`sim.engine`) takes almost everything from the datasheet: SM count, clock,
+The model (`tvwsim.sim.engine`) takes almost everything from the datasheet: SM count, clock,
 tensor-core rates, bandwidths, latencies, shared memory. What a datasheet cannot say is
 how much of each peak *our* kernels reach. Those are the efficiency fields at the end of
-`sim.hardware.Hardware`, and they are what calibration fits:
+`tvwsim.sim.hardware.Hardware`, and they are what calibration fits:
 
 - `mma_efficiency_dense`: the mma.sync issue rate in a main loop. Pinned by few CTAs with
   a long K (each CTA has L2 and DRAM nearly to itself, so it is compute-bound): dense,
@@ -42,7 +42,7 @@ Method
    hold out none: then the shape with the smallest hash is held out, so there is always
    something to compare on; a single shape is never held out.)
 3. Each training row's schedule is rebuilt exactly as the GPU sweep built it
-   (`sim.schedule.schedule_for_shape` with the row's shape, pattern, sparsity, config,
+   (`tvwsim.schedule.schedule_for_shape` with the row's shape, pattern, sparsity, config,
    policy and seed); its digest is checked against the row's `schedule_digest`. The
    kernel's per-CTA resources are the ones measured with the row (registers and shared
    memory of the cubin that ran).
@@ -53,7 +53,7 @@ Method
    differences of DIFF_STEP (3%) because the simulator is a discrete-event model whose
    time moves in small jumps, not smoothly.
 5. The calibrated preset is the base preset with the fitted fields replaced, written as
-   a complete preset (`sim.presets.write_preset`) whose `[extra.calibration]` names the
+   a complete preset (`tvwsim.sim.presets.write_preset`) whose `[extra.calibration]` names the
    measurement files and their sha256, the split, the fitted values with their standard
    errors, and the residuals.
 """
@@ -70,10 +70,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tvwsim.sim.hardware import Hardware
 
-from kernels.config import KernelConfig
-from kernels.errors import InputError
-from sim.hardware import Hardware
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
 
 HELD_OUT_FRACTION = 0.3
 """Share of shapes (by hash) kept out of training."""
@@ -219,15 +219,15 @@ class RowCase:
 
     row: Mapping
     schedule: Any
-    """`sim.schedule.Schedule` rebuilt from the row."""
+    """`tvwsim.schedule.Schedule` rebuilt from the row."""
     resources: Any
-    """`sim.occupancy.KernelResources` of the kernel that ran (or None: estimate)."""
+    """`tvwsim.sim.occupancy.KernelResources` of the kernel that ran (or None: estimate)."""
     measured_us: float
     digest_matches: bool | None
     """Whether the rebuilt schedule's digest equals the row's (None if the row has none)."""
 
     def simulate_us(self, hw: Hardware) -> float:
-        from sim.engine import simulate
+        from tvwsim.sim.engine import simulate
 
         return float(simulate(self.schedule, hw, self.resources, cache=False).time_us)
 
@@ -241,7 +241,7 @@ def row_config(row: Mapping) -> KernelConfig:
 
 def row_resources(row: Mapping, config: KernelConfig):
     """Per-CTA resources recorded with the row, or None if it has none."""
-    from sim.occupancy import KernelResources
+    from tvwsim.sim.occupancy import KernelResources
 
     res = row.get("resources") or {}
     try:
@@ -257,7 +257,7 @@ def row_resources(row: Mapping, config: KernelConfig):
 
 def row_case(row: Mapping) -> RowCase:
     """Rebuild a row's schedule exactly as the sweep built it (seeded weight, pruner)."""
-    from sim.schedule import schedule_for_shape
+    from tvwsim.kernels.prepare import schedule_for_shape
 
     config = row_config(row)
     schedule = schedule_for_shape(
@@ -541,7 +541,7 @@ def load_rows(paths: Sequence[str | Path]) -> tuple[list[dict], list[dict]]:
 
     A file record is {name, sha256, rows}; the sha256 pins exactly which bytes were used.
     """
-    from validate.dataset import read_measurements
+    from tvwsim.validate.dataset import read_measurements
 
     if not paths:
         raise InputError("--measured", "name at least one measurement file")
@@ -713,14 +713,14 @@ def synthetic_rows(
     being {registers, smem_bytes} per CTA (default `resources`, else 128 registers and
     the config's shared memory). The per-run times are
     the simulated time scaled by (1 + e), e ~ N(0, noise) seeded, so the median carries
-    the noise a real measurement would. Rows pass `validate.dataset.check_row`. With known
+    the noise a real measurement would. Rows pass `tvwsim.validate.dataset.check_row`. With known
     parameters in `hw`, `calibrate` must find them again: that is the calibration test.
     """
-    from sim.engine import simulate
-    from sim.occupancy import KernelResources
-    from sim.schedule import schedule_for_shape
-    from validate.dataset import SCHEMA_VERSION
-    from validate.sweep import REL_TOLERANCE, SweepPoint
+    from tvwsim.kernels.prepare import schedule_for_shape
+    from tvwsim.sim.engine import simulate
+    from tvwsim.sim.occupancy import KernelResources
+    from tvwsim.validate.dataset import SCHEMA_VERSION
+    from tvwsim.validate.sweep import REL_TOLERANCE, SweepPoint
 
     rng = np.random.default_rng(seed)
     name = device_name or (hw.description or hw.name)

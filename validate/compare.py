@@ -1,7 +1,7 @@
 """Simulated vs measured: how well the model predicts kernels it was not fitted to.
 
 `tvwsim compare --measured FILE... --hw PRESET` simulates every held-out row (the shapes
-`validate.calibrate.split_shapes` keeps out of training; `--all-rows` for every row) on
+`tvwsim.validate.calibrate.split_shapes` keeps out of training; `--all-rows` for every row) on
 the preset and sets the prediction next to the measurement:
 
 - **time**: simulated vs measured median kernel time;
@@ -40,10 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from kernels.errors import InputError
-from sim.hardware import Hardware
-from validate.calibrate import (
+from tvwsim.sim.hardware import Hardware
+from tvwsim.validate.calibrate import (
     RowCase,
     Split,
     check_device,
@@ -53,6 +51,8 @@ from validate.calibrate import (
     shape_name,
     split_shapes,
 )
+
+from tvwsim.errors import InputError
 
 WORST = 5
 PATTERN_ORDER = ("dense", "bw", "vw", "tw", "tvw", "ew")

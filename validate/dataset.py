@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kernels.errors import InputError
+from tvwsim.errors import InputError
 
 SCHEMA_VERSION = 1
 

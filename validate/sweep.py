@@ -5,20 +5,20 @@ the package) names shapes, patterns, sparsities, kernel configs, scheduling poli
 vendor baselines. It expands into *points*, one per kernel launch to time. Each point has
 a deterministic *key* - a string of (implementation, pattern, shape, sparsity, config,
 policy, seed) - which is what makes a sweep resumable: the measurement file
-(`validate.dataset.MeasurementWriter`) remembers the keys already written, and a rerun
+(`tvwsim.validate.dataset.MeasurementWriter`) remembers the keys already written, and a rerun
 with the same `--out` skips them.
 
 The runner (`run_sweep`) does not know what a GPU is. It asks an *executor* for three
 things: a description of the device, a clock reading, and a `Measurement` of one point.
-`GpuExecutor` (below) is the real one - our kernels through `kernels.launch`, the vendor
-libraries through torch (`validate.baselines`), both timed with CUDA events - and the
+`GpuExecutor` (below) is the real one - our kernels through `tvwsim.kernels.launch`, the vendor
+libraries through torch (`tvwsim.validate.baselines`), both timed with CUDA events - and the
 tests drive the same runner with a fake executor, so resume, skipping and row layout are
 checked on any machine.
 
 How a point is timed (`time_launches`)
 --------------------------------------
 1. Correctness first: the output is poisoned (NaN), the kernel runs once, and the result is
-   compared with the CPU twin (`kernels.reference`, which reads the same encoded buffers)
+   compared with the CPU twin (`tvwsim.kernels.reference`, which reads the same encoded buffers)
    on a subset of tokens (`check_rows`: all of them for small M, else the first 256 and
    the last 128, so the ragged last token block is always among them). Every output
    element must be finite. A point that fails still gets its row, with `correct: false`;
@@ -52,10 +52,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from tvwsim.validate.dataset import SCHEMA_VERSION, MeasurementWriter
 
-from kernels.config import KernelConfig, default_config
-from kernels.errors import InputError
-from validate.dataset import SCHEMA_VERSION, MeasurementWriter
+from tvwsim.config import KernelConfig, default_config
+from tvwsim.errors import InputError
 
 SWEEP_DIR = Path(__file__).resolve().parent / "sweeps"
 """Where the shipped sweep specs live (package data)."""
@@ -121,7 +121,7 @@ class SweepPoint:
     policy: str
     """Scheduling policy of our kernel; 'vendor' for baselines."""
     seed: int = 0
-    """Seed of the weight (`sim.schedule.random_weight`) and of X."""
+    """Seed of the weight (`tvwsim.schedule.random_weight`) and of X."""
     block: int = 32
     """Block side of bw / BSR."""
 
@@ -309,7 +309,7 @@ def parse_spec(data: Mapping[str, Any], *, label: str = "spec", source: str = ""
     if hw_name is not None:
         if not isinstance(hw_name, str):
             raise fail("hw", "must be a preset name")
-        from sim.presets import load_preset
+        from tvwsim.sim.presets import load_preset
 
         hardware = load_preset(hw_name, argument=f"{label}: hw")
 
@@ -461,7 +461,7 @@ def _check_config(
     pattern: str, name: str, key: str, block: int, hardware, fail: Callable
 ) -> KernelConfig:
     """A config name -> KernelConfig, refusing what no shipped kernel can run."""
-    from kernels import build as kbuild
+    from tvwsim.kernels import build as kbuild
 
     mma = "sparse" if pattern in ("vw", "tvw") else "dense"
     try:
@@ -504,7 +504,7 @@ class Measurement:
     """max |y - reference| / max |reference| over the checked tokens; None if unchecked."""
     achieved_sparsity: float
     schedule_digest: str | None = None
-    """`sim.schedule.Schedule.digest()` of the launched schedule (our kernels only)."""
+    """`tvwsim.schedule.Schedule.digest()` of the launched schedule (our kernels only)."""
     ctas: int | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
     """Per-CTA resources of the kernel that ran: registers, smem_bytes, threads, ..."""
@@ -690,7 +690,7 @@ def run_sweep(
       one run, not every run after it.
     """
     if now is None:
-        from validate.device_info import utc_now as now
+        from tvwsim.validate.device_info import utc_now as now
     started = clock()
     skipped: list[tuple[str, str]] = []
     failed: list[tuple[str, str]] = []
@@ -920,7 +920,7 @@ def check_rows(m: int) -> np.ndarray:
 
 def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
     """max |y - ref| / max |ref|; inf if y holds a non-finite value (same rule as
-    `kernels.launch.relative_error`)."""
+    `tvwsim.kernels.launch.relative_error`)."""
     y = np.asarray(y, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if y.shape != ref.shape:
@@ -942,11 +942,11 @@ class KernelInputs:
     """Everything our kernel needs for a point, built on the CPU."""
 
     pruned: Any
-    """`kernels.patterns.Pruned`: mask, achieved sparsity, tile layout."""
+    """`tvwsim.kernels.patterns.Pruned`: mask, achieved sparsity, tile layout."""
     encoded: Any
-    """`kernels.formats.encode` output: the buffers the kernel reads."""
+    """`tvwsim.kernels.formats.encode` output: the buffers the kernel reads."""
     schedule: Any
-    """`sim.schedule.Schedule`: the CTA tasks, the same array the model simulates."""
+    """`tvwsim.schedule.Schedule`: the CTA tasks, the same array the model simulates."""
     x: np.ndarray
     """fp16 activations, M x K."""
 
@@ -954,14 +954,17 @@ class KernelInputs:
 def kernel_inputs(point: SweepPoint, weight: np.ndarray | None = None) -> KernelInputs:
     """Prune, encode and schedule a point exactly as the model does for its shape.
 
-    The weight is `sim.schedule.random_weight(N, K, seed)` - the matrix
-    `sim.schedule.schedule_for_shape` prunes - and the schedule is built from the encoded
+    The weight is `tvwsim.schedule.random_weight(N, K, seed)` - the matrix
+    `tvwsim.schedule.schedule_for_shape` prunes - and the schedule is built from the encoded
     buffers the kernel reads, so the schedule digest in a row is the digest calibration
     and comparison rebuild and simulate.
     """
-    from kernels.formats import encode
-    from kernels.patterns import prune_with_layout
-    from sim.schedule import build_schedule, random_weight, tile_work
+    from tvwsim.kernels.formats import encode
+    from tvwsim.kernels.patterns import prune_with_layout
+    from tvwsim.kernels.prepare import random_weight
+    from tvwsim.kernels.tile_work import tile_work
+
+    from tvwsim.schedule import build_schedule
 
     if point.implementation != "tvwsim" or point.config is None:
         raise InputError("point", f"{point.key} is not one of our kernels")
@@ -985,7 +988,7 @@ def check_kernel_output(y: np.ndarray, inputs: KernelInputs) -> tuple[float, int
     Every element must have been written (the output was NaN-poisoned): a non-finite
     value anywhere is an infinite error, whatever the checked tokens say.
     """
-    from kernels.reference import matmul
+    from tvwsim.kernels.reference import matmul
 
     rows = check_rows(inputs.x.shape[0])
     if not np.isfinite(y).all():
@@ -998,8 +1001,8 @@ def baseline_inputs(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(X fp16, pruned W fp16 with zeros, achieved sparsity) for a vendor baseline: the
     same seeded weight pruned by our pruner, so vendor and our kernels keep equal weights."""
-    from kernels.patterns import prune_with_layout
-    from sim.schedule import random_weight
+    from tvwsim.kernels.patterns import prune_with_layout
+    from tvwsim.kernels.prepare import random_weight
 
     if weight is None:
         weight = random_weight(point.n, point.k, point.seed)
@@ -1054,18 +1057,18 @@ the host needs to queue the start event, the launch and the stop event from Pyth
 
 
 class GpuExecutor:
-    """Our kernels through `kernels.launch`, vendor libraries through torch, CUDA events.
+    """Our kernels through `tvwsim.kernels.launch`, vendor libraries through torch, CUDA events.
 
-    Both run in the device's primary context on the legacy default stream (kernels.launch
+    Both run in the device's primary context on the legacy default stream (tvwsim.kernels.launch
     retains the primary context; torch uses it too), so torch's flush buffer, sleep kernel
     and events order correctly around PyCUDA launches. Without torch, flushing and events
     fall back to PyCUDA and there is no sleep cushion (the row's `timing` says so).
     """
 
     def __init__(self, *, build_dir: str | os.PathLike | None = None, device_index: int = 0):
-        from kernels import launch
-        from validate import baselines
-        from validate.device_info import read_clocks, read_device_info
+        from tvwsim.kernels import launch
+        from tvwsim.validate import baselines
+        from tvwsim.validate.device_info import read_clocks, read_device_info
 
         self._launch = launch
         self._session = launch.session()  # InputError without pycuda or a device
@@ -1134,7 +1137,7 @@ class GpuExecutor:
 
     # -- helpers ---------------------------------------------------------------------------
     def _weight(self, n: int, k: int, seed: int) -> np.ndarray:
-        from sim.schedule import random_weight
+        from tvwsim.kernels.prepare import random_weight
 
         key = (n, k, seed)
         if key not in self._weights:

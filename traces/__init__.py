@@ -1,0 +1,7 @@
+"""Workloads and weights: what the model is asked to run.
+
+Workload catalogs (`catalog`, data in `workloads/`), real trained weights
+(`real_weights`), the pruned traces built from them (`trace_files`, data in `pruned/`),
+the MiniLM pruning-quality table (`quality`) and measured silicon rows (`measured/`).
+All data files ship inside the package and are read through `importlib.resources`.
+"""
