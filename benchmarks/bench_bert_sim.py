@@ -32,7 +32,7 @@ from tvwsim.sim.engine import clear_cache, simulate  # noqa: E402
 from tvwsim.sim.presets import load_preset  # noqa: E402
 from tvwsim.traces.catalog import load_workload  # noqa: E402
 
-PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
+from tvwsim.pattern_spec import PATTERNS  # noqa: E402
 
 
 def main() -> int:
@@ -55,8 +55,10 @@ def main() -> int:
     events = 0
     totals = {}
     instances = 0
-    for pattern in PATTERNS:
-        sparsity = {"dense": 0.0, "vw": 0.5}.get(pattern, args.sparsity)
+    for pattern, spec in PATTERNS.items():
+        sparsity = spec.sparsity_for(args.sparsity)  # vw 0.5, dense 0; None: not accepted
+        if sparsity is None:
+            continue
         total_us = 0.0
         for layer in range(layers):
             for gemm in gemms:

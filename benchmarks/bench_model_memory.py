@@ -12,9 +12,10 @@ hides in another's. Measured:
   seeded random weight pruned and encoded per pattern);
 - `tvwsim model deepbench --hw a100 --sparsity 0.75` (random 512 and 1024 x 500000
   weights among 248 GEMMs; most of its time is the simulation itself);
-- prune + encode of one seeded random N x K float32 weight (default 1024 x 500000, as
-  `tvwsim.schedule.random_weight` draws it) per pattern: the seconds to draw it, prune it
-  and encode it, the peak RSS with the weight alone, and the peak RSS at the end.
+- `prepare_weight` (prune, encode, tile work) of one seeded synthetic N x K float32 weight
+  (default 1024 x 500000, as `tvwsim.kernels.prepare.synthetic_weight` draws it) per
+  pattern: the seconds to draw it and to prepare it, the peak RSS with the weight alone,
+  and the peak RSS at the end.
 
 Figures of this machine, not assertions: compare runs on the same machine only.
 """
@@ -32,7 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout this script belongs to, installed or not
-SPARSITY = {"dense": 0.0, "ew": 0.75, "bw": 0.75, "vw": 0.5, "tw": 0.75, "tvw": 0.75}
+TARGET_SPARSITY = 0.75
+"""Sparsity of the prepared weight; a fixed-sparsity pattern uses its own (vw 0.5, dense 0)."""
 MODEL_RUNS = {
     "vgg16": ["model", "vgg16", "--hw", "a100", "--sparsity", "0.75"],
     "deepbench": ["model", "deepbench", "--hw", "a100", "--sparsity", "0.75"],
@@ -59,36 +61,33 @@ def child_model(argv: list[str]) -> dict:
     return {"rc": rc, "wall_s": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
 
 
-def child_prune(pattern: str, n: int, k: int) -> dict:
-    from tvwsim.kernels.formats import encode
-    from tvwsim.kernels.patterns import prune_with_layout
-    from tvwsim.kernels.prepare import random_weight
+def child_prepare(pattern: str, n: int, k: int) -> dict:
+    from tvwsim.kernels.prepare import prepare_weight, synthetic_weight
 
-    from tvwsim.config import default_config
-
-    config = default_config(pattern)
+    sparsity = sparsity_of(pattern)
     # Compile (or load) the numba loops on a small weight first: their one-off cost is
     # not what is measured.
-    small = random_weight(64, 256, 1)
-    warm = prune_with_layout(small, pattern, SPARSITY[pattern], tile=config.bm)
-    encode(small, warm.mask, pattern, config, layout=warm.layout)
+    prepare_weight(synthetic_weight(64, 256, seed=1), pattern, sparsity)
 
     start = time.perf_counter()
-    weight = random_weight(n, k, 0)
+    weight = synthetic_weight(n, k, seed=0)
     drawn = time.perf_counter()
     with_weight = peak_rss_mib()
-    pruned = prune_with_layout(weight, pattern, SPARSITY[pattern], tile=config.bm)
-    pruned_at = time.perf_counter()
-    encoded = encode(weight, pruned.mask, pattern, config, layout=pruned.layout)
+    prepared = prepare_weight(weight, pattern, sparsity)
     done = time.perf_counter()
     return {
         "weight_s": drawn - start,
-        "prune_s": pruned_at - drawn,
-        "encode_s": done - pruned_at,
+        "prepare_s": done - drawn,
         "rss_with_weight_mib": with_weight,
         "peak_rss_mib": peak_rss_mib(),
-        "encoded_mib": encoded.byte_counts().total_bytes / 2**20,
+        "encoded_mib": prepared.encoded.byte_counts().total_bytes / 2**20,
     }
+
+
+def sparsity_of(pattern: str) -> float:
+    from tvwsim.pattern_spec import pattern_spec
+
+    return pattern_spec(pattern).sparsity_for(TARGET_SPARSITY)
 
 
 # -- the parent: one child per measurement ----------------------------------------------------
@@ -110,7 +109,7 @@ def measure(args: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="1024,500000", help="N,K of the pruned weight")
-    parser.add_argument("--patterns", default=",".join(SPARSITY), help="comma list")
+    parser.add_argument("--patterns", default="all", help="comma list, or all")
     parser.add_argument("--skip-deepbench", action="store_true", help="skip the slowest run")
     parser.add_argument("--skip-models", action="store_true", help="only prune + encode")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -120,7 +119,7 @@ def main() -> None:
         if kind == "model":
             result = child_model(MODEL_RUNS[rest[0]])
         else:
-            result = child_prune(rest[0], int(rest[1]), int(rest[2]))
+            result = child_prepare(rest[0], int(rest[1]), int(rest[2]))
         print(json.dumps(result))
         return
 
@@ -134,14 +133,18 @@ def main() -> None:
         print()
 
     n, k = (int(x) for x in args.shape.split(","))
-    print(f"prune + encode of a seeded random {n} x {k} fp32 weight ({n * k * 4 / 2**20:.0f} MiB)")
-    head = ("pattern", "sparsity", "draw s", "prune s", "encode s", "RSS w/ weight", "peak RSS")
+    from tvwsim.pattern_spec import PATTERN_NAMES
+
+    size_mib = n * k * 4 / 2**20
+    print(f"prepare_weight of a seeded synthetic {n} x {k} fp32 weight ({size_mib:.0f} MiB)")
+    head = ("pattern", "sparsity", "draw s", "prepare s", "RSS w/ weight", "peak RSS")
     print(f"{head[0]:8} {head[1]:>8} " + " ".join(f"{h:>13}" for h in head[2:]) + "  (MiB)")
-    for pattern in args.patterns.split(","):
-        r = measure(["prune", pattern, str(n), str(k)])
-        cells = (r["weight_s"], r["prune_s"], r["encode_s"])
+    patterns = PATTERN_NAMES if args.patterns == "all" else args.patterns.split(",")
+    for pattern in patterns:
+        r = measure(["prepare", pattern, str(n), str(k)])
+        cells = (r["weight_s"], r["prepare_s"])
         print(
-            f"{pattern:8} {SPARSITY[pattern]:8.2f} "
+            f"{pattern:8} {sparsity_of(pattern):8.2f} "
             + " ".join(f"{c:13.2f}" for c in cells)
             + f" {r['rss_with_weight_mib']:13.0f} {r['peak_rss_mib']:13.0f}",
             flush=True,

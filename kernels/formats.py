@@ -38,10 +38,9 @@ from numba import njit
 
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import pattern_spec
 
 __all__ = [
-    "PATTERNS",
-    "SPARSE_MMA_PATTERNS",
     "LEGAL_NIBBLES",
     "KernelConfig",
     "default_config",
@@ -59,11 +58,6 @@ __all__ = [
     "metadata_to_lanes",
     "metadata_from_lanes",
 ]
-
-PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
-"""Every sparsity pattern tvwsim knows, in the order reports list them."""
-SPARSE_MMA_PATTERNS = ("vw", "tvw")
-"""Patterns whose kernels run mma.sp (2:4) and therefore need `config.mma == 'sparse'`."""
 
 LEGAL_NIBBLES = (0x4, 0x8, 0x9, 0xC, 0xD, 0xE)
 """Ordered-metadata nibbles: bits [1:0] first position < bits [3:2] second position."""
@@ -573,17 +567,15 @@ def encode(
     tiles' rows and kept-K lists exactly, otherwise they are inferred from the mask.
     `block` is the bw block size b. `mask=None` keeps everything.
     """
-    if not isinstance(pattern, str) or pattern not in PATTERNS:
-        raise InputError("pattern", f"got {pattern!r}; allowed: {', '.join(PATTERNS)}")
+    spec = pattern_spec(pattern)
     if config is None:
         config = default_config(pattern)
     if not isinstance(config, KernelConfig):
         raise InputError("config", f"must be a KernelConfig, got {type(config).__name__}")
-    want_mma = "sparse" if pattern in SPARSE_MMA_PATTERNS else "dense"
-    if config.mma != want_mma:
+    if config.mma != spec.mma:
         raise InputError(
             "config",
-            f"pattern {pattern} runs mma={want_mma} kernels, but config {config.name} has "
+            f"pattern {pattern} runs mma={spec.mma} kernels, but config {config.name} has "
             f"mma={config.mma}",
         )
     w = np.asarray(weight)
@@ -598,8 +590,8 @@ def encode(
         raise InputError("mask", f"must be a boolean array, got dtype {mask.dtype}")
     if mask.shape != w.shape:
         raise InputError("mask", f"shape {mask.shape} differs from the weight's {w.shape}")
-    if layout is not None and pattern not in ("tw", "tvw"):
-        raise InputError("layout", f"only tw and tvw take a tile layout, not {pattern}")
+    if layout is not None and not spec.tiled:
+        raise InputError("layout", f"only tiled patterns take a tile layout, not {pattern}")
 
     n, k = w.shape
     if pattern == "dense":
@@ -738,21 +730,32 @@ def _csr_fill(items, mask, col_idx, kept):  # pragma: no cover - numba
             at += mask[r, c]
 
 
+def bw_block_problem(block: object, config: KernelConfig) -> str | None:
+    """Why a bw kernel built from `config` cannot take blocks of side `block`, or None.
+
+    The one rule for the bw block: the encoder, the launcher and the sweep spec all ask
+    it, so a spec the encoder would refuse fails before any GPU time is spent. A block is
+    whole mma rows (16), a CTA tile holds whole block rows (bm), and a pipeline stage
+    never straddles two block columns (bk).
+    """
+    if not isinstance(block, int) or isinstance(block, bool) or block < 16 or block % 16:
+        return f"must be a positive multiple of 16, got {block!r}"
+    if config.bm % block:
+        return f"{block} must divide the CTA tile height bm={config.bm} (config {config.name})"
+    if block % config.bk:
+        return (
+            f"{block} must be a multiple of the stage K bk={config.bk}: a CTA walks whole "
+            f"block columns (config {config.name})"
+        )
+    return None
+
+
 def _encode_bsr(
     w: np.ndarray, mask: np.ndarray, n: int, k: int, config: KernelConfig, block: Any
 ) -> BsrWeight:
-    if not isinstance(block, int) or isinstance(block, bool) or block < 16 or block % 16:
-        raise InputError("block", f"must be a positive multiple of 16, got {block!r}")
-    if config.bm % block:
-        raise InputError(
-            "block", f"must divide the CTA tile height bm={config.bm} (config {config.name})"
-        )
-    if block % config.bk:
-        raise InputError(
-            "block",
-            f"must be a multiple of the stage K bk={config.bk}: a CTA walks whole block "
-            f"columns (config {config.name}, block {block})",
-        )
+    problem = bw_block_problem(block, config)
+    if problem is not None:
+        raise InputError("block", problem)
     b = block
     n_pad, k_pad = _roundup(n, b), _roundup(k, b)
     nbr, nbc = n_pad // b, k_pad // b
@@ -937,7 +940,7 @@ def _encode_tiles(
     pattern: str,
     layout: _Layout | None,
 ) -> TileWeight:
-    g, bk, sparse = config.bm, config.bk, pattern == "tvw"
+    g, bk, sparse = config.bm, config.bk, pattern_spec(pattern).sparse_mma
     _check_fp16(w, mask)  # the first error to report, before any question of layout
     if layout is None:
         rows, lists = _tile_lists_from_mask(mask, g, sparse)

@@ -104,11 +104,7 @@ import numpy as np
 from numba import njit
 
 from tvwsim.errors import InputError
-
-PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
-
-# vw's sparsity is fixed by n:m; a typed target this close to 1 - n/m counts as equal.
-VW_SPARSITY_TOLERANCE = 1e-6
+from tvwsim.pattern_spec import pattern_spec
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,7 +147,7 @@ class Pruned:
     mask: np.ndarray
     """bool, the weight's shape: True = kept."""
     pattern: str
-    """One of PATTERNS."""
+    """A pattern of the registry (`tvwsim.pattern_spec.PATTERNS`)."""
     target_sparsity: float
     """The sparsity asked for (fraction of weights removed)."""
     achieved_sparsity: float
@@ -278,7 +274,7 @@ def prune_with_layout(
 
     Args:
         weight: 2-D real floating array, finite.
-        pattern: one of PATTERNS.
+        pattern: a name of `tvwsim.pattern_spec.PATTERNS`.
         sparsity: target fraction of weights removed, 0 <= s < 1.
         tile: tile width G of tw/tvw (surviving rows per tile).
         block: block side b of bw.
@@ -288,8 +284,7 @@ def prune_with_layout(
             [0, tile-wise sparsity]; default None = 1 - sqrt(1 - tile-wise sparsity).
     """
     w = _check_weight(weight)
-    if not isinstance(pattern, str) or pattern not in PATTERNS:
-        raise InputError("pattern", f"got {pattern!r}; allowed: {', '.join(PATTERNS)}")
+    spec = pattern_spec(pattern)
     s = _check_fraction("sparsity", sparsity, upper_inclusive=False)
     tile = _check_positive_int("tile", tile)
     block = _check_positive_int("block", block)
@@ -298,34 +293,26 @@ def prune_with_layout(
     if n > m:
         raise InputError("n", f"n:m needs 1 <= n <= m, got {n}:{m}")
     score = _check_importance(importance, w)
-    if row_fraction is not None and pattern not in ("tw", "tvw"):
-        raise InputError("row_fraction", f"applies only to tw and tvw, not to {pattern}")
+    if row_fraction is not None and not spec.tiled:
+        raise InputError("row_fraction", f"applies only to tiled patterns, not to {pattern}")
+    # The registry says which sparsities a pattern takes; vw and tvw at this call's n:m.
+    nm_spec = spec.with_nm(n, m)
+    if not nm_spec.accepts(s):
+        nm = f" {n}:{m}" if nm_spec.nm else ""
+        raise InputError("sparsity", f"{pattern}{nm} needs a sparsity {nm_spec.allowed()}, got {s}")
 
-    nm_sparsity = 1.0 - n / m
     layout = None
     if pattern == "dense":
-        if s != 0.0:
-            raise InputError("sparsity", f"dense keeps every weight; must be 0, got {s}")
         mask = np.ones(w.shape, dtype=bool)
     elif pattern == "ew":
         mask = _top_k_mask(score.source, _keep_count(w.size, s)).reshape(w.shape)
     elif pattern == "bw":
         mask = _block_wise(score, s, block)
     elif pattern == "vw":
-        if abs(s - nm_sparsity) > VW_SPARSITY_TOLERANCE:
-            raise InputError(
-                "sparsity",
-                f"vw {n}:{m} keeps exactly {n} of every {m}, so its sparsity is "
-                f"{nm_sparsity:g}; got {s}",
-            )
         mask = _n_of_m_mask(score, n, m)
     else:
-        if pattern == "tvw" and s < nm_sparsity - VW_SPARSITY_TOLERANCE:
-            raise InputError(
-                "sparsity",
-                f"tvw applies {n}:{m} after tw, so it needs sparsity >= {nm_sparsity:g}; got {s}",
-            )
-        tw_sparsity = s if pattern == "tw" else max(0.0, 1.0 - (m / n) * (1.0 - s))
+        # tvw prunes tile-wise to 1 - (m/n)(1 - s) first, so that n:m lands on s.
+        tw_sparsity = s if nm_spec.nm is None else max(0.0, 1.0 - (m / n) * (1.0 - s))
         if row_fraction is not None:
             row_fraction = _check_fraction("row_fraction", row_fraction, upper_inclusive=True)
             if row_fraction > tw_sparsity:
@@ -339,7 +326,7 @@ def prune_with_layout(
             final_sparsity=s,
             tile=tile,
             row_fraction=row_fraction,
-            nm=(n, m) if pattern == "tvw" else None,
+            nm=nm_spec.nm,
         )
     achieved = 1.0 - int(np.count_nonzero(mask)) / mask.size
     return Pruned(
@@ -414,27 +401,6 @@ def _segment_norms(scores: _Scores, rows: np.ndarray, tile: int) -> np.ndarray:
         t0 = r0 // tile
         sums[t0 : t0 + (r1 - r0) // tile, c0:c1] = sq.reshape(-1, tile, c1 - c0).sum(axis=1)
     return np.sqrt(sums / _tile_sizes(n_kept, tile)[:, None])
-
-
-def synthetic_weight(n_rows: int, n_cols: int, *, seed: int = 0) -> np.ndarray:
-    """A seeded float32 N x K matrix whose magnitudes are skewed like trained weights.
-
-    `W[i, j] = 0.02 * z[i, j] * r[i] * c[j]` with z standard normal, and per-row and
-    per-column factors r, c log-normal with sigma 0.5 (median 1). Trained layers are not
-    i.i.d.: some output features and some input features matter much more than others,
-    and that row/column skew is exactly what tile-wise pruning exploits (and what makes
-    its kept-K per tile uneven). An i.i.d. Gaussian would make every tile look alike.
-    The scale 0.02 is BERT's initialiser standard deviation.
-    """
-    n_rows = _check_positive_int("shape", n_rows)
-    n_cols = _check_positive_int("shape", n_cols)
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise InputError("seed", f"must be a non-negative integer, got {seed!r}")
-    rng = np.random.default_rng(int(seed))
-    z = rng.standard_normal((n_rows, n_cols), dtype=np.float32)
-    r = rng.lognormal(0.0, 0.5, size=(n_rows, 1)).astype(np.float32)
-    c = rng.lognormal(0.0, 0.5, size=(1, n_cols)).astype(np.float32)
-    return (np.float32(0.02) * z * r * c).astype(np.float32)
 
 
 # -- the patterns ------------------------------------------------------------------------------

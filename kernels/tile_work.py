@@ -11,7 +11,7 @@ import numpy as np
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
-from tvwsim.pattern_spec import PATTERNS
+from tvwsim.pattern_spec import PATTERNS, REGULAR_PATTERNS, pattern_spec
 from tvwsim.schedule import ELEMENT_BYTES, INDEX_BYTES, TileWork, _roundup
 
 
@@ -37,18 +37,22 @@ def regular_tile_work(
     rows that exist in memory: `n` rows for dense, `roundup(n, 16)` for vw (the encoder
     pads vw to whole 16-row mma blocks).
     """
-    if pattern not in ("dense", "vw"):
-        raise InputError("pattern", f"regular tile work is for dense and vw, not {pattern}")
+    spec = pattern_spec(pattern)
+    if not spec.regular:
+        raise InputError(
+            "pattern", f"regular tile work is for {', '.join(REGULAR_PATTERNS)}, not {pattern}"
+        )
     bm, bk = config.bm, config.bk
     tiles = -(-n // bm)
     k_pad = _roundup(k, bk)
     steps = k_pad // bk
-    rows_in_memory = n if pattern == "dense" else _roundup(n, 16)
+    # mma.sp: 16-row metadata blocks; bk/2 fp16 values + 2 bits of metadata per value.
+    rows_in_memory = _roundup(n, 16) if spec.sparse_mma else n
     mem_rows = np.minimum(bm, rows_in_memory - np.arange(tiles) * bm)
-    per_row_stage = bk * ELEMENT_BYTES if pattern == "dense" else bk + bk // 8
+    per_row_stage = bk + bk // 8 if spec.sparse_mma else bk * ELEMENT_BYTES
     one_tile_rows = np.where(np.arange(k_pad) < k, np.arange(k_pad), -1)
     if kept_weights is None:
-        kept_weights = n * k if pattern == "dense" else n * (2 * (k // 4) + min(2, k % 4))
+        kept_weights = n * int(spec.kept_along_k(k))
     return TileWork(
         pattern=pattern,
         config=config,
@@ -62,7 +66,7 @@ def regular_tile_work(
         stage_ptr=np.arange(tiles + 1, dtype=np.int64) * steps,
         out_rows=np.minimum(bm, n - np.arange(tiles) * bm),
         kept_weights=int(kept_weights),
-        compute_unit="tensor",
+        compute_unit=spec.compute_unit,
     )
 
 
@@ -94,12 +98,13 @@ def tile_work(encoded: object, kept_weights: int | None = None) -> TileWork:
     if pattern not in PATTERNS or not isinstance(config, KernelConfig):
         raise InputError("encoded", "must be an encoded weight from tvwsim.kernels.formats.encode")
     n, k = int(encoded.n), int(encoded.k)
+    spec = PATTERNS[pattern]
     if kept_weights is None:
         values = encoded.values
-        kept_weights = n * k if pattern == "dense" else int(np.count_nonzero(values))
-    if pattern in ("dense", "vw"):
+        kept_weights = int(np.count_nonzero(values)) if spec.prunes else n * k
+    if spec.regular:
         return regular_tile_work(pattern, n, k, config, kept_weights)
-    if pattern in ("tw", "tvw"):
+    if spec.tiled:
         return _tile_wise_work(encoded, kept_weights)
     if pattern == "bw":
         return _block_work(encoded, kept_weights)
@@ -110,7 +115,7 @@ def _tile_wise_work(enc, kept_weights: int) -> TileWork:
     config, g, bk = enc.config, enc.config.bm, enc.config.bk
     k_lengths = np.diff(enc.k_ptr).astype(np.int32)
     total = int(enc.k_ptr[-1])
-    sparse = enc.pattern == "tvw"
+    sparse = pattern_spec(enc.pattern).sparse_mma
     per_position = (g + g // 8 if sparse else g * ELEMENT_BYTES) + INDEX_BYTES
     stage_bytes, stage_ptr = _stage_arrays(k_lengths, bk, np.full(total, float(per_position)))
     out_rows = (np.asarray(enc.row_map).reshape(-1, g) >= 0).sum(axis=1)
@@ -127,7 +132,7 @@ def _tile_wise_work(enc, kept_weights: int) -> TileWork:
         stage_ptr=stage_ptr,
         out_rows=out_rows,
         kept_weights=int(kept_weights),
-        compute_unit="tensor",
+        compute_unit=pattern_spec(enc.pattern).compute_unit,
     )
 
 
@@ -148,7 +153,7 @@ def _block_work(enc, kept_weights: int) -> TileWork:
     per_position = np.repeat(col_bytes / b, b)
     stage_bytes, stage_ptr = _stage_arrays(k_lengths, bk, per_position)
     return TileWork(
-        pattern="bw",
+        pattern=enc.pattern,
         config=config,
         n=n,
         k=k,
@@ -160,7 +165,7 @@ def _block_work(enc, kept_weights: int) -> TileWork:
         stage_ptr=stage_ptr,
         out_rows=np.clip(n - np.arange(tiles) * bm, 0, bm),
         kept_weights=int(kept_weights),
-        compute_unit="tensor",
+        compute_unit=pattern_spec(enc.pattern).compute_unit,
     )
 
 
@@ -192,7 +197,7 @@ def _csr_work(enc, kept_weights: int) -> TileWork:
     nnz_at = np.concatenate(nnz_parts) if nnz_parts else np.zeros(0, dtype=np.float64)
     stage_nnz, stage_ptr = _stage_arrays(k_lengths, bk, nnz_at)
     return TileWork(
-        pattern="ew",
+        pattern=enc.pattern,
         config=config,
         n=n,
         k=k,
@@ -204,5 +209,5 @@ def _csr_work(enc, kept_weights: int) -> TileWork:
         stage_ptr=stage_ptr,
         out_rows=np.minimum(bm, n - np.arange(tiles) * bm),
         kept_weights=int(kept_weights),
-        compute_unit="cuda",
+        compute_unit=pattern_spec(enc.pattern).compute_unit,
     )

@@ -13,14 +13,16 @@ model does not overlap kernels of different layers.
 Where each GEMM's sparse structure comes from
 ---------------------------------------------
 - dense and vw: from the shape alone - every tile is alike whatever the weight values
-  (`tvwsim.schedule.regular_tile_work`).
+  (`tvwsim.kernels.tile_work.regular_tile_work`).
 - ew, bw, tw, tvw, when the caller passes a `ProfileFn` that knows a real-weight trace
   layer for this GEMM: that layer's statistics scaled to the full-size shape
   (`tvwsim.sim.trace_work`). Instances of one catalog entry may take different trace layers
   (BERT-base layer 7's FFN1 and layer 8's are different matrices), so the profile is
   asked per instance.
-- otherwise: a seeded i.i.d. Gaussian weight (`tvwsim.schedule.random_weight`), pruned and
-  encoded - the same work `tvwsim simulate --shape M,N,K --seed S` builds.
+- otherwise: the seeded synthetic weight (`tvwsim.kernels.prepare.synthetic_weight`: a
+  Gaussian with log-normal row and column scales, skewed like trained layers), pruned and
+  encoded by `prepare_weight` - the same work `tvwsim simulate --shape M,N,K --seed S`
+  builds.
 
 Every result says which (`LayerResult.structure`).
 
@@ -46,22 +48,30 @@ import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tvwsim.kernels.prepare import config_for, prune_and_encode, random_weight
-from tvwsim.kernels.tile_work import regular_tile_work, tile_work
+from tvwsim.kernels.prepare import config_for, mask_work, prepare_weight, synthetic_weight
+from tvwsim.kernels.tile_work import regular_tile_work
 from tvwsim.sim.hardware import Hardware
 from tvwsim.sim.result import SimResult
-from tvwsim.sim.trace_work import TRACE_PATTERNS, LayerProfile, trace_tile_work
+from tvwsim.sim.trace_work import LayerProfile, trace_tile_work
 from tvwsim.traces.catalog import Gemm, Workload
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
-from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
+from tvwsim.io import atomic_output
+from tvwsim.pattern_spec import (
+    BASELINE_PATTERN,
+    PATTERN_NAMES,
+    REGULAR_PATTERNS,
+    VALUE_DEPENDENT_PATTERNS,
+    pattern_spec,
+)
 from tvwsim.schedule import POLICIES, TileWork, build_schedule
 
-VW_SPARSITY = 0.5
-"""vw is 2:4: its sparsity is fixed."""
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STRUCTURE_SHAPE = "independent of weight values"
 STRUCTURE_DENSE = "dense (not prunable)"
@@ -91,7 +101,9 @@ class ModelRun:
     @property
     def label(self) -> str:
         """'tw 0.75', 'dense'."""
-        return self.pattern if self.pattern == "dense" else f"{self.pattern} {self.sparsity:g}"
+        if not pattern_spec(self.pattern).prunes:
+            return self.pattern
+        return f"{self.pattern} {self.sparsity:g}"
 
 
 def model_runs(patterns: Sequence[str], sparsities: Sequence[float]) -> list[ModelRun]:
@@ -102,10 +114,11 @@ def model_runs(patterns: Sequence[str], sparsities: Sequence[float]) -> list[Mod
     unknown pattern, a sparsity outside (0, 1), or nothing sparse left to run.
     """
     patterns = list(dict.fromkeys(patterns))
-    bad = [p for p in patterns if p not in PATTERNS]
+    bad = [p for p in patterns if p not in PATTERN_NAMES]
     if bad or not patterns:
         raise InputError(
-            "--patterns", f"got {','.join(bad) or 'nothing'}; allowed: {', '.join(PATTERNS)}"
+            "--pattern",
+            f"got {','.join(bad) or 'nothing'}; allowed: {', '.join(PATTERN_NAMES)}",
         )
     values = []
     for s in sparsities:
@@ -115,22 +128,19 @@ def model_runs(patterns: Sequence[str], sparsities: Sequence[float]) -> list[Mod
     values = sorted(set(values))
     if not values:
         raise InputError("--sparsity", "give at least one sparsity in (0, 1)")
-    runs = [ModelRun("dense", 0.0)]
+    baseline = ModelRun(BASELINE_PATTERN, pattern_spec(BASELINE_PATTERN).fixed_sparsity)
+    runs = [baseline]
     for pattern in patterns:
-        if pattern == "dense":
-            continue
-        if pattern == "vw":
-            runs.append(ModelRun("vw", VW_SPARSITY))
-            continue
-        for s in values:
-            if pattern == "tvw" and s < VW_SPARSITY:
-                continue
-            runs.append(ModelRun(pattern, s))
-    if len(runs) == 1 and patterns != ["dense"]:
-        raise InputError(
-            "--sparsity",
-            f"tvw needs a sparsity >= {VW_SPARSITY:g}; got {', '.join(map(str, values))}",
+        if pattern != BASELINE_PATTERN:
+            spec = pattern_spec(pattern)
+            runs.extend(ModelRun(pattern, s) for s in spec.sparsities_for(values))
+    if len(runs) == 1 and patterns != [BASELINE_PATTERN]:
+        needs = "; ".join(
+            f"{p} needs a sparsity {pattern_spec(p).allowed()}"
+            for p in patterns
+            if p != BASELINE_PATTERN
         )
+        raise InputError("--sparsity", f"{needs}; got {', '.join(map(str, values))}")
     return runs
 
 
@@ -251,8 +261,10 @@ class _Simulator:
                 # One weight at a time: a VGG fc6 weight is 400 MB of float32, a DeepBench
                 # 1024 x 500000 one 2 GB.
                 self.drop_weight()
-                self.weight, self.weight_key = random_weight(n, k, self.seed), (n, k)
-            self.works[key] = prune_and_encode(self.weight, pattern, sparsity, config)
+                self.weight = synthetic_weight(n, k, seed=self.seed)
+                self.weight_key = (n, k)
+            prepared = prepare_weight(self.weight, pattern, sparsity, config, buffers=False)
+            self.works[key] = prepared.work
         return self.works[key]
 
     def drop_weight(self) -> None:
@@ -298,8 +310,8 @@ def simulate_model(
     the seed of the random weights of the GEMMs it has none for, and of the positions
     drawn for the traced ones. `on_step` is called after each (run, GEMM) pair.
     """
-    if not runs or runs[0] != ModelRun("dense", 0.0):
-        raise InputError("runs", "the first run must be dense (the baseline)")
+    if not runs or runs[0].pattern != BASELINE_PATTERN:
+        raise InputError("runs", f"the first run must be {BASELINE_PATTERN} (the baseline)")
     if policy not in POLICIES:
         raise InputError("--policy", f"got {policy!r}; allowed: {', '.join(POLICIES)}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -319,7 +331,7 @@ def simulate_model(
     return ModelResult(
         model=workload.name,
         description=workload.description,
-        hardware=hw.name,
+        hardware=hw.label,
         batch=workload.batch,
         seq=workload.seq,
         policy=policy,
@@ -339,8 +351,9 @@ def _simulate_gemm(
     base.update(k=gemm.k, count=gemm.count, prunable=gemm.prunable)
     if not gemm.prunable:
         launches, per_launch = batched_launches(workload, gemm)
-        config = config_for("dense")
-        result = sim.run(sim.shape_work(gemm.n, gemm.k, "dense", config), gemm.m * per_launch)
+        config = config_for(BASELINE_PATTERN)
+        work = sim.shape_work(gemm.n, gemm.k, BASELINE_PATTERN, config)
+        result = sim.run(work, gemm.m * per_launch)
         return LayerResult(
             **base,
             launches=launches,
@@ -353,7 +366,7 @@ def _simulate_gemm(
 
     config = config_for(run.pattern)
     n, k = gemm.n, gemm.k
-    if run.pattern in ("dense", "vw"):
+    if pattern_spec(run.pattern).regular:
         groups = {None: (sim.shape_work(n, k, run.pattern, config), gemm.count)}
         structure = STRUCTURE_SHAPE
     else:
@@ -409,30 +422,21 @@ def simulate_pruned_layers(
 ) -> list[SimResult]:
     """Simulate GEMMs whose pruned masks are given: one (mask, tile layout or None) each.
 
-    Every mask (N x K bool) is encoded as is by `tvwsim.kernels.formats.encode` (values 1.0: the
-    work does not depend on them), turned into work and scheduled for `m` tokens. `tile`
-    is the tw/tvw tile width G (the kernel's bm; default the pattern's kernel). dense
-    ignores the masks' contents and uses their shapes.
+    Every mask (N x K bool) becomes work through `tvwsim.kernels.prepare.mask_work` (the
+    encoder with values 1.0: the work does not depend on them) and is scheduled for `m`
+    tokens. `tile` is the tw/tvw tile width G (the kernel's bm; default the pattern's
+    kernel). dense ignores the masks' contents and uses their shapes.
     """
     import dataclasses
 
-    from tvwsim.kernels.formats import encode
     from tvwsim.sim.engine import simulate
 
     config = config_for(pattern)
-    if tile is not None and pattern in ("tw", "tvw") and tile != config.bm:
+    if tile is not None and pattern_spec(pattern).tiled and tile != config.bm:
         config = dataclasses.replace(config, bm=int(tile))
     results = []
     for mask, layout in layers:
-        mask = np.asarray(mask, dtype=bool)
-        n, k = mask.shape
-        if pattern in ("dense", "vw"):
-            kept = n * k if pattern == "dense" else int(np.count_nonzero(mask))
-            work = regular_tile_work(pattern, n, k, config, kept)
-        else:
-            ones = np.ones((n, k), dtype=np.float16)
-            encoded = encode(ones, mask, pattern, config, layout=layout)
-            work = tile_work(encoded, kept_weights=int(np.count_nonzero(mask)))
+        work = mask_work(mask, pattern, config, layout=layout)
         results.append(simulate(build_schedule(work, m, policy), hw, manifest=manifest))
     return results
 
@@ -443,7 +447,7 @@ def simulate_pruned_layers(
 def structure_lines(result: ModelResult) -> list[str]:
     """What the sparse structure came from, in words: one line per kind of source."""
     lines = []
-    sparse = [r for r in result.layers if r.prunable and r.pattern in TRACE_PATTERNS]
+    sparse = [r for r in result.layers if r.prunable and r.pattern in VALUE_DEPENDENT_PATTERNS]
     prunable = [g for g in result.of(result.dense) if g.prunable]
     traced = sorted({r.gemm for r in sparse if r.uses_trace}, key=_order(result))
     random = sorted({r.gemm for r in sparse if "random" in r.structure}, key=_order(result))
@@ -458,11 +462,12 @@ def structure_lines(result: ModelResult) -> list[str]:
     if random:
         which = _names(random, traced, len(prunable))
         lines.append(
-            f"weights: seeded random weights (Gaussian, seed {result.seed}) for "
+            f"weights: seeded random weights (skewed Gaussian, seed {result.seed}) for "
             f"{len(random)} of {len(prunable)} prunable GEMMs ({which})"
         )
-    if any(r.pattern in ("dense", "vw") for r in result.layers):
-        lines.append("weights: dense and vw work depends on the shape only, not on the values")
+    if any(r.pattern in REGULAR_PATTERNS for r in result.layers):
+        regular = " and ".join(REGULAR_PATTERNS)
+        lines.append(f"weights: {regular} work depends on the shape only, not on the values")
     lines.extend(result.notes)
     return lines
 
@@ -535,7 +540,7 @@ def _weights_cell(result: ModelResult, gemm: str) -> str:
     layers = [r for r in result.layers if r.gemm == gemm]
     if not layers[0].prunable:
         return "dense"
-    sparse = [r for r in layers if r.pattern in TRACE_PATTERNS]
+    sparse = [r for r in layers if r.pattern in VALUE_DEPENDENT_PATTERNS]
     if not sparse:
         return "shape"
     traced = any(r.uses_trace for r in sparse)
@@ -581,13 +586,17 @@ def _table(cols: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def to_json(result: ModelResult) -> dict:
-    """One JSON-ready object: settings, per-run totals, per-layer rows."""
+def to_json(result: ModelResult, hw: Hardware | None = None) -> dict:
+    """One JSON-ready object: settings, per-run totals, per-layer rows; with `hw` (the
+    hardware simulated) also its overrides and every field value."""
+    from tvwsim.sim.presets import hardware_record
+
     dense_of = {r.gemm: r.time_us for r in result.of(result.dense)}
     return {
         "model": result.model,
         "description": result.description,
         "hardware": result.hardware,
+        **(hardware_record(hw) if hw is not None else {}),
         "batch": result.batch,
         "seq": result.seq,
         "policy": result.policy,
@@ -650,23 +659,22 @@ def to_csv(result: ModelResult) -> str:
     return out.getvalue()
 
 
-def draw_speedup_plot(result: ModelResult, path: str | Path) -> None:
+def speedup_figure(result: ModelResult) -> Figure:
     """Bar chart of end-to-end speedup over dense: groups = sparsities, bars = patterns.
 
-    The format follows the suffix (.png, .svg, .pdf). matplotlib runs headless (Agg).
+    One bar container per pattern (its label the pattern's name), bar heights the
+    speedups; a matplotlib Figure not attached to pyplot (nothing to close).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     sparse = list(result.runs[1:])
     sparsities = sorted({run.sparsity for run in sparse})
-    patterns = [p for p in PATTERNS if any(run.pattern == p for run in sparse)]
+    patterns = [p for p in PATTERN_NAMES if any(run.pattern == p for run in sparse)]
     colours = colormaps["tab10"]
     width = 0.8 / max(1, len(patterns))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(sparsities) + 3), 4.2), dpi=120)
+    fig = Figure(figsize=(max(6.0, 1.6 * len(sparsities) + 3), 4.2), dpi=120, layout="tight")
+    ax = fig.subplots()
     for i, pattern in enumerate(patterns):
         xs, ys = [], []
         for j, s in enumerate(sparsities):
@@ -674,7 +682,7 @@ def draw_speedup_plot(result: ModelResult, path: str | Path) -> None:
             if run is not None:
                 xs.append(j + (i - (len(patterns) - 1) / 2) * width)
                 ys.append(result.speedup(run))
-        bars = ax.bar(xs, ys, width, label=pattern, color=colours(PATTERNS.index(pattern)))
+        bars = ax.bar(xs, ys, width, label=pattern, color=colours(PATTERN_NAMES.index(pattern)))
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="dense")
     ax.set_xticks(range(len(sparsities)), [f"{s:g}" for s in sparsities])
@@ -692,6 +700,14 @@ def draw_speedup_plot(result: ModelResult, path: str | Path) -> None:
     ax.legend(fontsize=8, ncol=min(len(patterns) + 1, 7), loc="upper left")
     ax.set_ylim(0, max(1.2, 1.18 * max(result.speedup(r) for r in sparse)) if sparse else 1.2)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format=Path(path).suffix.lstrip(".").lower() or "png")
-    plt.close(fig)
+    return fig
+
+
+def draw_speedup_plot(result: ModelResult, path: str | Path) -> Path:
+    """Write `speedup_figure(result)` to `path` (format from the suffix: .png, .svg, .pdf),
+    whole or not at all, with the normal file mode."""
+    path = Path(path)
+    fig = speedup_figure(result)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png")
+    return path

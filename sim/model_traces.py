@@ -33,12 +33,13 @@ from pathlib import Path
 
 from tvwsim.sim.hardware import Hardware
 from tvwsim.sim.model import ModelRun
-from tvwsim.sim.trace_work import TRACE_PATTERNS, LayerProfile
+from tvwsim.sim.trace_work import LayerProfile
 from tvwsim.traces.catalog import Gemm, Workload
 from tvwsim.traces.trace_files import Trace, TraceEntry, load_trace
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import BASELINE_PATTERN, VALUE_DEPENDENT_PATTERNS, pattern_spec
 
 TRACE_FOR = {
     "bert-base": "minilm",
@@ -80,10 +81,10 @@ class TraceMapping:
         pattern and sparsity (tw/tvw at tile width config.bm), or None when the GEMM has no
         trace layer or the trace has no entry for that sparsity or tile width."""
         names = self.layers.get(gemm.name)
-        if names is None or pattern not in TRACE_PATTERNS:
+        if names is None or pattern not in VALUE_DEPENDENT_PATTERNS:
             return None
         layer = self.trace.layer(names[instance])
-        tile = config.bm if pattern in ("tw", "tvw") else None
+        tile = config.bm if pattern_spec(pattern).tiled else None
         entry = layer.entries.get((pattern, float(sparsity), tile))
         if entry is None:
             return None
@@ -93,9 +94,9 @@ class TraceMapping:
         """Lines saying which runs fall back to random weights for lack of a trace entry."""
         lines = []
         for run in runs:
-            if run.pattern not in TRACE_PATTERNS:
+            if run.pattern not in VALUE_DEPENDENT_PATTERNS:
                 continue
-            tile = configs[run.pattern].bm if run.pattern in ("tw", "tvw") else None
+            tile = configs[run.pattern].bm if pattern_spec(run.pattern).tiled else None
             if float(run.sparsity) not in self.trace.sparsities:
                 traced = ", ".join(f"{s:g}" for s in self.trace.sparsities)
                 lines.append(
@@ -330,7 +331,7 @@ def quality_speedup_fn(
     dense_us: dict[tuple, float] = {}
 
     def speedup(model) -> float | None:
-        if model.pattern == "dense":
+        if model.pattern == BASELINE_PATTERN:
             return 1.0
         m = int(tokens if tokens is not None else model.tokens)
         if m <= 0 or not model.layers:
@@ -341,7 +342,7 @@ def quality_speedup_fn(
         masks = [(pruned.mask, pruned.layout) for _, pruned in model.layers]
         shapes = tuple(mask.shape for mask, _ in masks)
         if (shapes, m) not in dense_us:
-            dense = simulate_pruned_layers(masks, "dense", m, hw, policy=policy)
+            dense = simulate_pruned_layers(masks, BASELINE_PATTERN, m, hw, policy=policy)
             dense_us[(shapes, m)] = sum(r.time_us for r in dense)
         pruned = simulate_pruned_layers(masks, model.pattern, m, hw, tile=tile, policy=policy)
         return dense_us[(shapes, m)] / sum(r.time_us for r in pruned)

@@ -29,8 +29,8 @@ How a trace layer is scaled (the same recipe for every pattern)
    the block rows of one CTA tile share columns about as often as in the real layer (the
    union of their columns is what a bw CTA walks); ew's columns uniformly.
 5. *Through the real encoder.* The drawn mask (and, for tw/tvw, its tile layout) is
-   encoded by `tvwsim.kernels.formats.encode` and turned into work by `tvwsim.schedule.tile_work`,
-   so the result obeys the byte-level contract (docs/formats.md) like any other weight.
+   turned into work by `tvwsim.kernels.prepare.mask_work` (encoder, then tile work), so
+   the result obeys the byte-level contract (docs/formats.md) like any other weight.
 
 dense and vw need no trace: their work depends on the shape only (`regular_tile_work`).
 
@@ -46,20 +46,19 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-from tvwsim.kernels.prepare import config_for
-from tvwsim.kernels.tile_work import tile_work
+from tvwsim.kernels.prepare import config_for, mask_work
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import VALUE_DEPENDENT_PATTERNS, pattern_spec
 from tvwsim.schedule import TileWork
 
-TRACE_PATTERNS = ("ew", "bw", "tw", "tvw")
-"""Patterns whose structure depends on the weight values (and so can come from a trace)."""
-GRANULE = {"ew": 1, "bw": 1, "tw": 1, "tvw": 4}
-"""Rounding unit of the counts: weights per row (ew), blocks per block row (bw), K columns
-per tile (tw), K columns per tile in whole 2:4 groups (tvw)."""
-NM = (2, 4)
-"""tvw keeps 2 of every 4 consecutive entries of a tile's compacted kept-K list."""
+
+def granule(pattern: str) -> int:
+    """Rounding unit of the counts: weights per row (ew), blocks per block row (bw), K
+    columns per tile (tw), K columns per tile in whole n:m groups of m (tvw)."""
+    nm = pattern_spec(pattern).nm
+    return 1 if nm is None else nm[1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,9 +96,9 @@ class LayerProfile:
 
     def __post_init__(self) -> None:
         where = f"{self.source} {self.layer} {self.pattern} {self.sparsity:g}"
-        if self.pattern not in TRACE_PATTERNS:
+        if self.pattern not in VALUE_DEPENDENT_PATTERNS:
             raise InputError(
-                "trace", f"{where}: pattern must be one of {', '.join(TRACE_PATTERNS)}"
+                "trace", f"{where}: pattern must be one of {', '.join(VALUE_DEPENDENT_PATTERNS)}"
             )
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise InputError("trace", f"{where}: sparsity must lie in [0, 1)")
@@ -107,7 +106,7 @@ class LayerProfile:
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise InputError("trace", f"{where}: {name} must be a positive integer")
-        if self.pattern in ("tw", "tvw"):
+        if pattern_spec(self.pattern).tiled:
             if self.tile is None or self.tile < 1 or self.rows_kept is None:
                 raise InputError("trace", f"{where}: tw/tvw need tile and rows_kept")
             if not 0 <= self.rows_kept <= self.n:
@@ -243,12 +242,6 @@ def keep_count(total: int, sparsity: float) -> int:
     return int(total) - int(round(float(sparsity) * int(total)))
 
 
-def _after_nm(kept_k: np.ndarray) -> np.ndarray:
-    """Weights per row a tile keeps after 2:4 along its compacted kept-K list."""
-    n, m = NM
-    return n * (kept_k // m) + np.minimum(n, kept_k % m)
-
-
 def _tile_rows(rows: int, tile: int) -> np.ndarray:
     return np.minimum(tile, rows - tile * np.arange(-(-rows // tile)))
 
@@ -274,7 +267,8 @@ def scaled_tile_counts(
     drawn and fitted so that the kept weights (tvw: after 2:4) match `sparsity`.
     """
     pattern = profile.pattern
-    per_count = 1.0 if pattern == "tw" else NM[0] / NM[1]
+    nm = pattern_spec(pattern).nm
+    per_count = 1.0 if nm is None else nm[0] / nm[1]
     target = keep_count(n * k, sparsity)
     if target == 0:
         return 0, np.zeros(0, dtype=np.int64)
@@ -283,7 +277,7 @@ def scaled_tile_counts(
     sizes = _tile_rows(rows, tile)
     fractions = profile.kept_k / profile.k
     drawn = stratified_draw(fractions, sizes.size, rng)
-    counts = fit_counts(drawn, k, sizes * per_count, target, GRANULE[pattern])
+    counts = fit_counts(drawn, k, sizes * per_count, target, granule(pattern))
     return rows, counts
 
 
@@ -302,7 +296,7 @@ def scaled_block_rows(
     rows, cols = -(-n // b), -(-k // b)
     target_blocks = round((1.0 - float(sparsity)) * rows * cols)
     row_fractions = stratified_draw(grid.mean(axis=1), rows, rng)
-    counts = fit_counts(row_fractions, cols, np.ones(rows), target_blocks, GRANULE["bw"])
+    counts = fit_counts(row_fractions, cols, np.ones(rows), target_blocks, granule("bw"))
     popularity = stratified_draw(grid.mean(axis=0), cols, rng)
     with np.errstate(divide="ignore"):
         log_weight = np.log(popularity + 1e-6)
@@ -319,7 +313,7 @@ def scaled_row_nnz(
 ) -> np.ndarray:
     """ew: kept weights per row of an n x k layer, from the trace's row-length fractions."""
     drawn = stratified_draw(profile.row_nnz / profile.k, n, rng)
-    return fit_counts(drawn, k, np.ones(n), keep_count(n * k, sparsity), GRANULE["ew"])
+    return fit_counts(drawn, k, np.ones(n), keep_count(n * k, sparsity), granule("ew"))
 
 
 # =====================================================================================
@@ -355,7 +349,8 @@ def scaled_mask(
     rng = profile_rng(profile, n, k, seed)
     pattern = profile.pattern
     mask = np.zeros((n, k), dtype=bool)
-    if pattern in ("tw", "tvw"):
+    spec = pattern_spec(pattern)
+    if spec.tiled:
         g = config.bm
         n_rows, counts = scaled_tile_counts(profile, n, k, sparsity, g, rng)
         rows = np.sort(rng.choice(n, size=n_rows, replace=False)).astype(np.int32)
@@ -365,7 +360,7 @@ def scaled_mask(
             lists.append(cols)
             # tvw: positions 0 and 1 of every aligned group of 4 in the compacted list
             # (which 2 of the 4 does not change the work; only how many).
-            keep = cols if pattern == "tw" else cols[np.arange(count) % NM[1] < NM[0]]
+            keep = cols if spec.nm is None else cols[np.arange(count) % spec.nm[1] < spec.nm[0]]
             mask[np.ix_(rows[t * g : (t + 1) * g], keep)] = True
         return mask, DrawnLayout(tile_width=g, rows=rows, kept_k=tuple(lists))
     if pattern == "bw":
@@ -395,17 +390,13 @@ def trace_tile_work(
 ) -> TileWork:
     """The work of an n x k layer pruned at `sparsity` whose structure follows `profile`.
 
-    The mask from `scaled_mask` is encoded with all kept values 1.0 (values never change
-    the work) and measured by `tvwsim.schedule.tile_work`; `kept_weights` is the mask's
-    count, so the achieved sparsity of the result is the drawn mask's.
+    The mask from `scaled_mask` goes through `tvwsim.kernels.prepare.mask_work` (the real
+    encoder, all kept values 1.0: values never change the work); `kept_weights` is the
+    mask's count, so the achieved sparsity of the result is the drawn mask's.
     """
-    from tvwsim.kernels.formats import encode
-
     config = config_for(profile.pattern, config)
     mask, layout = scaled_mask(profile, n, k, sparsity, config, seed=seed)
-    ones = np.broadcast_to(np.float16(1.0), (n, k))  # a view: no n x k array of ones
-    encoded = encode(ones, mask, profile.pattern, config, layout=layout, block=profile.block)
-    return tile_work(encoded, kept_weights=int(np.count_nonzero(mask)))
+    return mask_work(mask, profile.pattern, config, layout=layout, block=profile.block)
 
 
 def _check_shape(n: int, k: int) -> None:

@@ -35,12 +35,12 @@ import numpy as np
 from tvwsim.traces.trace_files import TRACES_DIR
 
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import BASELINE_PATTERN, PRUNED_PATTERNS, pattern_spec
 
 SENTENCES_PATH = TRACES_DIR / "sentences.txt"
 REFERENCE_PATH = TRACES_DIR / "reference" / "minilm_dense_embeddings.npy"
 REFERENCE_META_PATH = TRACES_DIR / "reference" / "minilm_dense_embeddings.json"
 
-QUALITY_PATTERNS = ("ew", "bw", "vw", "tw", "tvw")
 QUALITY_SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
 
 
@@ -256,7 +256,7 @@ def prune_minilm(
     return pruned_tensors, PrunedModel(
         pattern=pattern,
         sparsity=float(sparsity),
-        tile=tile if pattern in ("tw", "tvw") else None,
+        tile=tile if pattern_spec(pattern).tiled else None,
         layers=tuple(records),
         tokens=tokens,
     )
@@ -287,22 +287,16 @@ class QualityRow:
 
 
 def quality_cases(
-    patterns: Sequence[str] = QUALITY_PATTERNS,
+    patterns: Sequence[str] = PRUNED_PATTERNS,
     sparsities: Sequence[float] = QUALITY_SPARSITIES,
 ) -> list[tuple[str, float]]:
-    """(pattern, sparsity) pairs to run: vw only at 2:4's 50%, tvw only at >= 50%."""
+    """(pattern, sparsity) pairs to run, in pattern order: the sparsities each pattern
+    accepts (`PatternSpec.sparsities_for`: vw once at 2:4's 50% whatever is asked, tvw
+    only at >= 50%). The dense baseline row is always there and is not a case."""
     cases = []
     for pattern in patterns:
-        for s in sparsities:
-            if pattern == "vw" and s != 0.5:
-                continue
-            if pattern == "tvw" and s < 0.5:
-                continue
-            if pattern == "dense":
-                continue
-            cases.append((pattern, float(s)))
-    if "vw" in patterns and 0.5 not in sparsities:
-        cases.append(("vw", 0.5))  # vw has exactly one sparsity; show it anyway
+        if pattern_spec(pattern).prunes:
+            cases.extend((pattern, s) for s in pattern_spec(pattern).sparsities_for(sparsities))
     return cases
 
 
@@ -332,10 +326,9 @@ def quality_table(
     total_weights = sum(g.weight.size for g in gemms)
     total_importance = sum(float(np.abs(g.weight).sum(dtype=np.float64)) for g in gemms)
 
-    dense_model = PrunedModel("dense", 0.0, None, (), tokens)
-    rows = [
-        QualityRow("dense", 0.0, None, 0.0, 1.0, 1.0, 1.0, 1.0, _speedup(speedup_fn, dense_model))
-    ]
+    dense_model = PrunedModel(BASELINE_PATTERN, 0.0, None, (), tokens)
+    dense_speedup = _speedup(speedup_fn, dense_model)
+    rows = [QualityRow(BASELINE_PATTERN, 0.0, None, 0.0, 1.0, 1.0, 1.0, 1.0, dense_speedup)]
     for pattern, s in cases:
         if progress:
             progress(f"{pattern} {s:g}")

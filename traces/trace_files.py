@@ -37,15 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import NM_24, PRUNED_PATTERNS, pattern_spec
 
 SCHEMA = 1
 SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
 TILE_WIDTHS = (64, 128)
 BLOCK = 32
-TRACE_PATTERNS = ("ew", "bw", "vw", "tw", "tvw")
-"""Sparse patterns traced (dense keeps everything and needs no trace)."""
-VW_SPARSITY = 0.5  # 2:4
-NM = (2, 4)
+NM = NM_24
+"""The n:m of vw and tvw that a trace file records (and must match on load)."""
 
 # Package data (pyproject): found from any directory, editable install or not.
 TRACES_DIR = Path(str(files("tvwsim.traces")))
@@ -64,7 +63,7 @@ def sparsity_key(sparsity: float) -> str:
 
 def pattern_sparsities(pattern: str) -> tuple[float, ...]:
     """The sparsities a pattern is traced at (vw has only its n:m sparsity)."""
-    return (VW_SPARSITY,) if pattern == "vw" else SPARSITIES
+    return pattern_spec(pattern).sparsities_for(SPARSITIES)
 
 
 # -- records ----------------------------------------------------------------------------
@@ -109,9 +108,10 @@ class LayerTrace:
 
     def entry(self, pattern: str, sparsity: float, tile: int | None = None) -> TraceEntry:
         """The entry for (pattern, sparsity, tile); tile is needed for tw/tvw only."""
-        if pattern in ("tw", "tvw") and tile is None:
+        tiled = pattern_spec(pattern).tiled
+        if tiled and tile is None:
             tile = TILE_WIDTHS[-1]
-        key = (pattern, float(sparsity), tile if pattern in ("tw", "tvw") else None)
+        key = (pattern, float(sparsity), tile if tiled else None)
         if key not in self.entries:
             have = sorted({(p, s) for p, s, _ in self.entries})
             raise InputError(
@@ -170,10 +170,10 @@ def trace_layer(weight: np.ndarray) -> dict[str, dict]:
     total_importance = float(magnitude.sum())
     n_rows, n_cols = magnitude.shape
     out: dict[str, dict] = {}
-    for pattern in TRACE_PATTERNS:
+    for pattern in PRUNED_PATTERNS:
         per_sparsity: dict[str, dict] = {}
         for s in pattern_sparsities(pattern):
-            tiles = TILE_WIDTHS if pattern in ("tw", "tvw") else (None,)
+            tiles = TILE_WIDTHS if pattern_spec(pattern).tiled else (None,)
             per_tile: dict[str, dict] = {}
             for tile in tiles:
                 pruned = prune_with_layout(
@@ -196,7 +196,7 @@ def trace_layer(weight: np.ndarray) -> dict[str, dict]:
                     grid = mask[::BLOCK, ::BLOCK]
                     assert grid.shape == (nbr, nbc)
                     rec["kept_blocks"] = _hex_bitmap(grid)
-                elif pattern in ("tw", "tvw"):
+                elif pattern_spec(pattern).tiled:
                     layout = pruned.layout
                     rec["rows_kept"] = int(len(layout.rows))
                     rec["kept_k"] = layout.kept_k_counts().tolist()
@@ -277,12 +277,6 @@ def _tile_rows(rows_kept: int, tile: int) -> np.ndarray:
     return np.minimum(tile, rows_kept - tile * np.arange(-(-rows_kept // tile)))
 
 
-def _after_nm(kept_k: np.ndarray) -> np.ndarray:
-    """Weights per row a tile keeps after n:m along its compacted kept-K list."""
-    n, m = NM
-    return n * (kept_k // m) + np.minimum(n, kept_k % m)
-
-
 def _parse_entry(
     path: Path, where: str, pattern: str, s: float, tile: int | None, rec: dict, n: int, k: int
 ) -> TraceEntry:
@@ -323,7 +317,7 @@ def _parse_entry(
             if int((rows[:, None] * cols[None, :])[blocks].sum()) != kept:
                 raise _fail(path, f"{where}: kept blocks do not add up to kept={kept}")
             entry["kept_blocks"] = blocks
-        elif pattern in ("tw", "tvw"):
+        elif pattern_spec(pattern).tiled:
             rows_kept = int(rec["rows_kept"])
             kept_k = np.asarray(rec["kept_k"], dtype=np.int64)
             sizes = _tile_rows(rows_kept, tile)
@@ -333,7 +327,7 @@ def _parse_entry(
                 )
             if kept_k.size and (kept_k.min() < 0 or kept_k.max() > k):
                 raise _fail(path, f"{where}: kept_k counts must lie in [0, {k}]")
-            per_row = kept_k if pattern == "tw" else _after_nm(kept_k)
+            per_row = pattern_spec(pattern).kept_along_k(kept_k)
             if int((sizes * per_row).sum()) != kept:
                 raise _fail(path, f"{where}: kept_k does not add up to kept={kept}")
             entry["rows_kept"] = rows_kept
@@ -361,14 +355,14 @@ def _parse_layer(path: Path, rec: dict) -> LayerTrace:
     if conv and math.prod(layer_meta["conv_shape"][1:]) != k:
         raise _fail(path, f"layer {name}: conv_shape {conv} does not give K={k}")
     entries: dict[tuple[str, float, int | None], TraceEntry] = {}
-    for pattern in TRACE_PATTERNS:
+    for pattern in PRUNED_PATTERNS:
         for s in pattern_sparsities(pattern):
             where = f"layer {name} {pattern} {sparsity_key(s)}"
             try:
                 rec_s = patterns[pattern][sparsity_key(s)]
             except (KeyError, TypeError) as err:
                 raise _fail(path, f"{where}: missing") from err
-            if pattern in ("tw", "tvw"):
+            if pattern_spec(pattern).tiled:
                 for tile in TILE_WIDTHS:
                     if str(tile) not in rec_s:
                         raise _fail(path, f"{where}: tile {tile} missing")

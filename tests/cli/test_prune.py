@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tvwsim.kernels.patterns import prune, prune_with_layout, synthetic_weight
+from tvwsim.kernels.patterns import prune, prune_with_layout
+from tvwsim.kernels.prepare import synthetic_weight
 
 from tvwsim.cli import main
 

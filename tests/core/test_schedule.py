@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvwsim.kernels.formats import encode
 from tvwsim.kernels.patterns import prune_with_layout
-from tvwsim.kernels.prepare import random_weight, schedule_for_shape
+from tvwsim.kernels.prepare import schedule_for_shape, synthetic_weight
 from tvwsim.kernels.tile_work import regular_tile_work, tile_work
 
 from tvwsim.config import KernelConfig, default_config
@@ -126,7 +126,7 @@ def test_digest_is_stable_and_sensitive():
 # -- tile work against the encoded buffers ------------------------------------------------
 def encoded(pattern: str, n: int, k: int, sparsity: float, config=None, seed: int = 3):
     config = config or default_config(pattern)
-    w = random_weight(n, k, seed)
+    w = synthetic_weight(n, k, seed=seed)
     pruned = prune_with_layout(w, pattern, sparsity, tile=config.bm)
     return encode(w, pruned.mask, pattern, config, layout=pruned.layout), pruned
 
@@ -212,7 +212,7 @@ def test_same_seed_same_schedule_other_seed_other_schedule():
 
 
 def test_given_weights_are_pruned_instead_of_random_ones():
-    w = random_weight(256, 384, 5)
+    w = synthetic_weight(256, 384, seed=5)
     a = schedule_for_shape(128, 256, 384, "tvw", 0.75, weights=w)
     b = schedule_for_shape(128, 256, 384, "tvw", 0.75, seed=5)
     assert a.digest() == b.digest()  # same matrix, same schedule

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from tvwsim.kernels.formats import (
     ENCODINGS,
     LEGAL_NIBBLES,
-    PATTERNS,
     BsrWeight,
     CsrWeight,
     DenseWeight,
@@ -32,6 +31,7 @@ from tvwsim.kernels.formats import (
 )
 
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

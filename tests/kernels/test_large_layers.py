@@ -28,16 +28,17 @@ from tvwsim.kernels.patterns import (
     prune_with_layout,
     segment_norms,
 )
+from tvwsim.kernels.prepare import synthetic_weight
 from tvwsim.kernels.tile_work import tile_work
 from tvwsim.sim.trace_work import LayerProfile, profile_rng, scaled_mask, scaled_row_nnz
 
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
 from tvwsim.schedule import build_schedule
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLABS = st.sampled_from([1, 2, 3, 7, 16, 100, 1 << 18])
-PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
 
 
 @contextmanager
@@ -346,7 +347,7 @@ def test_prune_and_encode_need_no_full_size_copy(pattern):
     small slabs, pruning holds little more than its mask, encoding little more than
     its buffers and one tile's block: both stay under a quarter of W beyond what they
     return."""
-    w = patterns.synthetic_weight(4096, 1024, seed=1)  # tall: a tile is 1/32 of it
+    w = synthetic_weight(4096, 1024, seed=1)  # tall: a tile is 1/32 of it
     s = {"dense": 0.0, "vw": 0.5}.get(pattern, 0.75)
     config = default_config(pattern)
     prune_with_layout(w, pattern, s, tile=config.bm)  # compile numba outside the trace

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvwsim.kernels.patterns import (
-    PATTERNS,
     Pruned,
     TileLayout,
     block_rms_norms,
@@ -23,10 +22,11 @@ from tvwsim.kernels.patterns import (
     prune,
     prune_with_layout,
     segment_norms,
-    synthetic_weight,
 )
+from tvwsim.kernels.prepare import synthetic_weight
 
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -398,15 +398,6 @@ def test_all_zero_weights_prune_cleanly_with_every_pattern():
         assert abs(result.achieved_sparsity - result.target_sparsity) <= 0.1
 
 
-def test_synthetic_weight_is_seeded_and_skewed():
-    a = synthetic_weight(64, 48, seed=7)
-    assert a.dtype == np.float32 and a.shape == (64, 48)
-    np.testing.assert_array_equal(a, synthetic_weight(64, 48, seed=7))
-    assert not np.array_equal(a, synthetic_weight(64, 48, seed=8))
-    row_norms = np.linalg.norm(a, axis=1)
-    assert row_norms.max() > 2 * row_norms.min()  # rows differ in importance
-
-
 # -- bad input -----------------------------------------------------------------------------------
 
 GOOD = np.ones((4, 8), dtype=np.float32)
@@ -456,14 +447,4 @@ GOOD = np.ones((4, 8), dtype=np.float32)
 def test_bad_input_names_the_argument(args, kwargs, argument):
     with pytest.raises(InputError) as err:
         prune_with_layout(*args, **kwargs)
-    assert err.value.argument == argument
-
-
-@pytest.mark.parametrize(
-    "args, kwargs, argument",
-    [((0, 4), {}, "shape"), ((4, -1), {}, "shape"), ((4, 4), {"seed": -1}, "seed")],
-)
-def test_bad_synthetic_shape_or_seed(args, kwargs, argument):
-    with pytest.raises(InputError) as err:
-        synthetic_weight(*args, **kwargs)
     assert err.value.argument == argument

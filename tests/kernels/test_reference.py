@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tvwsim.kernels.formats import PATTERNS, KernelConfig, encode
+from tvwsim.kernels.formats import KernelConfig, encode
 from tvwsim.kernels.reference import expand_sparse_block, matmul, matmul_yt
 
 from tests.kernels.test_formats import config_for, fp16_masked, random_mask
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

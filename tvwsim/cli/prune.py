@@ -3,7 +3,7 @@
     tvwsim prune --pattern all --sparsity 0.75
     tvwsim prune --weights W.npy --pattern tw --sparsity 0.8 --tile 64 --out mask.npy
 
-Without --weights a seeded synthetic matrix is pruned (`tvwsim.kernels.patterns.synthetic_weight`,
+Without --weights a seeded synthetic matrix is pruned (`tvwsim.kernels.prepare.synthetic_weight`,
 default 3072 x 768: the first FFN layer of BERT-base). The table shows, per pattern, the
 achieved sparsity, how many output features keep any weight, and for tw/tvw the number
 of tiles and the kept-K per tile (min / median / max; for tvw before 2:4, i.e. the
@@ -64,6 +64,8 @@ def run_prune(args: argparse.Namespace) -> int:
     import numpy as np
 
     from tvwsim.kernels import patterns
+    from tvwsim.kernels.prepare import synthetic_weight
+    from tvwsim.pattern_spec import PATTERN_NAMES, pattern_spec
 
     sparsity = _parse_float("sparsity", args.sparsity)
     tile = _parse_int("tile", args.tile)
@@ -71,9 +73,9 @@ def run_prune(args: argparse.Namespace) -> int:
     row_fraction = (
         None if args.row_fraction is None else _parse_float("row_fraction", args.row_fraction)
     )
-    if args.pattern != "all" and args.pattern not in patterns.PATTERNS:
+    if args.pattern != "all" and args.pattern not in PATTERN_NAMES:
         raise InputError(
-            "pattern", f"got {args.pattern!r}; allowed: {', '.join(patterns.PATTERNS)}, all"
+            "pattern", f"got {args.pattern!r}; allowed: {', '.join(PATTERN_NAMES)}, all"
         )
     if args.out is not None and args.pattern == "all":
         raise InputError("out", "writes one mask; use it with a single --pattern, not all")
@@ -87,7 +89,7 @@ def run_prune(args: argparse.Namespace) -> int:
     else:
         n_rows, n_cols = _parse_shape(args.shape) if args.shape is not None else DEFAULT_SHAPE
         seed = 0 if args.seed is None else _parse_int("seed", args.seed, minimum=0)
-        weight = patterns.synthetic_weight(n_rows, n_cols, seed=seed)
+        weight = synthetic_weight(n_rows, n_cols, seed=seed)
         source = f"synthetic, seed {seed}"
     importance = None
     if args.importance is not None:
@@ -107,7 +109,7 @@ def run_prune(args: argparse.Namespace) -> int:
                 tile=tile,
                 block=block,
                 importance=importance,
-                row_fraction=row_fraction if name in ("tw", "tvw") else None,
+                row_fraction=row_fraction if pattern_spec(name).tiled else None,
             )
         )
 
@@ -119,8 +121,11 @@ def run_prune(args: argparse.Namespace) -> int:
         f"tile {tile}, block {block}"
     )
     print(_table(results, score, total_score))
-    if any(r.pattern == "tvw" for r in results):
-        print("note: tvw kept-K is before 2:4 (the K list a tile gathers; half is stored)")
+    for name in dict.fromkeys(r.pattern for r in results):
+        spec = pattern_spec(name)
+        if spec.tiled and spec.nm is not None:
+            nm = ":".join(map(str, spec.nm))
+            print(f"note: {name} kept-K is before {nm} (the K list a tile gathers; half is stored)")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
 
@@ -132,18 +137,14 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def _patterns_for(sparsity: float) -> tuple[list[str], list[tuple[str, str]]]:
     """Every pattern the target allows, and why the others are left out."""
-    from tvwsim.kernels.patterns import PATTERNS, VW_SPARSITY_TOLERANCE
+    from tvwsim.pattern_spec import PATTERNS
 
     chosen, skipped = [], []
-    for name in PATTERNS:
-        if name == "dense" and sparsity != 0.0:
-            skipped.append((name, "keeps every weight (sparsity 0 only)"))
-        elif name == "vw" and abs(sparsity - 0.5) > VW_SPARSITY_TOLERANCE:
-            skipped.append((name, "2:4 has sparsity 0.5 exactly"))
-        elif name == "tvw" and sparsity < 0.5 - VW_SPARSITY_TOLERANCE:
-            skipped.append((name, "needs sparsity >= 0.5 (2:4 after tw)"))
-        else:
+    for name, spec in PATTERNS.items():
+        if spec.accepts(sparsity):
             chosen.append(name)
+        else:
+            skipped.append((name, f"needs a sparsity {spec.allowed()}"))
     return chosen, skipped
 
 

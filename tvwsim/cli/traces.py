@@ -152,13 +152,13 @@ def run_traces_build(args: argparse.Namespace) -> int:
 
 
 def _parse_patterns(text: str) -> list[str]:
-    from tvwsim.traces.quality import QUALITY_PATTERNS
+    from tvwsim.pattern_spec import PRUNED_PATTERNS
 
-    names = list(QUALITY_PATTERNS) if text == "all" else _split(text)
-    bad = [n for n in names if n not in QUALITY_PATTERNS]
+    names = list(PRUNED_PATTERNS) if text == "all" else _split(text)
+    bad = [n for n in names if n not in PRUNED_PATTERNS]
     if bad or not names:
         raise InputError(
-            "pattern", f"got {text!r}; allowed: {', '.join(QUALITY_PATTERNS)}, a comma list, all"
+            "pattern", f"got {text!r}; allowed: {', '.join(PRUNED_PATTERNS)}, a comma list, all"
         )
     return names
 
