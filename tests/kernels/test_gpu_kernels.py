@@ -2,7 +2,7 @@
 
 Skipped (with the reason) when PyCUDA or a CUDA device is missing; run them on a GPU
 machine with `pip install -e ".[gpu]"` and `pytest -m gpu`. `tvwsim kernels check` runs
-the same checks (kernels/launch.py) and prints them as a table.
+the same checks (kernels/checks.py) and prints them as a table.
 
 1. One-warp probes: exactly one mma.sp (both selectors) and one dense mma on registers
    handed to each lane from global memory, compared register by register with the numpy
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from tvwsim.kernels import build as kbuild
-from tvwsim.kernels import launch
+from tvwsim.kernels import checks, cubins, device, launch, probes
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
@@ -31,10 +31,10 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="session")
 def gpu():
-    ok, why = launch.gpu_status()
+    ok, why = device.gpu_status()
     if not ok:
         pytest.skip(f"no GPU to run on: {why}")
-    return launch.device_info()
+    return device.device_info()
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +47,8 @@ def kernel_dir(gpu, tmp_path_factory):
 
 @pytest.mark.parametrize("index", range(3), ids=["sp-selector0", "sp-selector1", "dense"])
 def test_one_warp_probe_matches_the_emulation(kernel_dir, index):
-    name, fn = launch.probe_cases(seed=index)[index]
-    result = launch.run_probe(name, fn)
+    name, fn = checks.probe_cases(seed=index)[index]
+    result = checks.run_probe(name, fn)
     assert result.passed, f"{name}: max relative error {result.max_rel_error:.3g}"
 
 
@@ -63,24 +63,24 @@ def test_the_probe_ignores_metadata_the_selector_does_not_read(kernel_dir):
     c = np.zeros((16, 8), np.float32)
     for selector in (0, 1):
         a_regs, e = mma_sp.pack_a_sparse(a, selector)
-        clean = launch.mma_sp_probe(a_regs, mma_sp.pack_b(b), mma_sp.pack_c(c), e, selector)
+        clean = probes.mma_sp_probe(a_regs, mma_sp.pack_b(b), mma_sp.pack_c(c), e, selector)
         noisy_e = e.copy()
         unread = (np.arange(32) & 3) // 2 != selector
         noisy_e[unread] = 0xFFFFFFFF  # illegal nibbles: must not matter
-        noisy = launch.mma_sp_probe(a_regs, mma_sp.pack_b(b), mma_sp.pack_c(c), noisy_e, selector)
+        noisy = probes.mma_sp_probe(a_regs, mma_sp.pack_b(b), mma_sp.pack_c(c), noisy_e, selector)
         assert np.array_equal(clean, noisy)
         want = a.astype(np.float64) @ b.astype(np.float64)
-        assert launch.relative_error(mma_sp.unpack_d(clean), want) < 1e-5
+        assert checks.relative_error(mma_sp.unpack_d(clean), want) < 1e-5
 
 
-CASES = launch.check_cases()
+CASES = checks.check_cases()
 
 
 @pytest.mark.parametrize(
     "case", CASES, ids=[f"{c.pattern}-{c.config.name}-{c.shape}-{c.policy}" for c in CASES]
 )
 def test_kernel_equals_its_cpu_twin(kernel_dir, case):
-    result = launch.run_check(case, build_dir=kernel_dir)
+    result = checks.run_check(case, build_dir=kernel_dir)
     assert result.passed, (
         f"{result.name} {result.shape} {result.policy}: max relative error "
         f"{result.max_rel_error:.3g} {result.note}"
@@ -98,14 +98,14 @@ def test_a_config_beyond_the_device_limit_is_refused(gpu):
     too_big = KernelConfig(bm=256, bn=256, bk=64, stages=8, mma="sparse")
     assert kbuild.kernel_smem_bytes(too_big) > gpu.smem_per_block_optin_bytes
     with pytest.raises(InputError) as err:
-        launch.load_kernel("vw", too_big)
+        cubins.load_kernel("vw", too_big)
     assert err.value.argument == "config"
     assert str(gpu.smem_per_block_optin_bytes) in str(err.value)
 
 
 def test_repeated_launches_are_deterministic_and_timed(kernel_dir):
-    case = launch.CheckCase("tvw", kbuild.VARIANTS["tvw"][0], 512, 768, 768, "natural")
-    encoded, x, schedule = launch.make_case_inputs(case)
+    case = checks.CheckCase("tvw", kbuild.VARIANTS["tvw"][0], 512, 768, 768, "natural")
+    encoded, x, schedule = checks.make_case_inputs(case)
     prepared = launch.prepare(encoded, x.shape[0], schedule, build_dir=kernel_dir)
     first = prepared.run(x)
     second = prepared.run(x)
@@ -113,7 +113,7 @@ def test_repeated_launches_are_deterministic_and_timed(kernel_dir):
     times = prepared.time_ms(repeats=3, warmup=1)
     assert times.shape == (3,) and (times > 0).all()
     # The public hook the sweeps use: an L2 flush (a 64 MiB memset) before each launch.
-    s = launch.session()
+    s = device.session()
     flush_words = 16 * 2**20
     flush = s.alloc(4 * flush_words, "the L2 flush buffer")
     flushes = []

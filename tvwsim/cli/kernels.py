@@ -7,7 +7,7 @@
 `build` needs only nvcc (no GPU): it writes one cubin per (pattern, config, arch) and the
 resource manifest the simulator reads (kernels/build.py). `check` needs a CUDA device and
 PyCUDA (`pip install -e ".[gpu]"`): it pins the mma.sp fragment layout with a one-warp
-probe and compares every kernel variant with its CPU twin (kernels/launch.py), printing
+probe and compares every kernel variant with its CPU twin (kernels/checks.py), printing
 one table row per check.
 """
 
@@ -119,21 +119,21 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from tvwsim.kernels import launch
+    from tvwsim.kernels import checks, device
 
-    info = launch.device_info()  # InputError (exit 2) without pycuda or a GPU
+    info = device.device_info()  # InputError (exit 2) without pycuda or a GPU
     print(f"device: {info.name} ({info.arch}, {info.sm_count} SMs)")
     header = f"{'kernel':24} {'shape':18} {'policy':28} {'max_rel_error':>13}  result"
     print(header)
     print("-" * len(header))
 
-    def show(r: launch.CheckResult) -> None:
+    def show(r: checks.CheckResult) -> None:
         verdict = "PASS" if r.passed else "FAIL"
         note = f"  {r.note}" if r.note else ""
         print(f"{r.name:24} {r.shape:18} {r.policy:28} {r.max_rel_error:>13.2e}  {verdict}{note}")
         sys.stdout.flush()
 
-    results = launch.run_all_checks(quick=args.quick, build_dir=args.build_dir, progress=show)
+    results = checks.run_all_checks(quick=args.quick, build_dir=args.build_dir, progress=show)
     failed = sum(not r.passed for r in results)
-    print(f"{len(results) - failed} passed, {failed} failed (tolerance {launch.REL_TOLERANCE:g})")
+    print(f"{len(results) - failed} passed, {failed} failed (tolerance {checks.REL_TOLERANCE:g})")
     return 1 if failed else 0

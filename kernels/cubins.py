@@ -1,0 +1,132 @@
+"""Finding or compiling a cubin, and loading a kernel from it onto the device.
+
+Cubins come from `tvwsim kernels build` (its manifest in `build/kernels`, or the
+directory named by `build_dir` / `$TVWSIM_KERNEL_DIR`). A variant that is not there, or
+whose cubin is older than its sources, is compiled on the spot for the device's arch
+into a per-source-version cache in the temp directory, so an edited `.cu` never runs
+from a stale cubin and an unchanged one is compiled once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tvwsim.kernels import build as kbuild
+from tvwsim.kernels.device import KernelError, session
+
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
+
+KERNEL_DIR_ENV = "TVWSIM_KERNEL_DIR"
+
+
+@dataclass(frozen=True)
+class LoadedKernel:
+    """A GEMM entry point and its finalize pass, ready to launch."""
+
+    pattern: str
+    config: KernelConfig
+    cubin: Path
+    gemm: Any
+    finalize: Any
+    smem_bytes: int
+
+
+def _sources(pattern: str) -> list[Path]:
+    name = kbuild.PROBE_SOURCE if pattern == "probe" else f"{pattern}.cu"
+    return [kbuild.CUDA_DIR / "common.cuh", kbuild.CUDA_DIR / name]
+
+
+def _source_digest(pattern: str) -> str:
+    h = hashlib.sha256()
+    for path in _sources(pattern):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _fresh(cubin: Path, pattern: str) -> bool:
+    """A built cubin is used only if it is newer than every source it was built from."""
+    if not cubin.is_file():
+        return False
+    built = cubin.stat().st_mtime
+    return all(src.stat().st_mtime <= built for src in _sources(pattern))
+
+
+def _jit_dir() -> Path:
+    path = Path(tempfile.gettempdir()) / "tvwsim-kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def find_cubin(
+    pattern: str, config: KernelConfig | None, arch: str, build_dir: Path | str | None = None
+) -> Path:
+    """The cubin for (pattern, config, arch): from the build directory if present and up
+    to date, else compiled now into a per-source-version cache (pattern 'probe' for the
+    one-warp probes, config None)."""
+    directory = Path(build_dir or os.environ.get(KERNEL_DIR_ENV) or kbuild.DEFAULT_OUT)
+    if pattern == "probe":
+        name = kbuild.probe_cubin_name(arch)
+    else:
+        kbuild.check_pattern_config(pattern, config)
+        name = kbuild.cubin_name(pattern, config, arch)
+    candidate = directory / name
+    if _fresh(candidate, pattern):
+        return candidate
+    cache = _jit_dir() / _source_digest(pattern)
+    cached = cache / name
+    if cached.is_file():
+        return cached
+    cache.mkdir(parents=True, exist_ok=True)
+    # Compile into a private temp dir, then rename: concurrent processes never see a
+    # half-written cubin.
+    tmp = Path(tempfile.mkdtemp(prefix=".jit-", dir=cache))
+    try:
+        if pattern == "probe":
+            kbuild.compile_probe(arch, tmp)
+        else:
+            kbuild.compile_kernel(pattern, config, arch, tmp)
+        os.replace(tmp / name, cached)
+    finally:
+        for leftover in tmp.glob("*"):
+            leftover.unlink(missing_ok=True)
+        tmp.rmdir()
+    return cached
+
+
+def load_kernel(
+    pattern: str, config: KernelConfig, build_dir: Path | str | None = None
+) -> LoadedKernel:
+    """Load (building if needed) the `pattern` kernel for `config` on the current device,
+    after checking that its shared memory fits the device."""
+    s = session()
+    kbuild.check_pattern_config(pattern, config)
+    smem = kbuild.kernel_smem_bytes(config)
+    limit = s.info.smem_per_block_optin_bytes
+    if smem > limit:
+        raise InputError(
+            "config",
+            f"{pattern} {config.name} needs {smem} bytes of shared memory per CTA; "
+            f"{s.info.name} allows {limit}. Use fewer stages or a smaller tile "
+            f"(shipped: {', '.join(c.name for c in kbuild.VARIANTS.get(pattern, []))})",
+        )
+    cubin = find_cubin(pattern, config, s.info.arch, build_dir)
+    module = s.module(cubin)
+    gemm = s.call(
+        f"finding {kbuild.KERNEL_FUNCTIONS[pattern]}",
+        module.get_function,
+        kbuild.KERNEL_FUNCTIONS[pattern],
+    )
+    finalize = s.call("finding finalize_rows", module.get_function, kbuild.FINALIZE_FUNCTION)
+    attr = getattr(s.cuda.function_attribute, "MAX_DYNAMIC_SHARED_SIZE_BYTES", None)
+    if smem > 48 * 1024:
+        if attr is None:
+            raise KernelError("this pycuda cannot opt in to more than 48 KiB of shared memory")
+        # Above 48 KiB a kernel must opt in explicitly (cuFuncSetAttribute).
+        s.call("setting the shared memory size", gemm.set_attribute, attr, smem)
+    return LoadedKernel(pattern, config, cubin, gemm, finalize, smem)
