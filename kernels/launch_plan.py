@@ -19,17 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tvwsim.kernels.formats import ENCODINGS, bw_block_problem
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import KERNEL_PATTERNS, pattern_spec
 
-_ENCODED_TYPES = {
-    "dense": "DenseWeight",
-    "bw": "BsrWeight",
-    "vw": "VwWeight",
-    "tw": "TileWeight",
-    "tvw": "TileWeight",
-}
+_ENCODED_TYPES = {p: ENCODINGS[p].__name__ for p in KERNEL_PATTERNS}
+"""The encoding class a tvwsim kernel reads, by name, for each pattern with a kernel."""
 
 
 def check_encoded(encoded: Any, pattern: str | None = None) -> str:
@@ -179,7 +176,7 @@ def _finalize_regions(
         np.column_stack([np.zeros(len(split_pairs)), split_pairs, np.zeros(len(split_pairs))]),
         np.column_stack([np.ones(len(empty_pairs)), empty_pairs, np.zeros(len(empty_pairs))]),
     ]
-    if encoded.pattern in ("tw", "tvw"):
+    if pattern_spec(encoded.pattern).tiled:
         stored = np.zeros(encoded.n, dtype=bool)
         rm = np.asarray(encoded.row_map)
         stored[rm[rm >= 0]] = True
@@ -192,7 +189,8 @@ def _finalize_regions(
 def _check_buffers(encoded: Any, config: KernelConfig) -> None:
     """Cheap consistency checks that keep a malformed encoding out of the kernel."""
     p = encoded.pattern
-    if p in ("tw", "tvw"):
+    spec = pattern_spec(p)
+    if spec.tiled:
         g = config.bm
         k_ptr = np.asarray(encoded.k_ptr)
         total = int(k_ptr[-1])
@@ -203,15 +201,15 @@ def _check_buffers(encoded: Any, config: KernelConfig) -> None:
         idx = np.asarray(encoded.k_index)
         if idx.size != total or (idx.size and (idx.max() >= encoded.k or idx.min() < -1)):
             raise InputError("encoded", f"k_index must hold {total} entries in -1 .. k-1")
-        want = g * total // (2 if p == "tvw" else 1)
+        want = g * total // (2 if spec.sparse_mma else 1)
         if np.asarray(encoded.values).size != want:
             raise InputError("encoded", f"values must hold {want} fp16 (G x k_ptr[-1])")
-        if p == "tvw" and np.asarray(encoded.metadata).size != g * total // 32:
+        if spec.sparse_mma and np.asarray(encoded.metadata).size != g * total // 32:
             raise InputError("encoded", "metadata must hold G * k_ptr[-1] / 32 words")
     elif p == "bw":
-        b = int(encoded.block)
-        if b % 8 or config.bm % b:
-            raise InputError("encoded", f"block {b} must be a multiple of 8 dividing bm")
+        problem = bw_block_problem(int(encoded.block), config)
+        if problem is not None:
+            raise InputError("encoded", f"block: {problem}")
         if np.asarray(encoded.values).size >= 2**31:
             raise InputError("encoded", "bw values beyond 2^31 elements are not supported")
     elif p == "vw":

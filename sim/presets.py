@@ -29,26 +29,26 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tvwsim.sim.hardware import Hardware
+from tvwsim.sim.hardware import NOT_OVERRIDABLE, Hardware
 
 from tvwsim.errors import InputError
+from tvwsim.io import write_atomic
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "presets"
 """Directory of the presets that ship with the package."""
 PATH_ENV = "TVWSIM_PRESET_PATH"
 """Environment variable: more preset directories, separated by os.pathsep."""
 
-# Fields a preset file may not set: the name comes from the file name, `extra` is a table.
-_NOT_KEYS = ("name", "extra")
+# Fields a preset file may not set: the name comes from the file name, `extra` is a table,
+# `overrides` records what `--set` changed after loading.
+_NOT_KEYS = ("name", "extra", "overrides")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -68,6 +68,18 @@ class PresetFile:
 def hardware_fields() -> dict[str, dataclasses.Field]:
     """The Hardware fields a preset file sets (all but `name` and `extra`), in order."""
     return {f.name: f for f in dataclasses.fields(Hardware) if f.name not in _NOT_KEYS}
+
+
+def hardware_record(hardware: Hardware) -> dict[str, object]:
+    """The effective hardware for a JSON output: what was overridden and every field.
+
+    {'hardware_overrides': {'sm_count': 216}, 'hardware_fields': {'description': ...,
+    'sm_count': 216, ...}}; outputs put `hardware.label` under 'hardware' beside it.
+    """
+    return {
+        "hardware_overrides": dict(hardware.overrides),
+        "hardware_fields": {key: getattr(hardware, key) for key in hardware_fields()},
+    }
 
 
 def preset_dirs() -> list[Path]:
@@ -156,7 +168,7 @@ def load_preset(
 
 def apply_overrides(hardware: Hardware, overrides: Mapping[str, object]) -> Hardware:
     """`hardware.with_overrides`, with every error naming the `--set` option."""
-    known = [f.name for f in dataclasses.fields(Hardware) if f.name != "extra"]
+    known = [f.name for f in dataclasses.fields(Hardware) if f.name not in NOT_OVERRIDABLE]
     for key in overrides:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
@@ -263,30 +275,86 @@ def parse_overrides(items: Iterable[str] | None) -> dict[str, str]:
 
 
 # -- writing -------------------------------------------------------------------------------
+COMMENT_COLUMN = 41
+"""Column (from 0) of the '#' of a value's source comment, as in the shipped presets."""
+
+
+def _preset_chain(path: Path) -> list[Path]:
+    """The files a preset is built from, root (complete) first, `path` last."""
+    chain = [Path(path)]
+    while True:
+        base = tomllib.loads(chain[-1].read_text(encoding="utf-8")).get("base")
+        if base is None:
+            return chain[::-1]
+        found = find_preset(str(base), argument=f"{chain[-1].name}: base").path
+        if found.resolve() in {p.resolve() for p in chain}:
+            raise InputError(f"{chain[-1].name}: base", f"presets form a cycle through {base!r}")
+        chain.append(found)
+
+
+def _comment_of(item: object) -> str:
+    trivia = getattr(item, "trivia", None)
+    return trivia.comment.lstrip("#").strip() if trivia is not None else ""
+
+
 def preset_to_toml(
     hardware: Hardware,
     *,
     comments: Mapping[str, str] | None = None,
     header: str = "",
+    template: str | Path | None = None,
 ) -> str:
     """A complete preset file for `hardware`: every field, then the `[extra]` table.
 
-    `comments` maps field names to the source of each value; `header` is written as
-    leading comment lines. Loading the text back gives an equal Hardware (and extra).
+    With `template` (a preset file, e.g. the base preset of a calibration) the text is the
+    template's own, values replaced, so its comments - the source of every figure, the
+    section banners - stay. A derived template (`base = ...`) is followed to its complete
+    root: each line carries the comment of the file that set its value. `comments` maps
+    field names to new comments (a fitted value's provenance); a value that differs from
+    the template with no new comment says so. `header` goes first, as comment lines.
+    Loading the text back gives an equal Hardware (and extra).
     """
+    import tomlkit
+
     comments = dict(comments or {})
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
-    if lines:
-        lines.append("")
-    for key in hardware_fields():
-        line = f"{key} = {_toml_value(getattr(hardware, key))}"
-        if comments.get(key):
-            line = f"{line:<40} # {comments[key]}"
-        lines.append(line)
+    fields = hardware_fields()
+    doc = tomlkit.document()
+    said: dict[str, tuple[object, str]] = {}  # field -> (value, comment) the files give
+    if template is not None:
+        chain = _preset_chain(Path(template))
+        doc = tomlkit.parse(chain[0].read_text(encoding="utf-8"))
+        said = {k: (doc.item(k).unwrap(), _comment_of(doc.item(k))) for k in fields if k in doc}
+        for path in chain[1:]:
+            derived = tomlkit.parse(path.read_text(encoding="utf-8"))
+            for key in fields:
+                if key in derived:
+                    item = derived.item(key)
+                    comment = _comment_of(item) or f"{path.name}: no source given"
+                    said[key] = (item.unwrap(), comment)
+        for key in ("base", "extra"):
+            doc.pop(key, None)
+    for key in fields:
+        value = getattr(hardware, key)
+        if key in comments:
+            comment = comments[key]
+        elif key in said and said[key][0] == value:
+            comment = said[key][1]
+        else:
+            comment = f"differs from {Path(template).stem}: no source given" if template else ""
+        old = doc.item(key) if key in doc else None
+        if old is not None and old.unwrap() == value and _comment_of(old) == comment:
+            continue  # the template's line as it is, alignment and all
+        item = tomlkit.item(value)
+        if comment:
+            item.comment(comment)
+            width = len(f"{key} = {item.as_string()}")
+            item.trivia.comment_ws = " " * max(1, COMMENT_COLUMN - width)
+        doc[key] = item
     if hardware.extra:
-        lines.append("")
-        lines.extend(_toml_table("extra", hardware.extra))
-    return "\n".join(lines) + "\n"
+        doc["extra"] = hardware.extra
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    prefix = "\n".join(lines) + "\n\n" if lines else ""
+    return prefix + tomlkit.dumps(doc)
 
 
 def write_preset(
@@ -295,64 +363,20 @@ def write_preset(
     *,
     comments: Mapping[str, str] | None = None,
     header: str = "",
+    template: str | Path | None = None,
 ) -> Path:
-    """Write `hardware` as a preset file atomically (temp file + rename); returns the path.
+    """Write `hardware` as a preset file, whole or not at all; returns the path.
 
-    The file's name decides the preset's name, so write e.g. `a100-calibrated.toml` into a
-    directory on TVWSIM_PRESET_PATH to make `--hw a100-calibrated` work.
+    `comments`, `header` and `template` as in `preset_to_toml`. The file's name decides
+    the preset's name, so write e.g. `a100-calibrated.toml` into a directory on
+    TVWSIM_PRESET_PATH to make `--hw a100-calibrated` work.
     """
     path = Path(path).expanduser()
     if path.suffix != ".toml" or not _NAME.match(path.stem):
         raise InputError(
             "path", f"preset files are named NAME.toml (letters, digits, _.+-), got {path.name!r}"
         )
-    text = preset_to_toml(hardware, comments=comments, header=header)
+    text = preset_to_toml(hardware, comments=comments, header=header, template=template)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
     return path
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InputError("extra", f"TOML cannot hold {value!r}")
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escapes are a subset of TOML basic-string escapes.
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{" + items + "}"
-    raise InputError("extra", f"cannot write a {type(value).__name__} to TOML: {value!r}")
-
-
-def _toml_key(key: object) -> str:
-    text = str(key)
-    return text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else json.dumps(text)
-
-
-def _toml_table(name: str, table: Mapping[str, object]) -> list[str]:
-    lines = [f"[{name}]"]
-    nested = []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            nested.append((key, value))
-        else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in nested:
-        lines.append("")
-        lines.extend(_toml_table(f"{name}.{_toml_key(key)}", value))
-    return lines

@@ -6,7 +6,7 @@ Every baseline computes exactly what our kernels compute, in the same layout:
 
 so each library gets the K-major activations our kernels get, and nobody pays for a
 transpose the others do not. The four, each on the weight pruned by *our* pruner from the
-same seeded matrix (`tvwsim.schedule.random_weight`) so the kept weights are identical:
+same seeded matrix (`tvwsim.kernels.prepare.synthetic_weight`) so the kept weights are identical:
 
 - `cublas` (dense): `torch.mm(W, XT, out=YT)`, cuBLAS, fp16 in, fp32 accumulation;
 - `cusparselt` (vw, 2:4): `torch._cslt_sparse_mm(compressed W, XT)` with the algorithm
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tvwsim.validate.sweep import BASELINES, PointSkipped
+from tvwsim.validate.points import BASELINES, PointSkipped
 
 
 def import_torch():

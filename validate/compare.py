@@ -1,7 +1,7 @@
 """Simulated vs measured: how well the model predicts kernels it was not fitted to.
 
 `tvwsim compare --measured FILE... --hw PRESET` simulates every held-out row (the shapes
-`tvwsim.validate.calibrate.split_shapes` keeps out of training; `--all-rows` for every row) on
+`tvwsim.validate.split.split_shapes` keeps out of training; `--all-rows` for every row) on
 the preset and sets the prediction next to the measurement:
 
 - **time**: simulated vs measured median kernel time;
@@ -23,17 +23,12 @@ Metrics (`Comparison`):
   kernels right? (1 = same order; insensitive to a common scale error);
 - the five worst points by |log(sim / meas)| - the place to look first.
 
-Plots (`--plot DIR`, matplotlib Agg): `time_scatter.png`, log-log simulated vs measured
-time per pattern with the y = x line and a +-25% band; `speedup_bars.png`, speedup over
-our dense kernel per pattern and sparsity, measured bar next to simulated bar (geometric
-mean over shapes, configs and policies).
+Plots of a comparison: `tvwsim.validate.plots`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,21 +36,14 @@ from pathlib import Path
 
 import numpy as np
 from tvwsim.sim.hardware import Hardware
-from tvwsim.validate.calibrate import (
-    RowCase,
-    Split,
-    check_device,
-    load_rows,
-    model_rows,
-    row_case,
-    shape_name,
-    split_shapes,
-)
+from tvwsim.validate.dataset import load_rows
+from tvwsim.validate.replay import RowCase, row_case
+from tvwsim.validate.split import Split, check_device, model_rows, shape_name, split_shapes
 
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import PATTERN_NAMES
 
 WORST = 5
-PATTERN_ORDER = ("dense", "bw", "vw", "tw", "tvw", "ew")
 
 
 @dataclass(frozen=True)
@@ -271,7 +259,7 @@ def compare_rows(
         if progress:
             progress(index + 1, len(chosen))
     return Comparison(
-        hardware=hw.name,
+        hardware=hw.label,
         device=device,
         rows="all" if all_rows else "held-out",
         split=split,
@@ -285,7 +273,7 @@ def _per_pattern(points: Sequence[ComparedPoint]) -> dict:
     for p in points:
         groups[p.pattern].append(p)
     out = {}
-    for pattern in sorted(groups, key=_pattern_rank):
+    for pattern in sorted(groups, key=pattern_rank):
         ps = groups[pattern]
         ratios = [p.simulated_us / p.measured_us for p in ps]
         speed = [
@@ -302,8 +290,9 @@ def _per_pattern(points: Sequence[ComparedPoint]) -> dict:
     return out
 
 
-def _pattern_rank(pattern: str) -> int:
-    return PATTERN_ORDER.index(pattern) if pattern in PATTERN_ORDER else len(PATTERN_ORDER)
+def pattern_rank(pattern: str) -> int:
+    """Where a pattern goes in reports: the registry's order."""
+    return PATTERN_NAMES.index(pattern) if pattern in PATTERN_NAMES else len(PATTERN_NAMES)
 
 
 def compare_files(
@@ -321,11 +310,11 @@ def compare_files(
 # =====================================================================================
 # Output
 # =====================================================================================
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
-def _num(value: float | None, fmt: str = ".3f") -> str:
+def num(value: float | None, fmt: str = ".3f") -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
@@ -336,10 +325,10 @@ def format_text(c: Comparison) -> str:
         f"({len(c.split.held_out)} held-out shape(s): "
         f"{', '.join(shape_name(s) for s in c.split.held_out) or 'none'})",
         "",
-        f"  time MAPE                      {_pct(c.time_mape)}",
-        f"  speedup over our dense, MAPE   {_pct(c.speedup_mape)}",
-        f"  speedup over cuBLAS, MAPE      {_pct(c.speedup_cublas_mape)}",
-        f"  Spearman rank correlation      {_num(c.spearman)}",
+        f"  time MAPE                      {pct(c.time_mape)}",
+        f"  speedup over our dense, MAPE   {pct(c.speedup_mape)}",
+        f"  speedup over cuBLAS, MAPE      {pct(c.speedup_cublas_mape)}",
+        f"  Spearman rank correlation      {num(c.spearman)}",
     ]
     if c.schedule_mismatches:
         lines.append(
@@ -349,8 +338,8 @@ def format_text(c: Comparison) -> str:
     lines += ["", f"  {'pattern':<8}{'n':>5}{'time MAPE':>12}{'sim/meas':>11}{'speedup MAPE':>15}"]
     for pattern, s in c.per_pattern.items():
         lines.append(
-            f"  {pattern:<8}{s['n']:>5}{_pct(s['time_mape']):>12}"
-            f"{_num(s['median_ratio']):>11}{_pct(s['speedup_mape']):>15}"
+            f"  {pattern:<8}{s['n']:>5}{pct(s['time_mape']):>12}"
+            f"{num(s['median_ratio']):>11}{pct(s['speedup_mape']):>15}"
         )
     lines += ["", f"  worst {min(WORST, c.n)} by |log(sim / meas)|:"]
     header = f"  {'pattern':<8}{'shape':<18}{'s':>7}  {'config':<16}{'policy':<14}"
@@ -362,142 +351,3 @@ def format_text(c: Comparison) -> str:
             f"{100 * (p.simulated_us / p.measured_us - 1):>8.1f}%"
         )
     return "\n".join(lines)
-
-
-def _save_figure(fig, path: Path) -> None:
-    """Write a PNG atomically: a reader never sees half a picture."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-COLORS = {
-    "dense": "#4d4d4d",
-    "bw": "#1f77b4",
-    "vw": "#ff7f0e",
-    "tw": "#2ca02c",
-    "tvw": "#d62728",
-}
-MARKERS = {"dense": "o", "bw": "s", "vw": "^", "tw": "D", "tvw": "v"}
-
-
-def write_plots(c: Comparison, directory: str | Path) -> list[Path]:
-    """The two pictures (module docstring) into `directory`; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.patches
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    # 1. log-log scatter of simulated vs measured time, one colour per pattern.
-    fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    meas = np.array([p.measured_us for p in c.points])
-    sim = np.array([p.simulated_us for p in c.points])
-    lo = 0.8 * min(meas.min(), sim.min())
-    hi = 1.25 * max(meas.max(), sim.max())
-    line = np.array([lo, hi])
-    ax.plot(line, line, color="black", lw=1, label="simulated = measured")
-    ax.fill_between(line, line / 1.25, line * 1.25, color="0.9", label="within 25%")
-    for pattern in sorted({p.pattern for p in c.points}, key=_pattern_rank):
-        ps = [p for p in c.points if p.pattern == pattern]
-        ax.scatter(
-            [p.measured_us for p in ps],
-            [p.simulated_us for p in ps],
-            label=f"{pattern} ({len(ps)})",
-            color=COLORS.get(pattern, "#9467bd"),
-            marker=MARKERS.get(pattern, "o"),
-            s=36,
-            edgecolor="white",
-            linewidth=0.5,
-            zorder=3,
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    # Plain numbers on the log axes ("20", not "2 x 10^1"): microseconds are read, not computed.
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(plain)
-        axis.set_minor_formatter(plain)
-        axis.set_tick_params(which="minor", labelsize=7)
-    ax.set_aspect("equal")
-    ax.set_xlabel("measured kernel time (us)")
-    ax.set_ylabel(f"simulated kernel time on {c.hardware} (us)")
-    rho = _num(c.spearman, ".2f")
-    which = "held-out shapes" if c.rows == "held-out" else "all rows"
-    ax.set_title(
-        f"{c.n} kernels ({which}) on {c.device}\ntime MAPE {_pct(c.time_mape)}, Spearman {rho}",
-        fontsize=10,
-    )
-    ax.grid(True, which="both", color="0.85", lw=0.5)
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
-    path = out / "time_scatter.png"
-    _save_figure(fig, path)
-    plt.close(fig)
-    written.append(path)
-
-    # 2. speedup over our dense kernel per (pattern, sparsity): measured next to simulated.
-    groups: dict[tuple[str, float], list[ComparedPoint]] = defaultdict(list)
-    for p in c.points:
-        if p.pattern != "dense" and p.speedup_dense_measured is not None:
-            groups[(p.pattern, p.sparsity)].append(p)
-    keys = sorted(groups, key=lambda key: (_pattern_rank(key[0]), key[1]))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(keys) + 2.0), 4.2))
-    if keys:
-        x = np.arange(len(keys))
-        gm_meas = [_geomean([p.speedup_dense_measured for p in groups[key]]) for key in keys]
-        gm_sim = [_geomean([p.speedup_dense_simulated for p in groups[key]]) for key in keys]
-        colors = [COLORS.get(key[0], "#9467bd") for key in keys]
-        ax.bar(x - 0.2, gm_meas, 0.4, color=colors, label="measured")
-        ax.bar(x + 0.2, gm_sim, 0.4, color=colors, alpha=0.45, hatch="//", label="simulated")
-        for xi, value in zip(x, gm_meas, strict=True):
-            ax.text(xi - 0.2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
-        for xi, value in zip(x, gm_sim, strict=True):
-            ax.text(xi + 0.2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
-        # Legend in neutral grey: the colour is the pattern, the hatching the source.
-        ax.legend(
-            handles=[
-                matplotlib.patches.Patch(facecolor="0.35", label="measured"),
-                matplotlib.patches.Patch(
-                    facecolor="0.35", alpha=0.45, hatch="//", label="simulated"
-                ),
-            ],
-            fontsize=8,
-        )
-        ax.set_xticks(x)
-        ax.set_xticklabels(
-            [f"{pat}\n{s:.4g}\n(n={len(groups[(pat, s)])})" for pat, s in keys], fontsize=8
-        )
-    else:
-        ax.text(
-            0.5, 0.5, "no sparse rows with a dense reference", ha="center", transform=ax.transAxes
-        )
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_ylabel("speedup over our dense kernel (x)")
-    which = "held-out shapes" if c.rows == "held-out" else "all rows"
-    ax.set_title(
-        f"speedup per pattern and sparsity (geometric mean), {which}\n"
-        f"measured on {c.device} (solid) vs simulated on {c.hardware} (hatched)",
-        fontsize=10,
-    )
-    ax.grid(True, axis="y", color="0.85", lw=0.5)
-    path = out / "speedup_bars.png"
-    _save_figure(fig, path)
-    plt.close(fig)
-    written.append(path)
-    return written
-
-
-def _geomean(values: Sequence[float]) -> float:
-    return float(np.exp(np.mean(np.log(np.asarray(values, dtype=float)))))

@@ -11,96 +11,66 @@ The rules that make that safe:
   progress). On resume that partial tail - and only that - is cut off, and the cut is
   reported. A malformed line anywhere else is an error: the file is not ours to repair.
 
-Rows follow `SCHEMA_VERSION`; `read_measurements` checks every row and names the file,
-line and field of the first problem.
+Rows follow `tvwsim.validate.rows.MeasurementRow`; `read_measurements` checks every row
+and names the file, line and field of the first problem.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+
+from tvwsim.validate.rows import SCHEMA_VERSION, check_row
 
 from tvwsim.errors import InputError
+from tvwsim.io import complete_lines
 
-SCHEMA_VERSION = 1
-
-# Fields every measurement row carries (validate/sweep.py writes them; see docs/validation.md).
-REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "schema": int,
-    "point": str,  # deterministic key of the sweep point; resume skips finished keys
-    "implementation": str,  # tvwsim | cublas | cusparselt | cusparse-csr | cusparse-bsr
-    "device": dict,  # name, sm_count, clocks before/after, driver, cuda
-    "date": str,
-    "kernel": str,
-    "config": str,
-    "pattern": str,
-    "policy": str,
-    "M": int,
-    "N": int,
-    "K": int,
-    "target_sparsity": (int, float),
-    "achieved_sparsity": (int, float),
-    "times_us": list,
-    "median_us": (int, float),
-    "max_rel_error": (int, float, type(None)),
-}
+__all__ = [
+    "SCHEMA_VERSION",
+    "MeasurementWriter",
+    "check_row",
+    "file_sha256",
+    "iter_measurement_files",
+    "load_rows",
+    "read_measurements",
+]
 
 
-def check_row(row: Any, where: str) -> dict:
-    """Validate one row; raise InputError naming `where` (file:line) and the field."""
-    if not isinstance(row, dict):
-        raise InputError("measurements", f"{where}: a row must be a JSON object")
-    if row.get("schema") != SCHEMA_VERSION:
-        raise InputError(
-            "measurements",
-            f"{where}: schema {row.get('schema')!r}; this tvwsim reads schema {SCHEMA_VERSION}",
-        )
-    for name, kind in REQUIRED_FIELDS.items():
-        if name not in row:
-            raise InputError("measurements", f"{where}: missing field {name!r}")
-        value = row[name]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise InputError(
-                "measurements", f"{where}: field {name!r} has the wrong type ({value!r})"
-            )
-    times = row["times_us"]
-    if not times or not all(isinstance(t, int | float) and t > 0 for t in times):
-        raise InputError("measurements", f"{where}: times_us must be positive numbers")
-    if row["median_us"] <= 0:
-        raise InputError("measurements", f"{where}: median_us must be positive")
-    if not isinstance(row["device"].get("name"), str):
-        raise InputError("measurements", f"{where}: device.name missing")
-    return row
+def _checked_rows(path: Path, argument: str) -> list[dict]:
+    """The complete lines of `path`, each parsed and checked (InputError at the first bad)."""
+    rows = []
+    for number, line in complete_lines(path):
+        where = f"{path.name}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(argument, f"{where}: not valid JSON ({err.msg})") from None
+        rows.append(check_row(row, where))
+    return rows
 
 
 def read_measurements(path: str | os.PathLike) -> list[dict]:
     """All rows of a measurement file, strictly checked (a partial last line is an error)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - 1, 0))
+            last = f.read(1)
     except FileNotFoundError:
         raise InputError("--measured", f"{path}: no such file") from None
     except OSError as err:
         raise InputError("--measured", f"{path}: cannot read ({err.strerror})") from None
-    if text and not text.endswith("\n"):
+    if size and last != b"\n":
         raise InputError(
             "measurements",
             f"{path.name}: last line is incomplete (an interrupted sweep; resuming it "
             "with the same --out removes the partial row)",
         )
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError("measurements", f"{where}: not valid JSON ({err.msg})") from None
-        rows.append(check_row(row, where))
+    rows = _checked_rows(path, "measurements")
     if not rows:
         raise InputError("measurements", f"{path.name}: holds no rows")
     return rows
@@ -134,22 +104,15 @@ class MeasurementWriter:
             self._file = None
 
     def _recover(self) -> None:
-        data = self.path.read_bytes()
-        complete = data.rfind(b"\n") + 1  # everything up to the last newline is finished
-        if complete < len(data):
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            complete = f.read().rfind(b"\n") + 1  # everything up to the last newline
+        if complete < size:
             # The row in progress when the writer died: the only bytes ever dropped.
-            self.truncated_bytes = len(data) - complete
+            self.truncated_bytes = size - complete
             with open(self.path, "r+b") as f:
                 f.truncate(complete)
-        for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{self.path.name}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError("--out", f"{where}: not valid JSON ({err.msg})") from None
-            self.done.add(check_row(row, where)["point"])
+        self.done = {row["point"] for row in _checked_rows(self.path, "--out")}
 
     def append(self, row: dict) -> None:
         """Write one complete row and make it durable before returning."""
@@ -158,6 +121,8 @@ class MeasurementWriter:
         check_row(row, f"{self.path.name}:new row")
         if row["point"] in self.done:
             raise InputError("point", f"{row['point']!r} is already in {self.path.name}")
+        # One write of the whole line, then flush and fsync: a finished row is on disk
+        # before the next point starts, and an interruption can tear only this line.
         line = json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n"
         self._file.write(line)
         self._file.flush()
@@ -170,3 +135,36 @@ def iter_measurement_files(paths: Iterable[str | os.PathLike]) -> Iterator[tuple
     for p in paths:
         for row in read_measurements(p):
             yield Path(p), row
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_rows(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]:
+    """(rows, file records) of every measurement file, strictly checked.
+
+    A file record is {name, sha256, rows}; the sha256 pins exactly which bytes were used.
+    A point measured in two files is refused: one of the two would silently win.
+    """
+    if not paths:
+        raise InputError("--measured", "name at least one measurement file")
+    rows: list[dict] = []
+    files = []
+    seen: set[str] = set()
+    for path in paths:
+        path = Path(path)
+        file_rows = read_measurements(path)
+        for row in file_rows:
+            if row["point"] in seen:
+                raise InputError(
+                    "--measured", f"{path.name}: point {row['point']!r} appears in two files"
+                )
+            seen.add(row["point"])
+        rows.extend(file_rows)
+        files.append({"name": path.name, "sha256": file_sha256(path), "rows": len(file_rows)})
+    return rows, files

@@ -1,32 +1,39 @@
-"""What GPU a measurement ran on, and at what clocks: read from nvidia-smi and the runtime.
+"""What GPU a measurement ran on, and at what clocks: read from NVML and the runtime.
 
 A kernel time means little without the card and the clocks it ran at. A GPU boosts and
 throttles on its own (temperature, power), so a sweep reads the clocks before and after
 every point and writes both into the row: a reader can then drop points that ran
 throttled instead of trusting a median that mixes two clock speeds.
 
-Everything here is tolerant of absence. On a machine without nvidia-smi (or without a
-GPU) each reader returns what it could find and says what it could not, in an `error`
-field, instead of raising: describing the device must never be the reason a sweep dies.
-The parsers are pure functions of nvidia-smi's text, so they are tested without a GPU.
+Everything here is tolerant of absence. On a machine without NVML, nvidia-smi or a GPU
+each reader returns what it could find and says what it could not, in an `error` field,
+instead of raising: describing the device must never be the reason a sweep dies.
 
 Sources, in order of preference:
 
-- name, driver version, clocks, temperature, power, performance state:
-  `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`;
-- CUDA version the driver supports: the "CUDA Version: X.Y" in plain `nvidia-smi`'s header
-  (the query interface has no field for it);
-- SM count, compute capability, L2 size, memory size: the CUDA runtime through torch, else
-  through PyCUDA (nvidia-smi does not report them).
+- name, driver version, the CUDA version the driver supports, memory size, compute
+  capability, clocks, temperature, power, performance state: NVML, the library behind
+  nvidia-smi, through nvidia-ml-py (`pynvml`, the `gpu` extra; imported lazily). Where
+  it is absent or fails, nvidia-smi itself: `--query-gpu=... --format=csv,noheader`
+  and the "CUDA Version: X.Y" of its header (parsers below, pure functions of its text);
+- SM count and L2 size (NVML has neither): the CUDA runtime through torch, else PyCUDA.
+
+The tests run the NVML path with a fake `pynvml` module and the nvidia-smi parsers on
+recorded text, so neither needs a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 NVIDIA_SMI_TIMEOUT_S = 20.0
 """nvidia-smi can hang on a wedged driver; never wait longer than this."""
@@ -151,7 +158,7 @@ def _no_clocks(read_at: str, error: str) -> ClockReading:
     return ClockReading(None, None, None, None, None, None, None, read_at, error)
 
 
-# -- readers (tolerant) --------------------------------------------------------------------
+# -- nvidia-smi ---------------------------------------------------------------------------
 def run_nvidia_smi(args: list[str]) -> tuple[str | None, str | None]:
     """(stdout, None) on success, (None, why) when nvidia-smi is absent or fails."""
     exe = shutil.which("nvidia-smi")
@@ -171,14 +178,92 @@ def run_nvidia_smi(args: list[str]) -> tuple[str | None, str | None]:
     return done.stdout, None
 
 
+# -- NVML (nvidia-ml-py) -------------------------------------------------------------------
+NVML_UNKNOWN_PSTATE = 32
+"""NVML_PSTATE_UNKNOWN: the driver does not know the performance state."""
+
+
+def with_nvml(index: int, query: Callable[[Any, Any], T]) -> tuple[T | None, str | None]:
+    """(query(pynvml, handle of GPU `index`), None), or (None, why) when NVML cannot answer.
+
+    NVML is initialised for the query and shut down after it (it counts its users, so
+    this is cheap and leaves no state behind).
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return None, "NVML: nvidia-ml-py not installed (pip install tvwsim[gpu])"
+    try:
+        pynvml.nvmlInit()
+    except Exception as err:  # noqa: BLE001 - NVMLError: no driver, no GPU, no library
+        return None, f"NVML: {err}"
+    try:
+        return query(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)), None
+    except Exception as err:  # noqa: BLE001 - e.g. no GPU #index
+        return None, f"NVML: {err}"
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def _optional(nvml: Any, call: Callable[..., T], *args: Any) -> T | None:
+    """One NVML value, or None where this GPU or driver does not report it."""
+    try:
+        return call(*args)
+    except nvml.NVMLError:
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _nvml_clocks(nvml: Any, handle: Any, read_at: str) -> ClockReading:
+    def clock(call: Callable[..., int], kind: int) -> float | None:
+        value = _optional(nvml, call, handle, kind)
+        return None if value is None else float(value)
+
+    temperature = _optional(nvml, nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+    power_mw = _optional(nvml, nvml.nvmlDeviceGetPowerUsage, handle)
+    pstate = _optional(nvml, nvml.nvmlDeviceGetPerformanceState, handle)
+    return ClockReading(
+        sm_mhz=clock(nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM),
+        mem_mhz=clock(nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_MEM),
+        max_sm_mhz=clock(nvml.nvmlDeviceGetMaxClockInfo, nvml.NVML_CLOCK_SM),
+        max_mem_mhz=clock(nvml.nvmlDeviceGetMaxClockInfo, nvml.NVML_CLOCK_MEM),
+        temperature_c=None if temperature is None else float(temperature),
+        power_w=None if power_mw is None else power_mw / 1000.0,
+        pstate=None if pstate in (None, NVML_UNKNOWN_PSTATE) else f"P{int(pstate)}",
+        read_at=read_at,
+    )
+
+
+def _nvml_static(nvml: Any, handle: Any) -> dict:
+    cuda = _optional(nvml, nvml.nvmlSystemGetCudaDriverVersion)
+    capability = _optional(nvml, nvml.nvmlDeviceGetCudaComputeCapability, handle)
+    memory = _optional(nvml, nvml.nvmlDeviceGetMemoryInfo, handle)
+    return {
+        "name": _text(nvml.nvmlDeviceGetName(handle)),
+        "driver_version": _text(nvml.nvmlSystemGetDriverVersion()),
+        # NVML encodes CUDA 12.4 as 12040.
+        "cuda_driver_version": None if cuda is None else f"{cuda // 1000}.{cuda % 1000 // 10}",
+        "compute_capability": None if capability is None else "{}.{}".format(*capability),
+        "memory_bytes": None if memory is None else int(memory.total),
+    }
+
+
+# -- readers (tolerant) --------------------------------------------------------------------
 def read_clocks(index: int = 0) -> ClockReading:
-    """The clocks of GPU `index` now; a reading with `error` set if they cannot be read."""
+    """The clocks of GPU `index` now (NVML, else nvidia-smi); `error` says why not."""
     read_at = utc_now()
+    reading, nvml_error = with_nvml(index, lambda nvml, h: _nvml_clocks(nvml, h, read_at))
+    if reading is not None:
+        return reading
     text, error = run_nvidia_smi(
         [f"--query-gpu={','.join(CLOCK_FIELDS)}", "--format=csv,noheader,nounits"]
     )
     if text is None:
-        return _no_clocks(read_at, error or "unknown")
+        return _no_clocks(read_at, f"{nvml_error}; {error or 'nvidia-smi failed'}")
     return parse_clock_csv(text, read_at, index)
 
 
@@ -234,41 +319,56 @@ def _runtime_attributes(index: int) -> tuple[dict, str | None, list[str]]:
     return {}, None, errors
 
 
-def read_device_info(index: int = 0) -> DeviceInfo:
-    """Describe GPU `index` from nvidia-smi and the CUDA runtime; never raises."""
-    errors: list[str] = []
-    sources: list[str] = []
-    name = driver = cuda_driver = None
+def _nvidia_smi_static(index: int, errors: list[str]) -> dict:
+    """Name, driver and CUDA version from nvidia-smi (what NVML would have said)."""
     text, error = run_nvidia_smi(
         [f"--query-gpu={','.join(STATIC_FIELDS)}", "--format=csv,noheader,nounits"]
     )
-    if text is not None:
-        lines = [line for line in text.splitlines() if line.strip()]
-        parts = parse_csv_line(lines[index], 2) if index < len(lines) else None
-        if parts:
-            name, driver = parts
-            sources.append("nvidia-smi")
-        else:
-            errors.append(f"nvidia-smi: no GPU #{index} in {text.strip()!r}")
-        header, error = run_nvidia_smi([])
-        cuda_driver = parse_cuda_version(header) if header else None
-        if cuda_driver is None:
-            errors.append(f"CUDA version not in nvidia-smi's header ({error or 'absent'})")
-    else:
+    if text is None:
         errors.append(error or "nvidia-smi failed")
+        return {}
+    lines = [line for line in text.splitlines() if line.strip()]
+    parts = parse_csv_line(lines[index], 2) if index < len(lines) else None
+    if not parts:
+        errors.append(f"nvidia-smi: no GPU #{index} in {text.strip()!r}")
+        return {}
+    header, error = run_nvidia_smi([])
+    cuda_driver = parse_cuda_version(header) if header else None
+    if cuda_driver is None:
+        errors.append(f"CUDA version not in nvidia-smi's header ({error or 'absent'})")
+    return {"name": parts[0], "driver_version": parts[1], "cuda_driver_version": cuda_driver}
+
+
+def read_device_info(index: int = 0) -> DeviceInfo:
+    """Describe GPU `index` from NVML (else nvidia-smi) and the CUDA runtime; never raises."""
+    errors: list[str] = []
+    sources: list[str] = []
+    static, nvml_error = with_nvml(index, _nvml_static)
+    if static is not None:
+        sources.append("nvml")
+    else:
+        errors.append(nvml_error or "NVML failed")
+        static = _nvidia_smi_static(index, errors)
+        if static:
+            sources.append("nvidia-smi")
     runtime, runtime_source, runtime_errors = _runtime_attributes(index)
     if runtime_source:
         sources.append(runtime_source)
     else:
         errors.extend(runtime_errors)
+
+    def first(key: str) -> Any:
+        value = static.get(key)
+        return value if value is not None else runtime.get(key)
+
     return DeviceInfo(
-        name=name or runtime.get("name") or "unknown",
+        name=first("name") or "unknown",
         sm_count=runtime.get("sm_count"),
-        compute_capability=runtime.get("compute_capability"),
+        compute_capability=first("compute_capability"),
         l2_bytes=runtime.get("l2_bytes"),
-        memory_bytes=runtime.get("memory_bytes"),
-        driver_version=driver,
-        cuda_driver_version=cuda_driver,
+        memory_bytes=first("memory_bytes"),
+        driver_version=static.get("driver_version"),
+        cuda_driver_version=static.get("cuda_driver_version"),
         cuda_runtime_version=runtime.get("cuda_runtime_version"),
         source="+".join(sources) or "none",
         errors=tuple(errors),

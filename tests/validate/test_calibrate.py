@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tvwsim.sim.presets import SHIPPED_DIR as SHIPPED_PRESETS
 from tvwsim.sim.presets import load_preset, load_preset_file
-from tvwsim.validate import calibrate as cal
+from tvwsim.validate import split as sp
+from tvwsim.validate.dataset import load_rows
+from tvwsim.validate.fit import check_fit_names, fit_parameters, with_parameters
+from tvwsim.validate.replay import RowSimulator, row_case
 
+from tests.validate.fakes import scaled_hardware, synthetic_rows, write_rows
 from tvwsim.cli import main
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
@@ -61,22 +65,17 @@ TRUTH = {
 @pytest.fixture(scope="module")
 def mini():
     """An H100 cut to 8 SMs, with the shipped first-guess efficiencies."""
-    return cal.scaled_hardware(load_preset("h100"), 8, name="h100-mini8")
+    return scaled_hardware(load_preset("h100"), 8, name="h100-mini8")
 
 
 @pytest.fixture(scope="module")
 def true_hw(mini):
-    return cal.with_parameters(mini, list(TRUTH), list(TRUTH.values()))
+    return with_parameters(mini, list(TRUTH), list(TRUTH.values()))
 
 
 @pytest.fixture(scope="module")
 def noisy_rows(true_hw):
-    return cal.synthetic_rows(KINDS, true_hw, noise=0.005, seed=7, device_name=DEVICE)
-
-
-def write_rows(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return synthetic_rows(KINDS, true_hw, noise=0.005, seed=7, device_name=DEVICE)
 
 
 # =====================================================================================
@@ -84,31 +83,31 @@ def write_rows(path: Path, rows) -> Path:
 # =====================================================================================
 def test_shape_fraction_is_sha256_of_the_shape():
     digest = hashlib.sha256(b"4096x3072x768").digest()
-    assert cal.shape_fraction(4096, 3072, 768) == int.from_bytes(digest[:8], "big") / 2**64
+    assert sp.shape_fraction(4096, 3072, 768) == int.from_bytes(digest[:8], "big") / 2**64
 
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(*(st.integers(1, 100_000),) * 3), min_size=1, max_size=30, unique=True))
 def test_split_is_deterministic_disjoint_and_hash_ruled(shapes):
-    split = cal.split_shapes(shapes)
-    assert split == cal.split_shapes(reversed(shapes))  # order of rows does not matter
+    split = sp.split_shapes(shapes)
+    assert split == sp.split_shapes(reversed(shapes))  # order of rows does not matter
     assert not set(split.train) & set(split.held_out)
     assert set(split.train) | set(split.held_out) == set(shapes)
     if len(shapes) == 1:
         assert split.held_out == () and split.train == (shapes[0],)
         return
     assert split.train and split.held_out
-    below = {s for s in shapes if cal.shape_fraction(*s) < cal.HELD_OUT_FRACTION}
+    below = {s for s in shapes if sp.shape_fraction(*s) < sp.HELD_OUT_FRACTION}
     if below and below != set(shapes):
         assert set(split.held_out) == below  # the plain rule, no fallback
     elif not below:
-        assert split.held_out == (min(shapes, key=lambda s: cal.shape_fraction(*s)),)
+        assert split.held_out == (min(shapes, key=lambda s: sp.shape_fraction(*s)),)
     else:
-        assert split.train == (max(shapes, key=lambda s: cal.shape_fraction(*s)),)
+        assert split.train == (max(shapes, key=lambda s: sp.shape_fraction(*s)),)
 
 
 def test_split_keeps_every_row_of_a_shape_together(noisy_rows):
-    split = cal.split_shapes((r["M"], r["N"], r["K"]) for r in noisy_rows)
+    split = sp.split_shapes((r["M"], r["N"], r["K"]) for r in noisy_rows)
     for held in split.held_out:
         assert held not in split.train
     by_shape = {}
@@ -131,18 +130,18 @@ def test_split_keeps_every_row_of_a_shape_together(noisy_rows):
     ],
 )
 def test_device_rule(preset, device, ok):
-    assert cal.device_matches(load_preset(preset), device) is ok
+    assert sp.device_matches(load_preset(preset), device) is ok
 
 
 def test_device_rule_for_derived_and_calibrated_presets(mini):
-    assert cal.device_family(mini) == "h100"
-    assert cal.device_matches(mini, "NVIDIA H100 80GB HBM3")
+    assert sp.device_family(mini) == "h100"
+    assert sp.device_matches(mini, "NVIDIA H100 80GB HBM3")
     import dataclasses
 
     odd = dataclasses.replace(
         mini, name="mylab-cal", extra={"calibration": {"device_names": ["Lab GPU 7"]}}
     )
-    assert cal.device_matches(odd, "Lab GPU 7") and not cal.device_matches(odd, "Lab GPU 8")
+    assert sp.device_matches(odd, "Lab GPU 7") and not sp.device_matches(odd, "Lab GPU 8")
 
 
 # =====================================================================================
@@ -151,9 +150,9 @@ def test_device_rule_for_derived_and_calibrated_presets(mini):
 def test_calibration_recovers_known_parameters(mini, true_hw, noisy_rows):
     """Rows simulated with known efficiencies x (1 + 0.5% noise per run): starting from the
     shipped first guesses, the fit finds every parameter again."""
-    cases = [cal.row_case(r) for r in noisy_rows]
+    cases = [row_case(r) for r in noisy_rows]
     assert all(c.digest_matches for c in cases)
-    fit = cal.fit_parameters(cases, mini)
+    fit = fit_parameters(cases, mini)
     found = fit.values
     for name, true in TRUTH.items():
         p = next(p for p in fit.parameters if p.name == name)
@@ -176,25 +175,23 @@ def test_calibration_recovers_known_parameters(mini, true_hw, noisy_rows):
 def test_a_parameter_the_data_cannot_see_gets_no_error_bar(mini, true_hw):
     # Dense rows only: nothing depends on the sparse tensor core's efficiency.
     dense = [k for k in KINDS if k[1] == "dense"]
-    rows = cal.synthetic_rows(dense, true_hw, device_name=DEVICE)
-    cases = [cal.row_case(r) for r in rows]
-    fit = cal.fit_parameters(
-        cases, mini, ["mma_efficiency_sparse", "launch_overhead_us"], max_nfev=10
-    )
+    rows = synthetic_rows(dense, true_hw, device_name=DEVICE)
+    cases = [row_case(r) for r in rows]
+    fit = fit_parameters(cases, mini, ["mma_efficiency_sparse", "launch_overhead_us"], max_nfev=10)
     sparse = next(p for p in fit.parameters if p.name == "mma_efficiency_sparse")
     assert sparse.rel_std_error is None
     assert sparse.value == pytest.approx(sparse.initial)  # nothing pulled it anywhere
 
 
 def test_too_few_rows_and_unknown_parameters(mini, noisy_rows):
-    cases = [cal.row_case(r) for r in noisy_rows[:8]]
+    cases = [row_case(r) for r in noisy_rows[:8]]
     with pytest.raises(InputError, match="need at least 9") as err:
-        cal.fit_parameters(cases, mini)
+        fit_parameters(cases, mini)
     assert err.value.argument == "--measured"
     with pytest.raises(InputError, match="cannot fit 'sm_count'"):
-        cal.fit_parameters(cases, mini, ["sm_count"])
+        fit_parameters(cases, mini, ["sm_count"])
     with pytest.raises(InputError, match="at least one"):
-        cal.check_fit_names([])
+        check_fit_names([])
 
 
 # =====================================================================================
@@ -225,8 +222,8 @@ def test_calibrate_writes_a_preset_found_by_name(tmp_path, base_preset, mini, ca
     kinds = [(shape, "dense", 0.0, D, "natural") for shape in shapes]
     # Only the two fitted parameters differ from the base preset.
     fitted = ["dram_efficiency", "launch_overhead_us"]
-    truth = cal.with_parameters(mini, fitted, [TRUTH[n] for n in fitted])
-    rows = cal.synthetic_rows(kinds, truth, noise=0.002, seed=1, device_name=DEVICE)
+    truth = with_parameters(mini, fitted, [TRUTH[n] for n in fitted])
+    rows = synthetic_rows(kinds, truth, noise=0.002, seed=1, device_name=DEVICE)
     first = write_rows(tmp_path / "a.jsonl", rows[:3])
     second = write_rows(tmp_path / "b.jsonl", rows[3:])
     out = base_preset / "h100-mini8-calibrated.toml"
@@ -253,6 +250,25 @@ def test_calibrate_writes_a_preset_found_by_name(tmp_path, base_preset, mini, ca
     assert record["residuals"]["rms_log_residual"] < 0.01
     assert "a.jsonl" in hw.source
     assert load_preset_file(out).extra == hw.extra  # what is on disk reads back
+    # The file is the base preset's own text (through h100-mini8 to h100): every figure
+    # keeps the comment naming its source, a value the derived preset changed says who
+    # changed it, and each fitted value carries its provenance.
+    text = out.read_text()
+    fields = text.split("\n[extra")[0].splitlines()
+    lines = {line.split(" = ")[0]: line for line in fields if " = " in line}
+    h100_text = (SHIPPED_PRESETS / "h100.toml").read_text()
+    assert "# NVIDIA H100 SXM5 80 GB (GH100, compute capability 9.0)." in text
+    assert "# -- memory system ----" in text
+    assert lines["dense_flops_per_clk_per_sm"] in h100_text  # untouched, comment and all
+    assert lines["dram_bandwidth_gbps"].startswith("dram_bandwidth_gbps = ")
+    assert lines["sm_count"] == f"{'sm_count = 8':<41}# h100-mini8.toml: no source given"
+    assert "132 SMs" not in lines["sm_count"]
+    assert lines["mma_efficiency_dense"] in h100_text  # not fitted: the base's line
+    for name in ("dram_efficiency", "launch_overhead_us"):
+        assert lines[name].startswith(f"{name} = {getattr(hw, name)!r}")
+        assert "fitted (+-" in lines[name] and "h100-mini8 had" in lines[name]
+    assert "tvwsim calibrate" in lines["source"] and "no source given" not in lines["source"]
+    assert "[extra.calibration]" in text and "base" not in lines  # complete: no base key
     assert main(["hw", "show", "h100-mini8-calibrated"]) == 0
     assert "h100-mini8-calibrated" in capsys.readouterr().out
 
@@ -290,7 +306,7 @@ def _a100(r):
 @pytest.mark.parametrize(
     "change, count, extra_args, message",
     [
-        (_drop_times, None, [], "missing field 'times_us'"),
+        (_drop_times, None, [], "times_us: missing"),
         (_schema_2, None, [], "schema 2; this tvwsim reads schema 1"),
         (_a100, None, [], "describes another GPU"),
         (None, 4, [], "need at least 9"),
@@ -326,12 +342,12 @@ def test_duplicate_points_across_files_are_refused(tmp_path, noisy_rows):
     a = write_rows(tmp_path / "a.jsonl", noisy_rows[:3])
     b = write_rows(tmp_path / "b.jsonl", noisy_rows[2:5])
     with pytest.raises(InputError, match="appears in two files"):
-        cal.load_rows([a, b])
+        load_rows([a, b])
 
 
 def test_scaled_hardware_keeps_the_per_sm_balance():
     h100 = load_preset("h100")
-    small = cal.scaled_hardware(h100, 11)
+    small = scaled_hardware(h100, 11)
     assert small.sm_count == 11
     for name in ("l2_bytes", "l2_bandwidth_gbps", "dram_bandwidth_gbps"):
         assert getattr(small, name) / 11 == pytest.approx(getattr(h100, name) / 132, rel=1e-6)
@@ -339,9 +355,9 @@ def test_scaled_hardware_keeps_the_per_sm_balance():
 
 
 def test_worker_processes_simulate_exactly_what_one_process_does(true_hw, noisy_rows):
-    cases = [cal.row_case(r) for r in noisy_rows]
-    alone = cal.RowSimulator(cases, jobs=1)
-    spread = cal.RowSimulator(cases, jobs=3)
+    cases = [row_case(r) for r in noisy_rows]
+    alone = RowSimulator(cases, jobs=1)
+    spread = RowSimulator(cases, jobs=3)
     try:
         assert spread.pool is not None
         assert sorted(i for b in spread.bins for i in b) == list(range(len(cases)))

@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tvwsim.sim.presets import list_presets, load_preset
-from tvwsim.validate import calibrate as cal
-from tvwsim.validate.compare import compare_rows, format_text, mape, spearman, write_plots
+from tvwsim.validate import split
+from tvwsim.validate.compare import compare_rows, format_text, mape, spearman
 from tvwsim.validate.dataset import read_measurements
-from tvwsim.validate.sweep import BASELINES, VENDOR, SweepPoint
+from tvwsim.validate.fit import with_parameters
+from tvwsim.validate.plots import speedup_bars, time_scatter, write_plots
+from tvwsim.validate.points import BASELINES, VENDOR, SweepPoint
 
+from tests.validate.fakes import scaled_hardware, synthetic_rows, write_rows
 from tvwsim.cli import main
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
@@ -22,7 +25,7 @@ from tvwsim.errors import InputError
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "NVIDIA H100 80GB HBM3 (synthetic, 8 SMs)"
 
-# Shapes whose hashes put some in each split (cal.split_shapes); small enough that an
+# Shapes whose hashes put some in each split (split.split_shapes); small enough that an
 # 8-SM H100 simulates each in milliseconds.
 SHAPES = [(256, 512, 1024), (512, 256, 512), (128, 1024, 2048), (64, 512, 512), (256, 256, 256)]
 KERNELS = [
@@ -37,7 +40,7 @@ KERNELS = [
 
 @pytest.fixture(scope="module")
 def mini():
-    return cal.scaled_hardware(load_preset("h100"), 8, name="h100-mini8")
+    return scaled_hardware(load_preset("h100"), 8, name="h100-mini8")
 
 
 def cublas_row(dense: dict, factor: float) -> dict:
@@ -68,14 +71,9 @@ def rows(mini):
         for shape in SHAPES
         for pattern, s, policy in KERNELS
     ]
-    ours = cal.synthetic_rows(entries, mini, noise=0.01, seed=3, device_name=DEVICE)
+    ours = synthetic_rows(entries, mini, noise=0.01, seed=3, device_name=DEVICE)
     vendor = [cublas_row(r, 0.8) for r in ours if r["pattern"] == "dense"]
     return ours + vendor
-
-
-def write_rows(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 # =====================================================================================
@@ -118,7 +116,7 @@ def _dense_time(rows, shape: str) -> float:
 
 
 def test_a_wrong_model_shows_where_it_is_wrong(rows, mini):
-    wrong = cal.with_parameters(mini, ["mma_efficiency_sparse"], [mini.mma_efficiency_sparse / 2])
+    wrong = with_parameters(mini, ["mma_efficiency_sparse"], [mini.mma_efficiency_sparse / 2])
     good = compare_rows(rows, mini, all_rows=True)
     bad = compare_rows(rows, wrong, all_rows=True)
     assert bad.time_mape > good.time_mape + 0.05
@@ -137,7 +135,7 @@ def test_a_wrong_model_shows_where_it_is_wrong(rows, mini):
 def test_default_compares_only_held_out_shapes(rows, mini):
     c = compare_rows(rows, mini)
     assert c.rows == "held-out" and c.split.held_out
-    held = {cal.shape_name(s) for s in c.split.held_out}
+    held = {split.shape_name(s) for s in c.split.held_out}
     assert {p.shape for p in c.points} == held
     assert c.n == len(held) * len(KERNELS)
 
@@ -188,7 +186,7 @@ def test_compare_bad_input(tmp_path, rows, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(rows[0]) + "\n" + '{"schema": 1}\n')
     assert main(["compare", "--measured", str(broken), "--hw", "h100"]) == 2
-    assert "broken.jsonl:2: missing field" in capsys.readouterr().err
+    assert "broken.jsonl:2: point: missing" in capsys.readouterr().err
     # Unknown preset.
     assert main(["compare", "--measured", str(path), "--hw", "h900"]) == 2
     assert "unknown hardware preset" in capsys.readouterr().err
@@ -209,8 +207,52 @@ def test_format_text_handles_missing_references(tmp_path, rows, mini):
     assert c.speedup_mape is None and c.speedup_cublas_mape is None
     text = format_text(c)
     assert "speedup over our dense, MAPE   -" in text
+    (ax,) = speedup_bars(c).axes
+    assert not ax.patches  # no bars: no sparse row has a dense reference
+    assert [t.get_text() for t in ax.texts] == ["no sparse rows with a dense reference"]
     out = write_plots(c, tmp_path)
-    assert all(p.stat().st_size > 0 for p in out)
+    assert [p.name for p in out] == ["time_scatter.png", "speedup_bars.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out)
+
+
+def test_time_scatter_shows_every_point_per_pattern(rows, mini):
+    c = compare_rows(rows, mini, all_rows=True)
+    (ax,) = time_scatter(c).axes
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    # One scatter per pattern, in the registry's order, holding exactly its points.
+    patterns = ["dense", "bw", "vw", "tw", "tvw"]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    counts = {p: sum(q.pattern == p for q in c.points) for p in patterns}
+    assert labels == ["simulated = measured", "within 25%"] + [
+        f"{p} ({counts[p]})" for p in patterns
+    ]
+    plotted = np.concatenate([col.get_offsets() for col in ax.collections[1:]])
+    expected = [(p.measured_us, p.simulated_us) for p in c.points]
+    assert np.allclose(sorted(map(tuple, plotted.tolist())), sorted(expected))
+    # The y = x line spans both axes; the limits hold every point.
+    lo, hi = ax.get_xlim()
+    assert lo < min(min(e) for e in expected) and hi > max(max(e) for e in expected)
+    assert f"{c.n} kernels (all rows)" in ax.get_title()
+
+
+def test_speedup_bars_are_the_geometric_means(rows, mini):
+    c = compare_rows(rows, mini, all_rows=True)
+    (ax,) = speedup_bars(c).axes
+    # Measured and simulated bar per (pattern, sparsity) with a dense reference.
+    groups = sorted({(p.pattern, p.sparsity) for p in c.points if p.pattern != "dense"})
+    bars = ax.patches
+    assert len(bars) == 2 * len(groups)
+    heights = [b.get_height() for b in bars]
+    measured, simulated = heights[: len(groups)], heights[len(groups) :]
+    order = ["bw", "vw", "tw", "tvw"]
+    for i, (pattern, s) in enumerate(sorted(groups, key=lambda g: (order.index(g[0]), g[1]))):
+        ps = [p for p in c.points if (p.pattern, p.sparsity) == (pattern, s)]
+        gm = np.exp(np.mean(np.log([p.speedup_dense_measured for p in ps])))
+        gs = np.exp(np.mean(np.log([p.speedup_dense_simulated for p in ps])))
+        assert measured[i] == pytest.approx(gm) and simulated[i] == pytest.approx(gs)
+        assert ax.get_xticklabels()[i].get_text().startswith(f"{pattern}\n{s:.4g}")
+    # A perfect model: each simulated bar within the noise of its measured one.
+    assert simulated == pytest.approx(measured, rel=0.03)
 
 
 # =====================================================================================
@@ -244,7 +286,7 @@ def check_measured_file(path: Path) -> None:
     assert len(names) == 1, f"{path.name}: several devices {names}"
     presets = [load_preset(p) for p in list_presets()]
     device = names.pop()
-    matching = [hw for hw in presets if cal.device_matches(hw, device)]
+    matching = [hw for hw in presets if split.device_matches(hw, device)]
     assert matching, f"{path.name}: no preset describes its device"
     for row in rows:
         assert _row_point(row).key == row["point"], f"{path.name}: key disagrees with fields"

@@ -9,33 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tvwsim.validate.dataset import SCHEMA_VERSION, MeasurementWriter, read_measurements
+from tvwsim.validate.dataset import MeasurementWriter, read_measurements
 
+from tests.validate.fakes import make_row
 from tvwsim.errors import InputError
-
-
-def make_row(i: int, **changes) -> dict:
-    row = {
-        "schema": SCHEMA_VERSION,
-        "point": f"p{i}",
-        "implementation": "tvwsim",
-        "device": {"name": "Test GPU", "sm_count": 4},
-        "date": "2026-01-01T00:00:00Z",
-        "kernel": "dense",
-        "config": "128x128x32s3w4",
-        "pattern": "dense",
-        "policy": "natural",
-        "M": 128,
-        "N": 128,
-        "K": 64 + i,
-        "target_sparsity": 0.0,
-        "achieved_sparsity": 0.0,
-        "times_us": [10.0, 11.0, 10.5],
-        "median_us": 10.5,
-        "max_rel_error": 1e-3,
-    }
-    row.update(changes)
-    return row
 
 
 def test_rows_round_trip_and_resume_skips_done(tmp_path):
@@ -78,7 +55,7 @@ def test_killed_writer_loses_at_most_the_row_in_progress(tmp_path):
         f"""
         import time
         from tvwsim.validate.dataset import MeasurementWriter
-        from tests.validate.test_dataset import make_row
+        from tests.validate.fakes import make_row
         with MeasurementWriter({str(path)!r}) as log:
             for i in range(10_000):
                 log.append(make_row(i))
@@ -113,7 +90,11 @@ def test_killed_writer_loses_at_most_the_row_in_progress(tmp_path):
         ({"schema": 99}, "schema"),
         ({"median_us": -1.0}, "median_us"),
         ({"times_us": []}, "times_us"),
-        ({"M": "128"}, "'M'"),
+        ({"M": "128"}, "M: Input should be a valid integer"),
+        ({"M": True}, "M: Input should be a valid integer"),
+        ({"pattern": "xw"}, "pattern: Input should be"),
+        ({"implementation": "mkl"}, "implementation"),
+        ({"surprise": 1}, "surprise: unknown key"),
     ],
 )
 def test_malformed_rows_are_rejected_with_line_and_field(tmp_path, change, message):
@@ -131,7 +112,7 @@ def test_missing_field_and_missing_file(tmp_path):
     del row["device"]
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    with pytest.raises(InputError, match="missing field 'device'"):
+    with pytest.raises(InputError, match="x.jsonl:1: device: missing"):
         read_measurements(path)
     with pytest.raises(InputError, match="no such file"):
         read_measurements(tmp_path / "absent.jsonl")

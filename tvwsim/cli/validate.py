@@ -4,7 +4,7 @@
     tvwsim validate --spec my-sweep.toml --out m.jsonl --budget-s 300
     tvwsim validate --sweep full --dry-run
     tvwsim calibrate --measured m.jsonl --hw h100 --out presets/h100-calibrated.toml
-    tvwsim compare --measured m.jsonl --hw h100-calibrated [--json] [--plot DIR]
+    tvwsim compare --measured m.jsonl --hw h100-calibrated [--json] [--plot-dir DIR]
 
 `validate` needs a CUDA GPU and PyCUDA (torch for the vendor baselines); `--dry-run` lists
 the points anywhere. `calibrate` and `compare` run on any machine. The method, the row
@@ -18,6 +18,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from tvwsim.cli.progress import add_progress_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start no point after S seconds (a run under a hard time limit ends cleanly)",
     )
     v.add_argument(
-        "--build-dir", metavar="DIR", help="built kernels (default build/kernels; else JIT)"
+        "--build-dir", metavar="DIR", help="built kernels (default: the kernel directory; else JIT)"
     )
     v.add_argument(
         "--retry-failed",
@@ -50,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run again the points that raised in an earlier run (FILE.failed.jsonl)",
     )
     v.add_argument("--dry-run", action="store_true", help="list the points; run nothing")
-    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_argument(v)
     v.set_defaults(func=run_validate)
 
     c = subparsers.add_parser(
@@ -63,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     c.add_argument("--measured", nargs="+", required=True, metavar="FILE", help="JSONL files")
-    c.add_argument("--hw", required=True, metavar="PRESET", help="base preset, e.g. h100")
+    c.add_argument("--hw", required=True, metavar="NAME", help="base preset, e.g. h100")
     c.add_argument("--out", required=True, metavar="PRESET.toml", help="calibrated preset")
     c.add_argument("--force", action="store_true", help="replace an existing --out file")
     c.add_argument(
@@ -87,7 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     m.add_argument("--measured", nargs="+", required=True, metavar="FILE", help="JSONL files")
-    m.add_argument("--hw", required=True, metavar="PRESET", help="e.g. h100-calibrated")
+    m.add_argument(
+        "--hw", required=True, metavar="NAME", help="hardware preset, e.g. h100-calibrated"
+    )
     m.add_argument(
         "--set",
         dest="overrides",
@@ -97,7 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a hardware field (repeatable)",
     )
     m.add_argument("--json", action="store_true", help="print one JSON object")
-    m.add_argument("--plot", metavar="DIR", help="write time_scatter.png and speedup_bars.png")
+    m.add_argument(
+        "--plot-dir", metavar="DIR", help="write time_scatter.png and speedup_bars.png there"
+    )
     m.add_argument("--all-rows", action="store_true", help="every row, not only held-out")
     m.add_argument(
         "--any-device",
@@ -124,21 +130,15 @@ def _positive_float(name: str, text: str | None) -> float | None:
 
 def _done_keys(path: Path) -> set[str]:
     """Keys of the complete rows in `path`, read without changing the file."""
-    if not path.is_file():
-        return set()
-    keys = set()
-    data = path.read_bytes()
-    for line in data[: data.rfind(b"\n") + 1].splitlines():
-        try:
-            keys.add(json.loads(line)["point"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return keys
+    from tvwsim.io import read_jsonl_tolerant
+
+    return {str(row["point"]) for row in read_jsonl_tolerant(path) if "point" in row}
 
 
 def run_validate(args: argparse.Namespace) -> int:
     from tvwsim.errors import InputError
-    from tvwsim.validate.sweep import StopFlag, load_spec, run_sweep
+    from tvwsim.validate.runner import StopFlag, run_sweep
+    from tvwsim.validate.spec import load_spec
 
     spec = load_spec(args.sweep, argument="--sweep") if args.sweep else load_spec(args.spec)
     budget = _positive_float("--budget-s", args.budget_s)
@@ -163,7 +163,7 @@ def run_validate(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_file():
         raise InputError("--out", f"{out} exists and is not a file")
 
-    from tvwsim.validate.sweep import GpuExecutor
+    from tvwsim.validate.gpu_executor import GpuExecutor
 
     executor = GpuExecutor(build_dir=args.build_dir)
     device = executor.device_info()
@@ -185,7 +185,7 @@ def run_validate(args: argparse.Namespace) -> int:
             sweep=spec.name,
             budget_s=budget,
             should_stop=stop,
-            progress=not args.quiet,
+            progress=not args.no_progress,
             retry_failed=args.retry_failed,
         )
     finally:
@@ -207,16 +207,17 @@ def run_validate(args: argparse.Namespace) -> int:
 # -- calibrate -----------------------------------------------------------------------------
 def run_calibrate(args: argparse.Namespace) -> int:
     from tvwsim.errors import InputError
-    from tvwsim.sim.presets import PATH_ENV, SHIPPED_DIR, load_preset, preset_dirs, write_preset
-    from tvwsim.validate.calibrate import (
-        DEFAULT_FIT,
-        MAX_NFEV,
-        calibrate,
-        calibrated_hardware,
-        check_fit_names,
-        preset_comments,
+    from tvwsim.sim.presets import (
+        PATH_ENV,
+        SHIPPED_DIR,
+        find_preset,
+        load_preset,
+        preset_dirs,
+        write_preset,
     )
+    from tvwsim.validate.calibrate import calibrate, calibrated_hardware, preset_comments
     from tvwsim.validate.device_info import utc_now
+    from tvwsim.validate.fit import DEFAULT_FIT, MAX_NFEV, check_fit_names
 
     out = Path(args.out).expanduser()
     if out.suffix != ".toml":
@@ -262,7 +263,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "Only the fitted efficiency fields differ from the base preset; [extra.calibration]\n"
         "names the measurement files (sha256), the shape split and the fit residuals."
     )
-    write_preset(hw, out, comments=preset_comments(cal), header=header)
+    # Over the base preset's own file, so every figure keeps the comment naming its source.
+    template = find_preset(args.hw, argument="--hw").path
+    write_preset(hw, out, comments=preset_comments(cal), header=header, template=template)
     summary = cal.fit.summary()
     if args.json:
         print(
@@ -312,13 +315,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
 # -- compare -------------------------------------------------------------------------------
 def run_compare(args: argparse.Namespace) -> int:
     from tvwsim.sim.presets import load_preset, parse_overrides
-    from tvwsim.validate.compare import compare_files, format_text, write_plots
+    from tvwsim.validate.compare import compare_files, format_text
+    from tvwsim.validate.plots import write_plots
 
     hw = load_preset(args.hw, parse_overrides(args.overrides), argument="--hw")
     comparison = compare_files(
         args.measured, hw, all_rows=args.all_rows, any_device=args.any_device
     )
-    plots = write_plots(comparison, args.plot) if args.plot else []
+    plots = write_plots(comparison, args.plot_dir) if args.plot_dir else []
     if args.json:
         data = comparison.to_dict()
         data["plots"] = [str(p) for p in plots]

@@ -1,0 +1,80 @@
+"""The timing loop's order of events and the correctness checks, with fakes for the GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tvwsim.validate.rows import REL_TOLERANCE
+from tvwsim.validate.timing import check_baseline_output, check_rows, time_launches
+
+from tvwsim.errors import InputError
+
+
+class Recorder:
+    def __init__(self):
+        self.log: list[str] = []
+        self.t = 0.0
+
+    def event(self):
+        rec = self
+
+        class Event:
+            def record(self):
+                rec.log.append("record")
+                self.at = rec.t
+
+            def synchronize(self):
+                rec.log.append("sync")
+
+            def elapsed_ms(self, end):
+                return end.at - self.at
+
+        return Event()
+
+    def launch(self):
+        self.log.append("launch")
+        self.t += 0.010  # 10 us in ms
+
+
+def test_time_launches_flushes_and_cushions_before_every_timed_launch():
+    rec = Recorder()
+    times = time_launches(
+        rec.launch,
+        new_event=rec.event,
+        flush=lambda: rec.log.append("flush"),
+        cushion=lambda: rec.log.append("cushion"),
+        synchronize=lambda: rec.log.append("device-sync"),
+        warmup=2,
+        repeats=3,
+    )
+    assert times == pytest.approx([10.0, 10.0, 10.0])  # microseconds
+    warm = ["flush", "launch"] * 2 + ["device-sync"]
+    timed = ["flush", "cushion", "record", "launch", "record", "sync"] * 3
+    assert rec.log == warm + timed
+    with pytest.raises(InputError, match="repeats"):
+        time_launches(
+            rec.launch,
+            new_event=rec.event,
+            flush=None,
+            cushion=None,
+            synchronize=lambda: None,
+            warmup=0,
+            repeats=0,
+        )
+
+
+def test_check_rows_cover_the_ragged_last_block():
+    assert list(check_rows(100)) == list(range(100))
+    rows = check_rows(5000)
+    assert rows[0] == 0 and rows[-1] == 4999 and len(rows) == 384
+    assert np.all(np.diff(rows) > 0)
+
+
+def test_baseline_check_uses_the_pruned_weight():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 64)).astype(np.float16)
+    w = rng.standard_normal((32, 64)).astype(np.float16)
+    w[:, ::2] = 0
+    y = x.astype(np.float32) @ w.astype(np.float32).T
+    assert check_baseline_output(y, x, w) == (0.0, 40)
+    assert check_baseline_output(y + 1.0, x, w)[0] > REL_TOLERANCE

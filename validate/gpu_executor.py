@@ -1,0 +1,216 @@
+"""The GPU executor: our kernels through `tvwsim.kernels.launch`, the vendor libraries
+through torch (`tvwsim.validate.baselines`), both timed with CUDA events.
+
+It is the `Executor` the runner (`tvwsim.validate.runner.run_sweep`) drives on a GPU:
+it describes the device, reads its clocks, and measures one point - inputs built on the
+CPU (`tvwsim.validate.inputs`), checked against the CPU twin and timed as
+`tvwsim.validate.timing` describes. Importing it needs no GPU; constructing it does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tvwsim.validate.inputs import baseline_inputs, kernel_inputs, point_weight
+from tvwsim.validate.points import Measurement, PointSkipped, SweepPoint, TimingPlan
+from tvwsim.validate.timing import check_baseline_output, check_kernel_output, time_launches
+
+
+class _PycudaEvent:
+    def __init__(self, cuda):
+        self.event = cuda.Event()
+
+    def record(self) -> None:
+        self.event.record()
+
+    def synchronize(self) -> None:
+        self.event.synchronize()
+
+    def elapsed_ms(self, end: _PycudaEvent) -> float:
+        return float(self.event.time_till(end.event))
+
+
+class _TorchEvent:
+    def __init__(self, torch):
+        self.event = torch.cuda.Event(enable_timing=True)
+
+    def record(self) -> None:
+        self.event.record()
+
+    def synchronize(self) -> None:
+        self.event.synchronize()
+
+    def elapsed_ms(self, end: _TorchEvent) -> float:
+        return float(self.event.elapsed_time(end.event))
+
+
+CUSHION_CYCLES = 200_000
+"""GPU sleep before each timed launch, in SM cycles (about 100 us at 2 GHz): longer than
+the host needs to queue the start event, the launch and the stop event from Python."""
+
+
+class GpuExecutor:
+    """Our kernels through `tvwsim.kernels.launch`, vendor libraries through torch, CUDA events.
+
+    Both run in the device's primary context on the legacy default stream (tvwsim.kernels.launch
+    retains the primary context; torch uses it too), so torch's flush buffer, sleep kernel
+    and events order correctly around PyCUDA launches. Without torch, flushing and events
+    fall back to PyCUDA and there is no sleep cushion (the row's `timing` says so).
+    """
+
+    def __init__(self, *, build_dir: str | os.PathLike | None = None, device_index: int = 0):
+        from tvwsim.kernels import launch
+        from tvwsim.validate import baselines
+        from tvwsim.validate.device_info import read_clocks, read_device_info
+
+        self._launch = launch
+        self._session = launch.session()  # InputError without pycuda or a device
+        self._read_clocks = read_clocks
+        self.device_index = device_index
+        self.build_dir = build_dir
+        info = read_device_info(device_index)
+        self.info = info
+        cuda = self._session.cuda
+        self.arch = self._session.info.arch
+        l2 = info.l2_bytes or int(
+            self._session.cuda.Device(device_index).get_attribute(
+                cuda.device_attribute.L2_CACHE_SIZE
+            )
+        )
+        self.flush_bytes = 2 * max(int(l2), 1 << 20)
+        self.torch = baselines.import_torch()
+        self.baselines = baselines.TorchBaselines(self.torch) if self.torch else None
+        if self.torch is not None:
+            torch = self.torch
+            self._flush_buffer = torch.empty(
+                self.flush_bytes // 4, dtype=torch.int32, device="cuda"
+            )
+            self._flush = self._flush_buffer.zero_
+            self._cushion = lambda: torch.cuda._sleep(CUSHION_CYCLES)
+            self._event = lambda: _TorchEvent(torch)
+            self._sync = torch.cuda.synchronize
+            self.timing_method = {
+                "method": "l2-flush",
+                "flush_bytes": self.flush_bytes,
+                "flush": "torch zero_ of a 2 x L2 buffer",
+                "cushion": f"torch.cuda._sleep({CUSHION_CYCLES})",
+                "events": "torch.cuda.Event, default stream",
+            }
+        else:
+            self._flush_alloc = cuda.mem_alloc(self.flush_bytes)
+            words = self.flush_bytes // 4
+            self._flush = lambda: cuda.memset_d32(self._flush_alloc, 0, words)
+            self._cushion = None
+            self._event = lambda: _PycudaEvent(cuda)
+            self._sync = cuda.Context.synchronize
+            self.timing_method = {
+                "method": "l2-flush",
+                "flush_bytes": self.flush_bytes,
+                "flush": "cuMemsetD32 of a 2 x L2 buffer",
+                "cushion": None,
+                "events": "pycuda Event, default stream",
+            }
+        self._weights: dict[tuple[int, int, int], np.ndarray] = {}
+
+    # -- Executor protocol ---------------------------------------------------------------
+    def device_info(self) -> dict:
+        data = self.info.to_dict()
+        data["arch"] = self.arch
+        return data
+
+    def read_clocks(self) -> dict:
+        return self._read_clocks(self.device_index).to_dict()
+
+    def measure(self, point: SweepPoint, timing: TimingPlan) -> Measurement:
+        if point.implementation == "tvwsim":
+            return self._measure_ours(point, timing)
+        if self.baselines is None:
+            raise PointSkipped("torch is not importable here, so no vendor baselines")
+        return self._measure_baseline(point, timing)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _weight(self, point: SweepPoint) -> np.ndarray:
+        key = (point.n, point.k, point.seed)
+        if key not in self._weights:
+            self._weights.clear()  # one shape at a time: points are shape-major
+            self._weights[key] = point_weight(point)
+        return self._weights[key]
+
+    def _time(self, launch: Callable[[], Any], timing: TimingPlan) -> tuple[list[float], dict]:
+        times = time_launches(
+            launch,
+            new_event=self._event,
+            flush=self._flush,
+            cushion=self._cushion,
+            synchronize=self._sync,
+            warmup=timing.warmup,
+            repeats=timing.repeats,
+        )
+        return times, {**self.timing_method, "warmup": timing.warmup, "repeats": timing.repeats}
+
+    def _measure_ours(self, point: SweepPoint, timing: TimingPlan) -> Measurement:
+        inputs = kernel_inputs(point, self._weight(point))
+        schedule = inputs.schedule
+        prepared = self._launch.prepare(inputs.encoded, point.m, schedule, build_dir=self.build_dir)
+        y = prepared.run(inputs.x, poison=True)
+        err, checked = check_kernel_output(y, inputs)
+        session = self._session
+        # PreparedGemm.launch enqueues the whole operation (workspace zeroing, GEMM,
+        # finalize) on the resident buffers; time_launches adds the flush and cushion.
+        times, how = self._time(prepared.launch, timing)
+        kernel = prepared.kernel
+        resources = _function_resources(session.cuda, kernel.gemm)
+        resources.update(
+            smem_bytes=resources.get("shared_static_bytes", 0) + int(kernel.smem_bytes),
+            shared_dynamic_bytes=int(kernel.smem_bytes),
+            threads=point.config.threads,
+            cubin=kernel.cubin.name,
+        )
+        return Measurement(
+            kernel=f"{point.pattern}_gemm",
+            times_us=tuple(times),
+            max_rel_error=err,
+            achieved_sparsity=float(inputs.pruned.achieved_sparsity),
+            schedule_digest=schedule.digest(),
+            ctas=int(schedule.n_tasks),
+            resources=resources,
+            timing=how,
+            extra={
+                "checked_tokens": checked,
+                "split_tasks": bool(schedule.has_split_tasks),
+                "finalize_regions": int(prepared.regions.shape[0]),
+            },
+        )
+
+    def _measure_baseline(self, point: SweepPoint, timing: TimingPlan) -> Measurement:
+        x16, w16, achieved = baseline_inputs(point, self._weight(point))
+        prepared = self.baselines.prepare(point.implementation, x16, w16, block=point.block)
+        err, checked = check_baseline_output(prepared.run(), x16, w16)
+        times, how = self._time(prepared.launch, timing)
+        return Measurement(
+            kernel=prepared.routine,
+            times_us=tuple(times),
+            max_rel_error=err,
+            achieved_sparsity=achieved,
+            timing=how,
+            extra={"checked_tokens": checked, **prepared.info},
+        )
+
+
+def _function_resources(cuda, function) -> dict:
+    """Registers, static shared and local memory of a loaded kernel (the cubin's truth)."""
+    attr = cuda.function_attribute
+    out = {}
+    for key, name in (
+        ("registers", "NUM_REGS"),
+        ("shared_static_bytes", "SHARED_SIZE_BYTES"),
+        ("local_bytes", "LOCAL_SIZE_BYTES"),
+    ):
+        try:
+            out[key] = int(function.get_attribute(getattr(attr, name)))
+        except Exception:  # noqa: BLE001 - a missing attribute is not worth a failed point
+            pass
+    return out

@@ -1,0 +1,154 @@
+"""Replaying a measured row in the model: rebuild its schedule, simulate it on any preset.
+
+Each row's schedule is rebuilt exactly as the GPU sweep built it
+(`tvwsim.kernels.prepare.schedule_for_shape` with the row's shape, pattern, sparsity,
+config, policy and seed) and its digest checked against the row's `schedule_digest`;
+the kernel's per-CTA resources are the ones measured with the row (registers and shared
+memory of the cubin that ran). `RowSimulator` simulates many rows on one Hardware, in
+worker processes when asked: a fit evaluates all rows a few hundred times.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tvwsim.sim.hardware import Hardware
+
+from tvwsim.config import KernelConfig
+from tvwsim.pattern_spec import PATTERNS
+
+
+@dataclass(frozen=True, eq=False)
+class RowCase:
+    """A measured row, ready to simulate on any Hardware."""
+
+    row: Mapping
+    schedule: Any
+    """`tvwsim.schedule.Schedule` rebuilt from the row."""
+    resources: Any
+    """`tvwsim.sim.occupancy.KernelResources` of the kernel that ran (or None: estimate)."""
+    measured_us: float
+    digest_matches: bool | None
+    """Whether the rebuilt schedule's digest equals the row's (None if the row has none)."""
+
+    def simulate_us(self, hw: Hardware) -> float:
+        from tvwsim.sim.engine import simulate
+
+        return float(simulate(self.schedule, hw, self.resources, cache=False).time_us)
+
+
+def row_config(row: Mapping) -> KernelConfig:
+    """The KernelConfig a row of our kernels ran (its mma kind from the row or pattern)."""
+    mma = row.get("mma")
+    if mma not in ("dense", "sparse"):
+        mma = PATTERNS[row["pattern"]].mma
+    return KernelConfig.from_name(row["config"], mma=mma)
+
+
+def row_resources(row: Mapping, config: KernelConfig):
+    """Per-CTA resources recorded with the row, or None if it has none."""
+    from tvwsim.manifest import KernelResources
+
+    res = row.get("resources") or {}
+    try:
+        return KernelResources(
+            registers_per_thread=int(res["registers"]),
+            smem_bytes=int(res["smem_bytes"]),
+            threads=int(res.get("threads", config.threads)),
+            source="manifest",
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def row_case(row: Mapping) -> RowCase:
+    """Rebuild a row's schedule exactly as the sweep built it (seeded weight, pruner)."""
+    from tvwsim.kernels.prepare import schedule_for_shape
+
+    config = row_config(row)
+    schedule = schedule_for_shape(
+        int(row["M"]),
+        int(row["N"]),
+        int(row["K"]),
+        row["pattern"],
+        float(row["target_sparsity"]),
+        config=config,
+        policy=row["policy"],
+        seed=int(row.get("seed", 0)),
+        block=int(row.get("block", 32)),
+    )
+    recorded = row.get("schedule_digest")
+    matches = None if not recorded else recorded == schedule.digest()
+    return RowCase(
+        row=row,
+        schedule=schedule,
+        resources=row_resources(row, config),
+        measured_us=float(row["median_us"]),
+        digest_matches=matches,
+    )
+
+
+_WORKER_CASES: Sequence[RowCase] = ()
+"""The rows a worker process simulates: handed over once, when the worker starts."""
+
+
+def _init_worker(cases: Sequence[RowCase]) -> None:
+    global _WORKER_CASES
+    _WORKER_CASES = cases
+
+
+def _simulate_rows(args: tuple[Hardware, list[int]]) -> list[float]:
+    hw, indices = args
+    return [_WORKER_CASES[i].simulate_us(hw) for i in indices]
+
+
+class RowSimulator:
+    """Simulates every row on a Hardware, in this process or in `jobs` worker processes.
+
+    A fit evaluates all rows a few hundred times (once per step, once per parameter for
+    each Jacobian), and a large GEMM takes a second to simulate, so a sweep of a few
+    hundred rows is worth spreading over the cores. Each worker receives the rebuilt
+    schedules once, when it starts (inherited without a copy where processes fork), so
+    it never prunes and encodes again; each evaluation sends only the Hardware. Rows are
+    dealt to workers largest first (by pipeline stages, the engine's unit of work) onto
+    the least loaded worker, so the workers finish together.
+    """
+
+    def __init__(self, cases: Sequence[RowCase], jobs: int = 1):
+        self.cases = list(cases)
+        self.pool: ProcessPoolExecutor | None = None
+        self.bins: list[list[int]] = [list(range(len(self.cases)))]
+        if jobs > 1 and len(self.cases) > 1:
+            jobs = min(jobs, len(self.cases))
+            cost = [float(c.schedule.task_stages().sum()) + 1.0 for c in self.cases]
+            bins: list[list[int]] = [[] for _ in range(jobs)]
+            load = [0.0] * jobs
+            for i in sorted(range(len(cost)), key=lambda i: -cost[i]):
+                j = load.index(min(load))
+                bins[j].append(i)
+                load[j] += cost[i]
+            self.bins = bins
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else None)
+            self.pool = ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_init_worker, initargs=(self.cases,)
+            )
+
+    def __call__(self, hw: Hardware) -> np.ndarray:
+        if self.pool is None:
+            return np.array([c.simulate_us(hw) for c in self.cases])
+        out = np.empty(len(self.cases))
+        results = self.pool.map(_simulate_rows, [(hw, b) for b in self.bins])
+        for indices, times in zip(self.bins, results, strict=True):
+            out[indices] = times
+        return out
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
