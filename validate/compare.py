@@ -311,10 +311,12 @@ def compare_files(
 # Output
 # =====================================================================================
 def pct(value: float | None) -> str:
+    """A fraction as a percentage for reports; '-' when there is none."""
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
 def num(value: float | None, fmt: str = ".3f") -> str:
+    """A number for reports; '-' when there is none."""
     return "-" if value is None or not math.isfinite(value) else format(value, fmt)
 
 

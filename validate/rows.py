@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from tvwsim.kernels.checks import REL_TOLERANCE  # the rule of `tvwsim kernels check`
 from tvwsim.validate.model_errors import input_error
 from tvwsim.validate.points import IMPLEMENTATIONS, VENDOR, Measurement, SweepPoint
 
@@ -31,10 +32,6 @@ from tvwsim.pattern_spec import PATTERN_NAMES
 from tvwsim.schedule import POLICIES
 
 SCHEMA_VERSION = 1
-
-REL_TOLERANCE = 1e-2
-"""Largest relative error a correct fp16 GEMM shows (same rule as `tvwsim kernels check`:
-max |y - twin| / max |twin|)."""
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=0)]
