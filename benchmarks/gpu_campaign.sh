@@ -83,7 +83,7 @@ fi
 
 # -- 2. build the kernels for this GPU ---------------------------------------------------
 build_limit=$(($(left) < 180 ? $(left) : 180))
-run_for "$build_limit" "$OUT/build.log" "${TVWSIM[@]}" kernels build --arch "$ARCH" --out build/kernels
+run_for "$build_limit" "$OUT/build.log" "${TVWSIM[@]}" kernels build --arch "$ARCH" --build-dir build/kernels
 cp build/kernels/manifest.json "$OUT/manifest.json" 2>/dev/null || note "no manifest.json"
 
 # -- 3. correctness of every kernel against its CPU twin ---------------------------------

@@ -70,7 +70,7 @@ class Hardware:
     launch_overhead_us: float = 4.0
     """Kernel launch overhead, counted once per kernel."""
 
-    # -- efficiency parameters (calibrated) -------------------------------------------
+    # -- efficiency parameters (assumed in shipped presets; tvwsim calibrate fits them)
     dram_efficiency: float = 0.85
     """Achieved fraction of DRAM peak bandwidth."""
     l2_efficiency: float = 0.85
@@ -86,10 +86,13 @@ class Hardware:
     """Where the figures come from (a calibrated preset names its measurement files)."""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
     """Free-form provenance (calibration split, residuals); never used by the model."""
+    overrides: tuple[tuple[str, object], ...] = ()
+    """(field, value) pairs `with_overrides` changed from the preset `name` names, in
+    order: with `name` they say which GPU this is (`label`), so every output can say it."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if f.name in ("name", "description", "source", "extra"):
+            if f.name in ("name", "description", "source", "extra", "overrides"):
                 continue
             value = getattr(self, f.name)
             if f.type in ("bool", bool):
@@ -155,7 +158,7 @@ class Hardware:
 
     def with_overrides(self, overrides: dict[str, object]) -> Hardware:
         """A copy with fields replaced; unknown keys and bad values raise InputError."""
-        known = {f.name: f for f in dataclasses.fields(self) if f.name != "extra"}
+        known = {f.name: f for f in dataclasses.fields(self) if f.name not in NOT_OVERRIDABLE}
         changes = {}
         for key, value in overrides.items():
             if key not in known:
@@ -163,7 +166,28 @@ class Hardware:
                     "--set", f"unknown hardware field {key!r}; known: {', '.join(sorted(known))}"
                 )
             changes[key] = coerce_field(key, known[key].type, value)
-        return dataclasses.replace(self, **changes)
+        changed = dataclasses.replace(self, **changes)
+        # Record the normalised values (216.0 given for an int field is 216).
+        recorded = {**dict(self.overrides), **{key: getattr(changed, key) for key in changes}}
+        return dataclasses.replace(changed, overrides=tuple(recorded.items()))
+
+    @property
+    def label(self) -> str:
+        """The preset's name and what was overridden: 'a100', 'a100 (sm_count=216)'."""
+        if not self.overrides:
+            return self.name
+        changed = ", ".join(f"{key}={_value_text(value)}" for key, value in self.overrides)
+        return f"{self.name} ({changed})"
+
+
+NOT_OVERRIDABLE = ("extra", "overrides")
+"""Fields `--set` cannot change: free-form provenance and the record of overrides."""
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def coerce_field(key: str, type_name: object, value: object) -> object:

@@ -7,9 +7,17 @@ time of each shared resource, from which the bottleneck is named:
     compute share  = tensor/CUDA-core busy cycles summed over SMs / (SMs that had work x
                      kernel cycles)
     L2 share       = L2 server busy cycles / kernel cycles
-    DRAM share     = DRAM server busy cycles / kernel cycles
+    DRAM share     = DRAM server busy cycles before the kernel's end / kernel cycles
     tail share     = (kernel end - first moment an SM that had work runs out of it for
                       good) / kernel cycles
+
+Every share is a fraction of the same time base, the kernel's cycles, so none exceeds 1.
+The DRAM server needs care: an output tile's write-back is queued on it when the CTA
+stores the tile, but the CTA does not wait for it (the tile sits in L2), so the last
+write-backs can still be queued when the last CTA retires. Busy cycles after the kernel's
+end are not part of the kernel's time; `dram_busy_until_cycles` says when the server
+went idle, and the share counts only the busy cycles before the end (the server is busy
+without a gap from the end until then: every request was queued before the end).
 
 Rule (`name_bottleneck`), first match wins:
 
@@ -28,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+
+from tvwsim.pattern_spec import pattern_spec
 
 BOUND_SHARE = 0.75
 TAIL_SHARE = 0.30
@@ -58,11 +68,14 @@ class SimResult:
     """One simulated kernel launch. Cycles are SM clock cycles."""
 
     hardware: str
+    """The effective hardware: preset name and overrides, 'a100 (sm_count=216)'."""
     pattern: str
     policy: str
     config: str
     """Kernel variant name, e.g. '128x128x32s3w4'."""
     mma: str
+    """The config's mma kind, 'dense' or 'sparse'; ew's math runs on CUDA cores instead
+    (`compute_unit`)."""
     m: int
     n: int
     k: int
@@ -98,6 +111,7 @@ class SimResult:
     """Tensor-core (CUDA-core for ew) busy cycles summed over all SMs."""
     l2_busy_cycles: float
     dram_busy_cycles: float
+    """All DRAM service, including write-backs still queued at the kernel's end."""
     l2_bytes: float
     """Bytes moved through L2 (loads and stores)."""
     dram_bytes: float
@@ -119,6 +133,10 @@ class SimResult:
     """float64 [ctas]: retirement time, kernel-relative."""
     cta_tile: np.ndarray = field(repr=False)
     """int32 [ctas]: weight tile of CTA i (for colouring timelines)."""
+    dram_busy_until_cycles: float | None = None
+    """When the DRAM server finished its last request, kernel-relative: after
+    `kernel_cycles` when output write-backs were still queued at the end. None from an
+    engine that does not say; the DRAM share then counts every busy cycle."""
 
     # -- derived figures ------------------------------------------------------------------
     @property
@@ -162,8 +180,28 @@ class SimResult:
         return self._share(self.l2_busy_cycles)
 
     @property
+    def dram_busy_in_kernel_cycles(self) -> float:
+        """DRAM busy cycles before the kernel's end (module docstring)."""
+        if self.dram_busy_until_cycles is None:
+            return self.dram_busy_cycles
+        after_end = max(0.0, self.dram_busy_until_cycles - self.kernel_cycles)
+        return max(0.0, self.dram_busy_cycles - after_end)
+
+    @property
     def dram_utilisation(self) -> float:
-        return self._share(self.dram_busy_cycles)
+        return self._share(self.dram_busy_in_kernel_cycles)
+
+    @property
+    def compute_unit(self) -> str:
+        """'tensor' (mma on tensor cores) or 'cuda' (ew's CSR SpMM on CUDA cores)."""
+        return pattern_spec(self.pattern).compute_unit
+
+    @property
+    def math_label(self) -> str:
+        """Where the math ran, in words: 'dense mma.sync on tensor cores', ..."""
+        if self.compute_unit == "cuda":
+            return "CSR SpMM on CUDA cores, no tensor cores"
+        return f"{'sparse mma.sp' if self.mma == 'sparse' else 'dense mma.sync'} on tensor cores"
 
     @property
     def tail_share(self) -> float:
@@ -209,7 +247,11 @@ class SimResult:
         """Plain JSON-ready figures (per-CTA arrays only when asked)."""
         skip = {"cta_sm", "cta_slot", "cta_start_cycles", "cta_end_cycles", "cta_tile"}
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        if self.compute_unit == "cuda":
+            data["mma"] = None  # no tensor-core instruction: the config only sets the tiling
         data.update(
+            compute_unit=self.compute_unit,
+            dram_busy_in_kernel_cycles=self.dram_busy_in_kernel_cycles,
             sms_used=self.sms_used,
             time_us=self.time_us,
             kernel_us=self.kernel_us,

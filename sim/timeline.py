@@ -10,15 +10,22 @@ The picture an architecture course draws on the board, from a real simulation:
   heavy CTAs running alone while the rest of the GPU idles.
 
 The dashed line marks the start of the tail (the first SM that runs out of work for
-good). matplotlib runs headless (Agg backend).
+good). `timeline_figure` returns the matplotlib Figure; `draw_timeline` writes it to a
+file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tvwsim.sim.result import SimResult
+
+from tvwsim.io import atomic_output
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def busy_sm_curve(result: SimResult) -> tuple[np.ndarray, np.ndarray]:
@@ -37,33 +44,29 @@ def busy_sm_curve(result: SimResult) -> tuple[np.ndarray, np.ndarray]:
     return times, counts
 
 
-def draw_timeline(
+def timeline_figure(
     result: SimResult,
-    path: str | Path,
     *,
     schedule=None,
     sparsity: float | None = None,
     max_sms: int | None = None,
-) -> None:
-    """Draw `result` as a Gantt chart into `path` (format from the suffix, e.g. .png).
+) -> Figure:
+    """`result` as a Gantt chart: a matplotlib Figure with two axes (busy SMs, CTAs).
 
     `schedule` (the `Schedule` that was simulated) lets bars be shaded by their tile's K
-    length; `max_sms` draws only the first SMs (for very wide GPUs).
+    length; `max_sms` draws only the first SMs (for very wide GPUs). The Figure is not
+    attached to pyplot, so nothing global changes and nothing needs closing.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import colormaps
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     us = 1.0 / result.clock_mhz
     sms = result.sm_count if max_sms is None else min(max_sms, result.sm_count)
     slots = max(1, result.ctas_per_sm)
     height = float(np.clip(0.06 * sms + 2.5, 4.0, 11.0))
-    fig, (top, ax) = plt.subplots(
-        2, 1, figsize=(12, height), sharex=True, gridspec_kw={"height_ratios": [1, 5]}
-    )
+    fig = Figure(figsize=(12, height), dpi=110, layout="constrained")
+    top, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 5]})
 
     # Colour: hue cycles over tiles (neighbours differ), lightness follows the tile's K.
     tiles = result.cta_tile
@@ -92,6 +95,7 @@ def draw_timeline(
         color=colours[tiles[shown_ctas]],
         edgecolor="black",
         linewidth=0.2,
+        label="CTA",
     )
     tail = result.tail_start_cycles * us
     end = result.kernel_cycles * us
@@ -120,6 +124,16 @@ def draw_timeline(
         f"colour = weight tile" + (" (darker = more K)" if k_len is not None else ""),
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(str(path), dpi=110, format=Path(path).suffix.lstrip(".").lower() or "png")
-    plt.close(fig)
+    return fig
+
+
+def draw_timeline(result: SimResult, path: str | Path, **options) -> Path:
+    """Write `timeline_figure(result, **options)` to `path`, whole or not at all.
+
+    The format follows the suffix (.png, .svg, .pdf); the file gets the normal mode.
+    """
+    path = Path(path)
+    fig = timeline_figure(result, **options)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png")
+    return path

@@ -28,8 +28,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -37,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tvwsim.errors import InputError
+from tvwsim.io import atomic_output
 from tvwsim.pattern_spec import NM_24, PRUNED_PATTERNS, pattern_spec
 
 SCHEMA = 1
@@ -254,18 +253,12 @@ def write_trace(trace: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(trace, separators=(",", ":")).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
-        ):
-            gz.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a data file is world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_output(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+    ):
+        gz.write(text)
 
 
 # -- loading and checking ---------------------------------------------------------------

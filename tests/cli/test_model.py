@@ -16,7 +16,7 @@ from tvwsim.traces.trace_files import trace_path
 
 from tvwsim.cli import main
 
-FAST = ["--hw", "a100", "--patterns", "dense,tw,tvw", "--sparsity", "0.75"]
+FAST = ["--hw", "a100", "--pattern", "dense,tw,tvw", "--sparsity", "0.75"]
 
 
 @pytest.fixture(autouse=True)
@@ -101,18 +101,18 @@ def test_csv_rows_and_the_random_fallback(capsys):
 
 
 def test_a_model_without_a_trace_says_so(capsys):
-    code, out, _ = run(capsys, "gnmt", "--hw", "a100", "--patterns", "dense,vw")
+    code, out, _ = run(capsys, "gnmt", "--hw", "a100", "--pattern", "dense,vw")
     assert code == 0
     assert "note: gnmt has no real-weight trace in its family" in out
     assert "kept-K from real weights" not in out
 
 
 def test_a_cnn_has_no_sequence_length(capsys):
-    code, out, _ = run(capsys, "vgg16", "--hw", "a100", "--patterns", "dense,vw", "--json")
+    code, out, _ = run(capsys, "vgg16", "--hw", "a100", "--pattern", "dense,vw", "--json")
     data = json.loads(out)
     assert code == 0 and data["seq"] is None and data["batch"] == 1
     assert {r["m"] for r in data["layers"] if r["gemm"] == "conv1_1"} == {224 * 224}
-    code, out, _ = run(capsys, "vgg16", "--hw", "a100", "--patterns", "dense", "--seq", "7")
+    code, out, _ = run(capsys, "vgg16", "--hw", "a100", "--pattern", "dense", "--seq", "7")
     assert code == 0 and out.splitlines()[0].endswith("batch 1, policy natural")
 
 
@@ -131,7 +131,7 @@ def test_plot_is_written(capsys, tmp_path):
         (["bert-base", "--hw", "a100", "--batch", "0"], "--batch: must be a positive integer"),
         (["bert-base", "--hw", "a100", "--seq", "1.5"], "--seq: must be a positive integer"),
         (["bert-base", "--hw", "a100", "--sparsity", "1.5"], "--sparsity"),
-        (["bert-base", "--hw", "a100", "--patterns", "tw,xx"], "--patterns"),
+        (["bert-base", "--hw", "a100", "--pattern", "tw,xx"], "--pattern"),
         (["bert-base", "--hw", "a100", "--policy", "random"], "--policy"),
         (["bert-base", "--hw", "a100", "--seed", "-1"], "--seed"),
         (["bert-base", "--hw", "nope"], "--hw"),
@@ -170,3 +170,54 @@ def test_listed_in_help(capsys):
         main(["--help"])
     assert "model" in capsys.readouterr().out
     assert Path(trace_path("minilm")).is_file()
+
+
+def test_overrides_are_named_in_text_json_csv_and_plot(capsys, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    from tvwsim.sim import model as sim_model
+
+    label = "a100 (sm_count=216)"
+    argv = ["bert-base", *FAST, "--trace", "none", "--set", "sm_count=216"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and out.splitlines()[0].startswith(f"bert-base on {label} (NVIDIA A100")
+    data = json.loads(run(capsys, *argv, "--json")[1])
+    assert data["hardware"] == label and data["hardware_overrides"] == {"sm_count": 216}
+    assert data["hardware_fields"]["sm_count"] == 216
+    assert data["hardware_fields"]["dram_bandwidth_gbps"] == 1555.0
+    rows = list(csv.DictReader(io.StringIO(run(capsys, *argv, "--csv")[1])))
+    assert {r["hardware"] for r in rows} == {label}
+    titles = []
+    real = sim_model.speedup_figure
+
+    def spy(result):
+        fig = real(result)
+        titles.append(fig.axes[0].get_title())
+        assert isinstance(fig, Figure)
+        return fig
+
+    monkeypatch.setattr(sim_model, "speedup_figure", spy)
+    assert run(capsys, *argv, "--plot", str(tmp_path / "s.png"))[0] == 0
+    assert titles and titles[0].startswith(f"bert-base on {label}, batch 1")
+
+
+def test_plot_has_the_normal_file_mode(capsys, tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "speedup.svg"
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run(capsys, "bert-base", *FAST, "--trace", "none", "--plot", str(target))
+    finally:
+        os.umask(old)
+    assert code == 0 and stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_a_model_too_large_is_refused_unless_forced(capsys, monkeypatch):
+    monkeypatch.setattr("tvwsim.sim.cost.EVENTS_LIMIT", 100)
+    code, out, err = run(capsys, "bert-base", *FAST)
+    assert code == 2 and out == ""
+    assert err.startswith("tvwsim model: error: MODEL: simulating bert-base at batch 1, seq 128")
+    assert "--force" in err and len(err.splitlines()) == 1
+    code, out, _ = run(capsys, "bert-base", *FAST, "--force", "--json")
+    assert code == 0 and json.loads(out)["model"] == "bert-base"

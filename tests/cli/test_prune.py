@@ -93,36 +93,36 @@ def _bad_files(tmp_path):
 
 W = "{d}/w.npy"
 CASES = [
-    (["--pattern", "ew", "--sparsity", "abc"], "sparsity"),
-    (["--pattern", "tw", "--sparsity", "1"], "sparsity"),
-    (["--pattern", "ew", "--sparsity", "-0.1"], "sparsity"),
-    (["--pattern", "dense", "--sparsity", "0.5"], "sparsity"),
-    (["--pattern", "vw", "--sparsity", "0.75"], "sparsity"),
-    (["--pattern", "tvw", "--sparsity", "0.3"], "sparsity"),
-    (["--pattern", "sparse", "--sparsity", "0.5"], "pattern"),
-    (["--pattern", "tw", "--sparsity", "0.5", "--tile", "0"], "tile"),
-    (["--pattern", "tw", "--sparsity", "0.5", "--tile", "x"], "tile"),
-    (["--pattern", "bw", "--sparsity", "0.5", "--block", "-2"], "block"),
-    (["--pattern", "tw", "--sparsity", "0.5", "--row-fraction", "0.7"], "row_fraction"),
-    (["--pattern", "ew", "--sparsity", "0.5", "--shape", "3"], "shape"),
-    (["--pattern", "ew", "--sparsity", "0.5", "--shape", "a,b"], "shape"),
-    (["--pattern", "ew", "--sparsity", "0.5", "--shape", "0,5"], "shape"),
-    (["--pattern", "ew", "--sparsity", "0.5", "--seed", "-1"], "seed"),
-    (["--pattern", "all", "--sparsity", "0.5"], "out"),  # --out with all
-    (["--weights", "{d}/missing.npy", "--pattern", "ew", "--sparsity", "0.5"], "weights"),
-    (["--weights", "{d}/text.npy", "--pattern", "ew", "--sparsity", "0.5"], "weights"),
-    (["--weights", "{d}/archive.npz", "--pattern", "ew", "--sparsity", "0.5"], "weights"),
-    (["--weights", "{d}/vector.npy", "--pattern", "ew", "--sparsity", "0.5"], "weight"),
-    (["--weights", "{d}/ints.npy", "--pattern", "ew", "--sparsity", "0.5"], "weight"),
-    (["--weights", "{d}/nan.npy", "--pattern", "ew", "--sparsity", "0.5"], "weight"),
-    (["--weights", W, "--shape", "4,8", "--pattern", "ew", "--sparsity", "0.5"], "shape"),
-    (["--weights", W, "--seed", "3", "--pattern", "ew", "--sparsity", "0.5"], "seed"),
+    (["--pattern", "ew", "--sparsity", "abc"], "--sparsity"),
+    (["--pattern", "tw", "--sparsity", "1"], "--sparsity"),
+    (["--pattern", "ew", "--sparsity", "-0.1"], "--sparsity"),
+    (["--pattern", "dense", "--sparsity", "0.5"], "--sparsity"),
+    (["--pattern", "vw", "--sparsity", "0.75"], "--sparsity"),
+    (["--pattern", "tvw", "--sparsity", "0.3"], "--sparsity"),
+    (["--pattern", "sparse", "--sparsity", "0.5"], "--pattern"),
+    (["--pattern", "tw", "--sparsity", "0.5", "--tile", "0"], "--tile"),
+    (["--pattern", "tw", "--sparsity", "0.5", "--tile", "x"], "--tile"),
+    (["--pattern", "bw", "--sparsity", "0.5", "--block", "-2"], "--block"),
+    (["--pattern", "tw", "--sparsity", "0.5", "--row-fraction", "0.7"], "--row-fraction"),
+    (["--pattern", "ew", "--sparsity", "0.5", "--shape", "3"], "--shape"),
+    (["--pattern", "ew", "--sparsity", "0.5", "--shape", "a,b"], "--shape"),
+    (["--pattern", "ew", "--sparsity", "0.5", "--shape", "0,5"], "--shape"),
+    (["--pattern", "ew", "--sparsity", "0.5", "--seed", "-1"], "--seed"),
+    (["--pattern", "all", "--sparsity", "0.5"], "--out"),  # --out with all
+    (["--weights", "{d}/missing.npy", "--pattern", "ew", "--sparsity", "0.5"], "--weights"),
+    (["--weights", "{d}/text.npy", "--pattern", "ew", "--sparsity", "0.5"], "--weights"),
+    (["--weights", "{d}/archive.npz", "--pattern", "ew", "--sparsity", "0.5"], "--weights"),
+    (["--weights", "{d}/vector.npy", "--pattern", "ew", "--sparsity", "0.5"], "--weights"),
+    (["--weights", "{d}/ints.npy", "--pattern", "ew", "--sparsity", "0.5"], "--weights"),
+    (["--weights", "{d}/nan.npy", "--pattern", "ew", "--sparsity", "0.5"], "--weights"),
+    (["--weights", W, "--shape", "4,8", "--pattern", "ew", "--sparsity", "0.5"], "--shape"),
+    (["--weights", W, "--seed", "3", "--pattern", "ew", "--sparsity", "0.5"], "--seed"),
     (["--weights", W, "--importance", "{d}/neg.npy", "--pattern", "ew", "--sparsity", "0.5"],
-     "importance"),
+     "--importance"),
     (["--weights", W, "--importance", "{d}/wrong_shape.npy", "--pattern", "tw",
-      "--sparsity", "0.5"], "importance"),
+      "--sparsity", "0.5"], "--importance"),
     (["--weights", W, "--importance", "{d}/missing.npy", "--pattern", "ew", "--sparsity", "0.5"],
-     "importance"),
+     "--importance"),
 ]  # fmt: skip
 
 
@@ -147,7 +147,7 @@ def test_out_into_a_missing_folder_is_an_error(tmp_path, capsys):
     argv = ["prune", "--pattern", "ew", "--sparsity", "0.5", "--shape", "8,8"]
     assert main([*argv, "--out", str(out_path)]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("tvwsim prune: error: out: ")
+    assert captured.err.startswith("tvwsim prune: error: --out: ")
     assert not out_path.parent.exists()
 
 
@@ -155,3 +155,28 @@ def test_missing_required_arguments_exit_2():
     with pytest.raises(SystemExit) as err:
         main(["prune", "--pattern", "ew"])
     assert err.value.code == 2
+
+
+def test_mask_file_has_the_normal_mode_and_any_name(tmp_path, capsys):
+    import os
+    import stat
+
+    argv = ["prune", "--pattern", "tw", "--sparsity", "0.5", "--shape", "64,32", "--tile", "16"]
+    old = os.umask(0o022)
+    try:
+        assert main([*argv, "--out", str(tmp_path / "mask.npy")]) == 0
+        assert main([*argv, "--out", str(tmp_path / "mask")]) == 0  # no .npy added
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    for name in ("mask.npy", "mask"):
+        path = tmp_path / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert np.load(path).shape == (64, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask", "mask.npy"]
+
+
+def test_a_comma_list_prunes_those_patterns_and_says_which_it_skips(capsys):
+    assert main(["prune", "--pattern", "tw,vw,bw", "--sparsity", "0.75", "--shape", "64,64"]) == 0
+    out = capsys.readouterr().out
+    assert set(_rows(out)) == {"tw", "bw"} and "skipped vw: needs a sparsity of exactly 0.5" in out

@@ -117,7 +117,7 @@ def test_weights_file_is_pruned(tmp_path, capsys):
     assert code == 0 and json.loads(out)["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_tile_warps_stages_and_policy_reach_the_kernel(capsys):
+def test_config_warps_stages_and_policy_reach_the_kernel(capsys):
     code, out, _ = run(
         capsys,
         "simulate",
@@ -126,7 +126,7 @@ def test_tile_warps_stages_and_policy_reach_the_kernel(capsys):
         "tw",
         "--sparsity",
         "0.75",
-        "--tile",
+        "--config",
         "64x64x32",
         "--warps",
         "2",
@@ -154,9 +154,9 @@ def test_tile_warps_stages_and_policy_reach_the_kernel(capsys):
         (["--sparsity", "1.5"], "--sparsity"),
         (["--policy", "random"], "--policy"),
         (["--pattern", "xw"], "--pattern"),
-        (["--tile", "128x128"], "--tile"),
-        (["--tile", "128x128x64", "--stages", "4", "--hw", "rtx3090"], "shared memory"),
-        (["--tile", "256x256x32"], "registers"),
+        (["--config", "128x128"], "--config"),
+        (["--config", "128x128x64", "--stages", "4", "--hw", "rtx3090"], "shared memory"),
+        (["--config", "256x256x32"], "registers"),
         (["--warps", "3"], "--warps"),
         (["--manifest", "missing.json"], "--manifest"),
     ],
@@ -190,7 +190,7 @@ def test_tile_too_big_says_by_how_much(capsys):
         "512,768,512",
         "--pattern",
         "dense",
-        "--tile",
+        "--config",
         "128x128x64s4w4",
     )
     assert code == 2
@@ -251,4 +251,106 @@ def test_timeline_bad_input(tmp_path, capsys, monkeypatch, extra, needle):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "timeline", *SMALL, "--pattern", "tw", "--sparsity", "0.75", *extra)
     assert code == 2 and needle in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- size guard -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "shape, unit",
+    [("4096,1000000000,768", "TiB"), ("1000000000,3072,768", "GiB")],
+)
+def test_a_shape_too_large_is_refused_before_any_work(capsys, shape, unit):
+    argv = ["simulate", "--hw", "a100", "--shape", shape, "--pattern", "tw", "--sparsity", "0.75"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("tvwsim simulate: error: --shape: ") and len(err.splitlines()) == 1
+    # The estimate, the limit and the way past, in one line.
+    assert unit in err and "limit" in err and "million simulation events" in err
+    assert "--force" in err and "Traceback" not in err
+
+
+def test_force_goes_past_the_guard(capsys, monkeypatch):
+    monkeypatch.setattr("tvwsim.sim.cost.EVENTS_LIMIT", 50)
+    argv = ["simulate", *SMALL, "--pattern", "tw", "--sparsity", "0.75", "--json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "--shape" in err and "limit about 50" in err
+    code, out, err = run(capsys, *argv, "--force")
+    assert code == 0 and json.loads(out)["pattern"] == "tw"
+
+
+# -- the effective hardware is in every output --------------------------------------------------
+def test_overrides_are_named_in_text_json_and_table(capsys):
+    overrides = ["--set", "sm_count=216", "--set", "l2_bytes=83886080"]
+    label = "a100 (sm_count=216, l2_bytes=83886080)"
+    _, text, _ = run(capsys, "simulate", *SMALL, "--pattern", "dense", *overrides)
+    assert text.splitlines()[0].startswith(f"{label} (NVIDIA A100")
+    _, table, _ = run(
+        capsys, "simulate", *SMALL, "--pattern", "all", "--sparsity", "0.75", *overrides
+    )
+    assert table.splitlines()[0].startswith(f"{label}: M=512")
+    _, out, _ = run(capsys, "simulate", *SMALL, "--pattern", "dense", "--json", *overrides)
+    data = json.loads(out)
+    assert data["hardware"] == label
+    assert data["hardware_overrides"] == {"sm_count": 216, "l2_bytes": 83886080}
+    fields = data["hardware_fields"]
+    assert fields["sm_count"] == 216 and fields["l2_bytes"] == 83886080
+    assert fields["clock_mhz"] == 1410.0 and fields["description"].startswith("NVIDIA A100")
+    _, out, _ = run(capsys, "simulate", *SMALL, "--pattern", "dense", "--json")
+    plain = json.loads(out)
+    assert plain["hardware"] == "a100" and plain["hardware_overrides"] == {}
+    _, out, _ = run(
+        capsys, "simulate", *SMALL, "--pattern", "tw,vw", "--sparsity", "0.75", "--json", *overrides
+    )
+    several = json.loads(out)
+    assert several["hardware"] == label and several["hardware_fields"]["sm_count"] == 216
+    assert {r["hardware"] for r in several["results"]} == {label}
+
+
+def test_timeline_names_the_effective_hardware(capsys, tmp_path):
+    out_png = tmp_path / "t.png"
+    argv = ["timeline", *SMALL, "--pattern", "tw", "--sparsity", "0.75", "--out", str(out_png)]
+    code, out, _ = run(capsys, *argv, "--set", "sm_count=16")
+    assert code == 0 and out.startswith(f"wrote {out_png}: a100 (sm_count=16), ")
+
+
+# -- files get the normal mode ------------------------------------------------------------------
+def test_timeline_picture_has_the_normal_file_mode(capsys, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out_png = tmp_path / "t.png"
+        argv = ["timeline", *SMALL, "--pattern", "dense", "--out", str(out_png)]
+        assert run(capsys, *argv)[0] == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out_png.stat().st_mode) == 0o644
+
+
+# -- patterns ------------------------------------------------------------------------------------
+def test_ew_is_not_labelled_as_an_mma(capsys):
+    _, out, _ = run(capsys, "simulate", *SMALL, "--pattern", "ew", "--sparsity", "0.75")
+    kernel = next(line for line in out.splitlines() if line.startswith("kernel"))
+    assert "CUDA cores" in kernel and "mma" not in kernel
+    _, out, _ = run(capsys, "simulate", *SMALL, "--pattern", "all", "--sparsity", "0.75")
+    ew = next(line for line in out.splitlines() if line.startswith("ew "))
+    tw = next(line for line in out.splitlines() if line.startswith("tw "))
+    assert "(CUDA cores)" in ew and "CUDA" not in tw
+
+
+def test_a_comma_list_of_patterns_is_one_table_with_dense_as_baseline(capsys):
+    code, out, _ = run(capsys, "simulate", *SMALL, "--pattern", "tw,vw", "--sparsity", "0.75")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()[3:-1]]
+    assert [(r[0], r[1]) for r in rows] == [("dense", "0"), ("tw", "0.75"), ("vw", "0.5")]
+    assert rows[0][6] == "1.00x"
+
+
+@pytest.mark.parametrize("pattern", ["all", "tw,tvw"])
+def test_timeline_takes_exactly_one_pattern(capsys, tmp_path, pattern):
+    argv = ["timeline", *SMALL, "--pattern", pattern, "--sparsity", "0.75"]
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "t.png"))
+    assert code == 2 and err.startswith("tvwsim timeline: error: --pattern: ")
+    assert "one of dense, ew, bw, vw, tw, tvw" in err
     assert list(tmp_path.iterdir()) == []

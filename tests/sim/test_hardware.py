@@ -15,6 +15,7 @@ from tvwsim.sim.presets import (
     SHIPPED_DIR,
     find_preset_files,
     hardware_fields,
+    hardware_record,
     list_presets,
     load_preset,
     parse_overrides,
@@ -149,6 +150,43 @@ def test_overrides_describe_hypothetical_hardware():
     assert off.has_cp_async is False and off.description == "no cp.async"
     none = load_preset("a100", {"sparse_tflop_ratio": "0"})
     assert not none.has_sparse_tensor_cores
+
+
+def test_overrides_are_recorded_and_named_in_the_label():
+    base = load_preset("a100")
+    assert base.overrides == () and base.label == "a100"
+    hw = load_preset("a100", parse_overrides(["sm_count=216", "clock_mhz=1500", "has_cp_async=no"]))
+    # Normalised values, in the order given: what every output prints after the name.
+    assert hw.overrides == (("sm_count", 216), ("clock_mhz", 1500.0), ("has_cp_async", False))
+    assert hw.label == "a100 (sm_count=216, clock_mhz=1500, has_cp_async=false)"
+    assert hw.name == "a100"  # the preset's name stays what finds its file
+    # A second round of overrides adds to the record; a changed field keeps its place.
+    again = hw.with_overrides({"clock_mhz": "1200", "l2_bytes": "83886080"})
+    assert (
+        again.label == "a100 (sm_count=216, clock_mhz=1200, has_cp_async=false, l2_bytes=83886080)"
+    )
+    # Hardware that differs only in its overrides record is not the same hardware label.
+    assert load_preset("a100", {"sm_count": "108"}).label == "a100 (sm_count=108)"
+
+
+def test_overrides_cannot_be_set_from_a_file_or_the_command_line(tmp_path, monkeypatch):
+    with pytest.raises(InputError) as info:
+        load_preset("a100", {"overrides": "x"})
+    assert info.value.argument == "--set"
+    (tmp_path / "sneaky.toml").write_text('base = "a100"\noverrides = []\n')
+    monkeypatch.setenv(PATH_ENV, str(tmp_path))
+    with pytest.raises(InputError) as info:
+        load_preset("sneaky")
+    assert info.value.argument == "sneaky.toml: overrides"
+
+
+def test_hardware_record_has_every_effective_field():
+    hw = load_preset("h100", {"sm_count": "256"})
+    record = json.loads(json.dumps(hardware_record(hw)))
+    assert record["hardware_overrides"] == {"sm_count": 256}
+    assert set(record["hardware_fields"]) == set(hardware_fields())
+    assert record["hardware_fields"]["sm_count"] == 256
+    assert record["hardware_fields"]["clock_mhz"] == hw.clock_mhz
 
 
 @pytest.mark.parametrize(
@@ -302,6 +340,7 @@ def test_cli_hw_list(capsys):
 def test_cli_hw_show_text_and_json(capsys):
     assert main(["hw", "show", "a100", "--set", "sm_count=216"]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("a100 (sm_count=216): NVIDIA A100")
     assert re.search(r"^ \*sm_count\s+216$", out, re.MULTILINE)
     assert "dense_peak_tflops" in out and "source:" in out
     assert main(["hw", "show", "h100", "--json", "--set", "sparse_tflop_ratio=4"]) == 0
@@ -310,9 +349,32 @@ def test_cli_hw_show_text_and_json(capsys):
         "sparse_tflop_ratio": 4.0
     }
     assert set(hardware_fields()) <= set(record)
+    assert record["label"] == "h100 (sparse_tflop_ratio=4)"
     assert record["derived"]["sparse_peak_tflops"] == pytest.approx(
         4 * record["derived"]["dense_peak_tflops"]
     )
+
+
+def test_cli_hw_show_says_whether_the_efficiencies_were_fitted(capsys, tmp_path, monkeypatch):
+    assert main(["hw", "show", "a100"]) == 0
+    shipped = capsys.readouterr().out
+    heading = next(line for line in shipped.splitlines() if line.startswith("efficiency"))
+    assert "assumed" in heading and "not fitted" in heading
+    (tmp_path / "a100-fit.toml").write_text(
+        'base = "a100"\nmma_efficiency_dense = 0.8\n[extra.calibration]\nrows = 12\n'
+    )
+    monkeypatch.setenv(PATH_ENV, str(tmp_path))
+    assert main(["hw", "show", "a100-fit"]) == 0
+    fitted = capsys.readouterr().out
+    heading = next(line for line in fitted.splitlines() if line.startswith("efficiency"))
+    assert "fitted to measurements" in heading and "assumed" not in heading
+
+
+def test_shipped_preset_files_do_not_claim_fitted_efficiencies():
+    for preset in SHIPPED:
+        text = (SHIPPED_DIR / f"{preset}.toml").read_text()
+        heading = next(line for line in text.splitlines() if "efficiency parameters" in line)
+        assert "not fitted" in heading, preset
 
 
 @pytest.mark.parametrize(

@@ -35,3 +35,39 @@ def parse_sparsity_list(name: str, text: str) -> list[float]:
     if not values:
         raise InputError(name, f"got {text!r}; a comma list of numbers in (0, 1)")
     return values
+
+
+def parse_patterns(
+    name: str, text: str, *, allowed: tuple[str, ...] | None = None, several: bool = True
+) -> list[str]:
+    """`--pattern`: one pattern, or (when `several`) a comma list or 'all' of `allowed`.
+
+    Every command spells it the same way; `allowed` defaults to every pattern of the
+    registry, in its order. Repeats are dropped; the order given is kept.
+    """
+    from tvwsim.pattern_spec import PATTERN_NAMES
+
+    allowed = PATTERN_NAMES if allowed is None else allowed
+    if several:
+        wanted = f"allowed: {', '.join(allowed)}, a comma list of them, or all"
+    else:
+        wanted = f"this command takes one of {', '.join(allowed)}"
+    text = str(text).strip()
+    names = list(allowed) if several and text == "all" else [p.strip() for p in text.split(",")]
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names or any(n not in allowed for n in names) or (not several and len(names) > 1):
+        raise InputError(name, f"got {text!r}; {wanted}")
+    return names
+
+
+def parse_sparsity(name: str, text: str | None) -> float | None:
+    """One sparsity in [0, 1) (None when not given)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(name, f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise InputError(name, f"must be in [0, 1), got {text!r}")
+    return value

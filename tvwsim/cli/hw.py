@@ -133,6 +133,7 @@ def _show(args: argparse.Namespace) -> int:
     derived = _derived(hardware)
     if args.json:
         record = {
+            "label": hardware.label,
             **fields,
             "extra": hardware.extra,
             "derived": derived,
@@ -143,11 +144,11 @@ def _show(args: argparse.Namespace) -> int:
         return 0
 
     origin = "shipped" if preset.shipped else "user"
-    print(f"{hardware.name}: {hardware.description}")
+    print(f"{hardware.label}: {hardware.description}")
     print(f"file: {preset.path} ({origin})")
     for key, value in fields.items():
         if key in _GROUPS:
-            print(f"\n{_GROUPS[key]}")
+            print(f"\n{_heading(key, hardware)}")
         if key in ("name", "description", "source"):
             continue
         mark = "*" if key in overrides else " "
@@ -168,8 +169,20 @@ _GROUPS = {
     "sm_count": "compute (rates per SM per SM clock cycle)",
     "smem_per_sm_bytes": "on-chip resources",
     "l2_bytes": "memory system",
-    "dram_efficiency": "efficiency parameters (fitted by calibration)",
+    "dram_efficiency": "efficiency parameters",
 }
+CALIBRATED = "fitted to measurements by tvwsim calibrate: see [extra.calibration]"
+ASSUMED = "assumed first guesses, not fitted; tvwsim calibrate fits them to measurements"
+
+
+def _heading(key: str, hardware) -> str:
+    """A group's heading; the efficiency group says whether its values were fitted."""
+    if key != "dram_efficiency":
+        return _GROUPS[key]
+    fitted = "calibration" in hardware.extra
+    return f"{_GROUPS[key]} ({CALIBRATED if fitted else ASSUMED})"
+
+
 _UNITS = {"_mhz": "MHz", "_gbps": "GB/s", "_cycles": "cycles", "_us": "us"}
 
 
@@ -177,7 +190,9 @@ def _field_values(hardware) -> dict[str, object]:
     import dataclasses
 
     return {
-        f.name: getattr(hardware, f.name) for f in dataclasses.fields(hardware) if f.name != "extra"
+        f.name: getattr(hardware, f.name)
+        for f in dataclasses.fields(hardware)
+        if f.name not in ("extra", "overrides")
     }
 
 

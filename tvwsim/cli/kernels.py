@@ -1,7 +1,7 @@
 """`tvwsim kernels ...`: build the CUDA kernels and check them on a GPU.
 
     tvwsim kernels list                       # the shipped variants and their shared memory
-    tvwsim kernels build [--arch sm_80,sm_90] [--out build/kernels] [--jobs N]
+    tvwsim kernels build [--arch sm_80,sm_90] [--build-dir build/kernels] [--jobs N]
     tvwsim kernels check [--quick] [--build-dir build/kernels]
 
 `build` needs only nvcc (no GPU): it writes one cubin per (pattern, config, arch) and the
@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from tvwsim.cli.args import parse_patterns
 from tvwsim.errors import InputError
 
 
@@ -46,9 +47,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     b.add_argument("--arch", default="sm_80,sm_90", help="comma-separated (default sm_80,sm_90)")
-    b.add_argument("--out", default="build/kernels", metavar="DIR", help="(default build/kernels)")
+    b.add_argument(
+        "--build-dir",
+        default="build/kernels",
+        metavar="DIR",
+        help="where the cubins and manifest.json go, the folder `kernels check` and "
+        "`validate` read with --build-dir (default build/kernels)",
+    )
     b.add_argument("--jobs", metavar="N", help="parallel nvcc jobs (default: CPU count)")
-    b.add_argument("--pattern", action="append", metavar="P", help="only this pattern (repeatable)")
+    b.add_argument(
+        "--pattern",
+        metavar="P",
+        help="only these patterns: one, a comma list of them, or all (the default)",
+    )
     b.set_defaults(func=run_build)
 
     c = sub.add_parser(
@@ -94,12 +105,15 @@ def run_build(args: argparse.Namespace) -> int:
             jobs = 0
         if jobs < 1:
             raise InputError("--jobs", f"must be a positive integer, got {args.jobs!r}")
-    variants = kbuild.selected_variants(args.pattern)
+    patterns = None
+    if args.pattern is not None:
+        patterns = parse_patterns("--pattern", args.pattern, allowed=tuple(kbuild.VARIANTS))
+    variants = kbuild.selected_variants(patterns)
     start = time.perf_counter()
     try:
         manifest = kbuild.build(
             archs,
-            args.out,
+            args.build_dir,
             variants=variants,
             jobs=jobs or os.cpu_count() or 1,
             progress=lambda line: print(line, flush=True),
@@ -110,7 +124,8 @@ def run_build(args: argparse.Namespace) -> int:
     spilling = [k for k in manifest.kernels if k.spill_store_bytes or k.spill_load_bytes]
     print(
         f"built {len(variants) * len(archs)} kernels for {', '.join(archs)} in "
-        f"{time.perf_counter() - start:.1f} s -> {os.path.join(args.out, kbuild.MANIFEST_NAME)}"
+        f"{time.perf_counter() - start:.1f} s -> "
+        f"{os.path.join(args.build_dir, kbuild.MANIFEST_NAME)}"
     )
     if spilling:
         names = ", ".join(f"{k.pattern} {k.config} {k.arch}" for k in spilling)

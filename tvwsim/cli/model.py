@@ -2,7 +2,7 @@
 
     tvwsim model bert-base --hw a100 --sparsity 0.75
     tvwsim model resnet50 --hw h100 --batch 8 --sparsity 0.5,0.75,0.875 --plot resnet.png
-    tvwsim model vgg16 --hw a100 --patterns dense,tw,tvw --policy longest-first --csv
+    tvwsim model vgg16 --hw a100 --pattern dense,tw,tvw --policy longest-first --csv
     tvwsim model gnmt --hw a100 --batch 16 --json
 
 The model is a workload catalog (traces/workloads/, `tvwsim.traces.catalog`); every GEMM is
@@ -13,8 +13,9 @@ vgg16 <- VGG-16, resnet50 <- half-width ResNet-50) the sparse structure follows 
 scaled to the full-size shapes (`tvwsim.sim.model_traces`, `tvwsim.sim.trace_work`); elsewhere the
 weights are seeded random. The output says which, per GEMM.
 
-The command lives in validate/ because it reads the traces (tvwsim.traces.trace_files); sim stays
-free of validate imports. See docs/whole-models.md.
+Before any work the memory and simulation events are estimated (`tvwsim.sim.cost`); a
+model too large for this machine is refused with the estimate unless --force is given.
+See docs/whole-models.md.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from tvwsim.cli.args import parse_int, parse_sparsity_list
+from tvwsim.cli.args import parse_int, parse_patterns, parse_sparsity_list
+from tvwsim.cli.progress import add_progress_argument, progress_bar
+from tvwsim.cli.simulate import add_force_argument, add_hardware_arguments
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import PATTERN_NAMES
+from tvwsim.schedule import POLICIES
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-DEFAULT_PATTERNS = "dense,ew,bw,vw,tw,tvw"
+DEFAULT_PATTERNS = "all"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "name", metavar="MODEL", help="workload catalog: bert-base, vgg16, ... or a .toml"
     )
-    p.add_argument("--hw", required=True, metavar="NAME", help="hardware preset (tvwsim hw list)")
+    add_hardware_arguments(p)
     p.add_argument("--batch", default="1", metavar="B", help="batch size (default 1)")
     p.add_argument(
         "--seq", default="128", metavar="S", help="sequence length, for models that have one (128)"
@@ -61,16 +64,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="target sparsity, or a comma list (default 0.75); vw always runs at 0.5",
     )
     p.add_argument(
-        "--patterns",
+        "--pattern",
         default=DEFAULT_PATTERNS,
         metavar="P",
-        help=f"comma list of patterns (default {DEFAULT_PATTERNS}); dense always runs",
+        help=f"{', '.join(PATTERN_NAMES)}, a comma list of them, or all (the default); "
+        "dense always runs (the baseline)",
     )
     p.add_argument(
         "--policy",
         default="natural",
         metavar="POLICY",
-        help="tile order: natural, longest-first or split (default natural)",
+        help=f"tile order: {', '.join(POLICIES)} (default natural)",
     )
     p.add_argument(
         "--trace",
@@ -80,20 +84,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "random weights) or a .json.gz trace file",
     )
     p.add_argument("--seed", default="0", metavar="N", help="seed of random weights and draws (0)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a hardware field, e.g. --set sm_count=216 (repeatable)",
-    )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     out.add_argument("--csv", action="store_true", help="print CSV rows (GEMM x run) instead")
     p.add_argument(
-        "--plot", metavar="FILE.png", help="also draw end-to-end speedup per pattern and sparsity"
+        "--plot",
+        metavar="FILE",
+        help=f"also draw end-to-end speedup per pattern and sparsity ({', '.join(PLOT_SUFFIXES)})",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_force_argument(p)
+    add_progress_argument(p)
     p.set_defaults(func=run_model)
 
 
@@ -115,25 +115,10 @@ def _check_plot(path: str | None) -> Path | None:
     return out
 
 
-def _progress(total: int, disabled: bool):
-    """A tqdm bar on stderr (None when disabled); off when stderr is not a terminal."""
-    if disabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError as err:
-        raise InputError(
-            "progress",
-            "the progress bar needs tqdm, a core dependency of tvwsim; reinstall it "
-            "(pip install -e .) or pass --no-progress",
-        ) from err
-    return tqdm(total=total, unit="gemm", file=sys.stderr, disable=None, leave=False)
-
-
 def run_model(args: argparse.Namespace) -> int:
     from tvwsim.config import default_config
-    from tvwsim.schedule import POLICIES
     from tvwsim.sim import model as sim_model
+    from tvwsim.sim.cost import check_cost, model_cost
     from tvwsim.sim.model_traces import load_mapping
     from tvwsim.sim.presets import load_preset, parse_overrides
     from tvwsim.traces.catalog import load_workload
@@ -144,7 +129,7 @@ def run_model(args: argparse.Namespace) -> int:
     seed_text = str(args.seed).strip()
     if not seed_text.isdigit():
         raise InputError("--seed", f"must be a non-negative integer, got {args.seed!r}")
-    patterns = [p.strip() for p in str(args.patterns).split(",") if p.strip()]
+    patterns = parse_patterns("--pattern", args.pattern)
     runs = sim_model.model_runs(patterns, parse_sparsity_list("--sparsity", args.sparsity))
     if args.policy not in POLICIES:
         raise InputError("--policy", f"got {args.policy!r}; allowed: {', '.join(POLICIES)}")
@@ -154,19 +139,17 @@ def run_model(args: argparse.Namespace) -> int:
     # A CNN's shapes do not depend on --seq; then the output does not print it.
     seq_used = load_workload(args.name, batch=batch, seq=seq + 1).gemms != workload.gemms
     mapping = load_mapping(workload, args.trace)
+    if not args.force:
+        cost = model_cost(workload, runs, traced=mapping is not None)
+        what = f"{workload.name} at batch {batch}" + (f", seq {seq}" if seq_used else "")
+        check_cost(cost, argument="MODEL", what=what)
     configs = {run.pattern: default_config(run.pattern) for run in runs}
 
     notes = mapping.notes(runs, configs) if mapping is not None else []
     if mapping is None and args.trace == "auto":
         notes.append(f"note: {workload.name} has no real-weight trace in its family")
-    bar = _progress(len(runs) * len(workload.gemms), args.no_progress)
-
-    def step(label: str) -> None:
-        if bar is not None:
-            bar.set_postfix_str(label, refresh=False)
-            bar.update(1)
-
-    try:
+    steps = len(runs) * len(workload.gemms)
+    with progress_bar(steps, "gemm", enabled=not args.no_progress) as step:
         result = sim_model.simulate_model(
             workload,
             hw,
@@ -178,16 +161,13 @@ def run_model(args: argparse.Namespace) -> int:
             trace_label=mapping.label if mapping is not None else None,
             notes=notes,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     if not seq_used:
         result = dataclasses.replace(result, seq=None)
 
     if plot is not None:
-        _write_plot(result, plot)
+        sim_model.draw_speedup_plot(result, plot)
     if args.json:
-        print(json.dumps(sim_model.to_json(result)))
+        print(json.dumps(sim_model.to_json(result, hw)))
     elif args.csv:
         sys.stdout.write(sim_model.to_csv(result))
     else:
@@ -199,18 +179,3 @@ def run_model(args: argparse.Namespace) -> int:
         if plot is not None:
             print(f"wrote {plot}")
     return 0
-
-
-def _write_plot(result, out: Path) -> None:
-    """Draw into a temporary file beside the target, then rename: never half a picture."""
-    from tvwsim.sim.model import draw_speedup_plot
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        draw_speedup_plot(result, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

