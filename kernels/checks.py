@@ -29,14 +29,15 @@ from tvwsim.kernels.tile_work import tile_work
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import pattern_spec
 
 REL_TOLERANCE = 1e-2
 """max |Y_gpu - Y_twin| / max |Y_twin| allowed. fp16 output rounding alone gives up to
 2^-11 relative to an element, so a layout or indexing bug shows up orders of magnitude
 above this while honest rounding stays far below."""
 
-SPARSITY = {"dense": 0.0, "vw": 0.5, "tw": 0.75, "bw": 0.75, "tvw": 0.75}
-"""Sparsity each pattern is checked at (vw is 2:4 by definition)."""
+CHECK_SPARSITY = 0.75
+"""Sparsity each pattern is checked at; fixed-sparsity patterns at their own (vw 0.5)."""
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,9 @@ def check_cases(quick: bool = False) -> list[CheckCase]:
             ]
             for j, ((m, n, k), policy) in enumerate(plan):
                 cases.append(CheckCase(pattern, config, m, n, k, policy, seed=100 * i + j))
-            if pattern in ("tw", "tvw"):
+            if pattern_spec(pattern).tiled:
                 cases.append(CheckCase(pattern, config, 70, 300, 300, "split", seed=7, edge=True))
     return cases
-
-
-def _skewed_weight(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """Gaussian scaled by log-normal row and column factors: uneven kept-K per tile."""
-    rows = np.exp(rng.normal(0.0, 0.5, (n, 1)))
-    cols = np.exp(rng.normal(0.0, 0.5, (1, k)))
-    return (rng.standard_normal((n, k)) * rows * cols).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -126,22 +120,23 @@ def _edge_encoding(case: CheckCase, weight: np.ndarray):
 
     rng = np.random.default_rng(case.seed)
     g = case.config.bm
+    nm = pattern_spec(case.pattern).nm
     rows = np.sort(rng.choice(case.n, size=min(3 * case.n // 4, 2 * g + g // 2), replace=False))
     tiles = -(-rows.size // g)
     kept = []
     for t in range(tiles):
         count = 0 if t == 1 else int(rng.integers(1, case.k))
-        if case.pattern == "tvw":
-            count -= count % 4  # whole 2:4 groups of the pruner's list
+        if nm is not None:
+            count -= count % nm[1]  # whole n:m groups of the pruner's list
         kept.append(np.sort(rng.choice(case.k, size=count, replace=False)).astype(np.int32))
     mask = np.zeros((case.n, case.k), dtype=bool)
     for t, cols in enumerate(kept):
         tile_rows = rows[t * g : (t + 1) * g]
-        if case.pattern == "tvw":
-            # 2 of every aligned 4 of the tile's list, per row.
+        if nm is not None:
+            # n of every aligned m of the tile's list, per row.
             for r in tile_rows:
-                groups = cols.reshape(-1, 4)
-                pick = np.argsort(rng.random(groups.shape), axis=1)[:, :2]
+                groups = cols.reshape(-1, nm[1])
+                pick = np.argsort(rng.random(groups.shape), axis=1)[:, : nm[0]]
                 mask[r, np.take_along_axis(groups, pick, 1).ravel()] = True
         else:
             mask[np.ix_(tile_rows, cols)] = True
@@ -150,29 +145,30 @@ def _edge_encoding(case: CheckCase, weight: np.ndarray):
 
 
 def make_case_inputs(case: CheckCase):
-    """(encoded weight, X, schedule) of a check case (seeded: the same case, same data)."""
-    from tvwsim.kernels.formats import encode
-    from tvwsim.kernels.patterns import prune_with_layout
+    """(encoded weight, X, schedule) of a check case (seeded: the same case, same data).
+
+    The weight is the project's one synthetic weight (skewed rows and columns: uneven
+    kept-K per tile), prepared by `prepare_weight` like every other caller's.
+    """
+    from tvwsim.kernels.prepare import prepare_weight, synthetic_weight
 
     from tvwsim.schedule import build_schedule
 
-    rng = np.random.default_rng(case.seed)
-    weight = _skewed_weight(rng, case.n, case.k)
+    weight = synthetic_weight(case.n, case.k, seed=case.seed)
     if case.edge:
         encoded, _ = _edge_encoding(case, weight)
+        work = tile_work(encoded)
     else:
-        pruned = prune_with_layout(
-            weight, case.pattern, SPARSITY[case.pattern], tile=case.config.bm, block=32
-        )
-        encoded = encode(
-            weight, pruned.mask, case.pattern, case.config, layout=pruned.layout, block=32
-        )
-    x = rng.standard_normal((case.m, case.k)).astype(np.float32)
+        sparsity = pattern_spec(case.pattern).sparsity_for(CHECK_SPARSITY)
+        prepared = prepare_weight(weight, case.pattern, sparsity, case.config, block=32)
+        encoded, work = prepared.encoded, prepared.work
+    # Another stream than the weight's: X must not repeat W's first draws.
+    x = np.random.default_rng([case.seed, 1]).standard_normal((case.m, case.k))
+    x = x.astype(np.float32)
     if case.policy == "forced-split":
-        natural = build_schedule(tile_work(encoded), case.m, "natural")
+        natural = build_schedule(work, case.m, "natural")
         return encoded, x, force_split(natural.tasks, case.config.bk)
-    schedule = build_schedule(tile_work(encoded), case.m, case.policy)
-    return encoded, x, schedule
+    return encoded, x, build_schedule(work, case.m, case.policy)
 
 
 def force_split(tasks: np.ndarray, bk: int, pieces: int = 3) -> np.ndarray:

@@ -207,8 +207,8 @@ def test_cli_pattern_choices_are_the_registry(argv, expected, capsys):
     assert _allowed(argv, capsys) == list(expected)
 
 
-def test_cli_kernel_patterns_are_the_registry(capsys, tmp_path):
-    argv = ["kernels", "build", "--arch", "sm_90", "--out", str(tmp_path), "--pattern", "ew"]
+def test_cli_kernel_patterns_are_the_registry(capsys):
+    argv = ["kernels", "build", "--arch", "sm_90", "--pattern", "ew"]  # refused before nvcc
     assert sorted(_allowed(argv, capsys)) == sorted(KERNEL_PATTERNS)
 
 
