@@ -8,17 +8,17 @@ from tvwsim.kernels.patterns import prune, prune_with_layout
 from tvwsim.kernels.prepare import synthetic_weight
 
 from tvwsim.cli import main
+from tvwsim.pattern_spec import PATTERN_NAMES, pattern_spec
 
 HEADER = "pattern  achieved  kept rows  tiles"
 
 
 def _rows(out: str) -> dict[str, list[str]]:
     """Table rows keyed by pattern name."""
-    names = ("dense", "ew", "bw", "vw", "tw", "tvw")
     return {
         line.split()[0]: line.split()[1:]
         for line in out.splitlines()
-        if line.split() and line.split()[0] in names
+        if line.split() and line.split()[0] in PATTERN_NAMES
     }
 
 
@@ -38,7 +38,7 @@ def test_all_patterns_table_on_the_synthetic_weight(capsys):
         assert int(cells[1]) == int(result.mask.any(axis=1).sum())
         retained = np.abs(w)[result.mask].sum(dtype=np.float64) / np.abs(w).sum(dtype=np.float64)
         assert float(cells[-1]) == pytest.approx(retained, abs=5e-5)
-        if name in ("tw", "tvw"):
+        if pattern_spec(name).tiled:
             counts = result.layout.kept_k_counts()
             assert int(cells[2]) == result.layout.n_tiles
             assert int(cells[3]) == counts.min() and int(cells[5]) == counts.max()

@@ -32,6 +32,7 @@ from tvwsim.kernels.formats import (
 
 from tvwsim.errors import InputError
 from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
+from tvwsim.pattern_spec import TILED_PATTERNS, pattern_spec
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -47,7 +48,7 @@ class Layout:
 
 
 def config_for(pattern: str, bm: int = 32, bk: int | None = None) -> KernelConfig:
-    if pattern in ("vw", "tvw"):
+    if pattern_spec(pattern).sparse_mma:
         return KernelConfig(bm=bm, bk=bk or 64, mma="sparse")
     return KernelConfig(bm=bm, bk=bk or 16)
 
@@ -129,7 +130,7 @@ def test_round_trip_decode_equals_fp16_masked_weight(pattern, shape, density, se
     np.testing.assert_array_equal(decoded, fp16_masked(weight, mask))
 
 
-@pytest.mark.parametrize("pattern", ["tw", "tvw"])
+@pytest.mark.parametrize("pattern", TILED_PATTERNS)
 @SETTINGS
 @given(shape=shapes, density=densities, seed=seeds, thin=st.booleans())
 def test_round_trip_with_layout_keeps_the_layout_exactly(pattern, shape, density, seed, thin):
@@ -210,7 +211,7 @@ def test_buffers_dtypes_and_byte_counts(pattern, shape, density, seed):
         assert not array.flags.writeable, name
         if name not in ("values", "metadata"):
             assert array.dtype == np.int32, name
-    if pattern in ("vw", "tvw"):
+    if pattern_spec(pattern).sparse_mma:
         assert buffers["metadata"].dtype == np.uint32
         assert counts.metadata_bytes == buffers["metadata"].nbytes
     else:
@@ -331,7 +332,7 @@ def _assert_legal_nibbles(words: np.ndarray) -> None:
     assert np.isin(nibbles, LEGAL_NIBBLES).all()
 
 
-@pytest.mark.parametrize("pattern", ["tw", "tvw"])
+@pytest.mark.parametrize("pattern", TILED_PATTERNS)
 @SETTINGS
 @given(shape=shapes, density=densities, seed=seeds, with_layout=st.booleans())
 def test_tile_layout(pattern, shape, density, seed, with_layout):
@@ -340,9 +341,10 @@ def test_tile_layout(pattern, shape, density, seed, with_layout):
     g = 16
     mask, layout = random_mask(rng, pattern, n, k, density, g=g, thin=True)
     weight = rng.standard_normal((n, k))
-    cfg = config_for(pattern, bm=g, bk=64 if pattern == "tvw" else 16)
+    sparse = pattern_spec(pattern).sparse_mma
+    cfg = config_for(pattern, bm=g, bk=64 if sparse else 16)
     enc = encode(weight, mask, pattern, cfg, layout=layout if with_layout else None)
-    assert isinstance(enc, TileWeight) and enc.sparse == (pattern == "tvw")
+    assert isinstance(enc, TileWeight) and enc.sparse == sparse
     tiles = enc.n_row_tiles
     assert enc.row_map.shape == (tiles * g,) and enc.tile_kept_k.shape == (tiles,)
     surviving = enc.row_map[enc.row_map >= 0]

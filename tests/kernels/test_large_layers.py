@@ -35,6 +35,7 @@ from tvwsim.sim.trace_work import LayerProfile, profile_rng, scaled_mask, scaled
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
 from tvwsim.pattern_spec import PATTERN_NAMES as PATTERNS
+from tvwsim.pattern_spec import PRUNED_PATTERNS, pattern_spec
 from tvwsim.schedule import build_schedule
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -181,12 +182,13 @@ def test_n_of_m_loop_equals_the_padded_vectorised_rank(w, nm):
 
 
 @SETTINGS
-@given(w=weights(), slab=SLABS, pattern=st.sampled_from(PATTERNS[1:]), data=st.data())
+@given(w=weights(), slab=SLABS, pattern=st.sampled_from(PRUNED_PATTERNS), data=st.data())
 def test_scores_read_from_w_equal_a_float64_copy_of_abs_w(w, slab, pattern, data):
     """The default importance is |W| read in place; the old default was this float64
     copy, passed explicitly here. Masks, layouts and achieved sparsity must agree."""
-    s = {"vw": 0.5}.get(pattern) or data.draw(st.sampled_from([0.5, 0.75, 0.9]))
-    kw = {"tile": data.draw(st.sampled_from([4, 16, 128]))} if pattern in ("tw", "tvw") else {}
+    s = pattern_spec(pattern).sparsity_for(data.draw(st.sampled_from([0.5, 0.75, 0.9])))
+    tiled = pattern_spec(pattern).tiled
+    kw = {"tile": data.draw(st.sampled_from([4, 16, 128]))} if tiled else {}
     if pattern == "bw":
         kw = {"block": data.draw(st.sampled_from([2, 5, 32]))}
     with slabs(slab):
@@ -201,7 +203,7 @@ def test_scores_read_from_w_equal_a_float64_copy_of_abs_w(w, slab, pattern, data
 # -- encoders --------------------------------------------------------------------------------
 def _config(pattern: str, bm: int) -> KernelConfig:
     base = default_config(pattern)
-    if pattern in ("tw", "tvw"):
+    if pattern_spec(pattern).tiled:
         return KernelConfig(bm=bm, bn=16, bk=base.bk, warps=1, stages=2, mma=base.mma)
     return base
 

@@ -38,6 +38,7 @@ from tvwsim.traces.trace_files import load_trace
 
 from tvwsim.config import default_config
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import TILED_PATTERNS, pattern_spec
 from tvwsim.schedule import build_schedule
 
 
@@ -60,7 +61,7 @@ def minilm():
 
 def profile_of(trace, layer: str, pattern: str, sparsity: float, tile: int | None = 128):
     lt = trace.layer(layer)
-    entry = lt.entry(pattern, sparsity, tile if pattern in ("tw", "tvw") else None)
+    entry = lt.entry(pattern, sparsity, tile if pattern_spec(pattern).tiled else None)
     return model_sim.profile_from_entry("test trace", lt.name, lt.n, lt.k, entry)
 
 
@@ -140,14 +141,14 @@ def test_profile_checks_its_counts():
 # =====================================================================================
 # sim/trace_work.py: scaling real trace layers
 # =====================================================================================
-@pytest.mark.parametrize("pattern", ["tw", "tvw"])
+@pytest.mark.parametrize("pattern", TILED_PATTERNS)
 def test_same_shape_gives_back_the_trace_kept_k(minilm, pattern):
     """Scaled to its own shape, a trace layer's tiles keep what the real pruning kept."""
     for layer in ("layer0.ffn1", "layer3.ffn2", "layer5.attn.v"):
         p = profile_of(minilm, layer, pattern, 0.75)
         rows, counts = scaled_tile_counts(p, p.n, p.k, 0.75, 128, np.random.default_rng(1))
         assert rows == p.rows_kept
-        granule = 4 if pattern == "tvw" else 1
+        granule = 1 if pattern_spec(pattern).nm is None else pattern_spec(pattern).nm[1]
         got, want = np.sort(counts), np.sort(p.kept_k)
         if p.rows_kept % 128 == 0:
             # equal tiles: each count within one granule of the trace's (the trace is
@@ -160,7 +161,7 @@ def test_same_shape_gives_back_the_trace_kept_k(minilm, pattern):
             assert ratio.max() - ratio.min() <= 2 * (granule + 1) / want.min()
 
 
-@pytest.mark.parametrize("pattern", ["tw", "tvw"])
+@pytest.mark.parametrize("pattern", TILED_PATTERNS)
 def test_bigger_shape_keeps_the_skew(minilm, pattern):
     """MiniLM's FFN2 (384 x 1536) scaled to BERT-base's (768 x 3072): the spread of kept-K
     over the tiles (coefficient of variation) carries over."""

@@ -15,6 +15,7 @@ from tvwsim.traces.real_weights import MODELS, weight_source
 
 from tvwsim.cli import main
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import VALUE_DEPENDENT_PATTERNS, pattern_spec
 
 EXPECTED_LAYERS = {"minilm": 36, "vgg16": 13, "resnet50": 53}
 
@@ -51,7 +52,7 @@ def test_achieved_sparsity_is_close_to_target(committed: dict[str, tr.Trace]) ->
                     assert e.kept == kept_target
                 elif pattern == "bw":
                     assert abs(e.kept - kept_target) <= tr.BLOCK * tr.BLOCK / 2
-                elif pattern in ("tw", "tvw"):
+                elif pattern_spec(pattern).tiled:
                     # within one tile column, or one row when row rounding forced it
                     assert abs(e.kept - kept_target) <= max(tile, layer.k)
 
@@ -59,8 +60,8 @@ def test_achieved_sparsity_is_close_to_target(committed: dict[str, tr.Trace]) ->
 def test_importance_retained_falls_with_sparsity(committed: dict[str, tr.Trace]) -> None:
     for trace in committed.values():
         for layer in trace.layers:
-            for pattern in ("ew", "bw", "tw", "tvw"):
-                for tile in (64, 128) if pattern in ("tw", "tvw") else (None,):
+            for pattern in VALUE_DEPENDENT_PATTERNS:  # vw has only one sparsity
+                for tile in tr.TILE_WIDTHS if pattern_spec(pattern).tiled else (None,):
                     kept = [
                         layer.entry(pattern, s, tile).importance_retained for s in tr.SPARSITIES
                     ]
