@@ -686,7 +686,12 @@ def speedup_figure(result: ModelResult) -> Figure:
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="dense")
     ax.set_xticks(range(len(sparsities)), [f"{s:g}" for s in sparsities])
-    ax.set_xlabel("target sparsity (vw: its fixed 0.5)")
+    fixed = [
+        f"{p}: its fixed {pattern_spec(p).fixed_sparsity:g}"
+        for p in patterns
+        if pattern_spec(p).fixed_sparsity is not None
+    ]
+    ax.set_xlabel("target sparsity" + (f" ({'; '.join(fixed)})" if fixed else ""))
     ax.set_ylabel("end-to-end speedup over dense")
     random = {r.gemm for r in result.layers if "random" in r.structure}
     source = f"structure: {result.trace_label}, scaled" if result.trace_label else "random weights"
