@@ -699,7 +699,7 @@ def speedup_figure(result: ModelResult) -> Figure:
         source += f" ({len(random)} GEMM{'s' if len(random) > 1 else ''} random)"
     ax.set_title(
         f"{result.model} on {result.hardware}, batch {result.batch}, {_seq(result)}"
-        f"{result.policy}\n{source}; dense {result.total_us(result.dense):.0f} us",
+        f"policy {result.policy}\n{source}; dense {result.total_us(result.dense):.0f} us",
         fontsize=9,
     )
     ax.legend(fontsize=8, ncol=min(len(patterns) + 1, 7), loc="upper left")

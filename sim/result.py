@@ -45,15 +45,21 @@ BOTTLENECKS = ("compute", "memory bandwidth", "latency", "imbalance tail")
 
 
 def name_bottleneck(
-    compute_share: float, l2_share: float, dram_share: float, tail_share: float
+    compute_share: float,
+    l2_share: float,
+    dram_share: float,
+    tail_share: float,
+    *,
+    math_unit: str = "tensor/CUDA cores",
 ) -> tuple[str, str]:
-    """(bottleneck, detail) by the rule in the module docstring."""
+    """(bottleneck, detail) by the rule in the module docstring; `math_unit` names what
+    the compute share measures in the detail."""
     shares = {"compute": compute_share, "L2": l2_share, "DRAM": dram_share}
     # Stable choice on ties: compute, then L2, then DRAM.
     top = max(shares, key=lambda name: shares[name])
     if shares[top] >= BOUND_SHARE:
         if top == "compute":
-            return "compute", f"tensor/CUDA cores busy {compute_share:.0%} of the time"
+            return "compute", f"{math_unit} busy {compute_share:.0%} of the time"
         return "memory bandwidth", f"{top} busy {shares[top]:.0%} of the time"
     if tail_share >= TAIL_SHARE:
         return "imbalance tail", f"{tail_share:.0%} of the time some SMs had run out of work"
@@ -224,7 +230,11 @@ class SimResult:
 
     def _bottleneck(self) -> tuple[str, str]:
         return name_bottleneck(
-            self.compute_utilisation, self.l2_utilisation, self.dram_utilisation, self.tail_share
+            self.compute_utilisation,
+            self.l2_utilisation,
+            self.dram_utilisation,
+            self.tail_share,
+            math_unit="CUDA cores" if self.compute_unit == "cuda" else "tensor cores",
         )
 
     def busy_intervals(self) -> list[np.ndarray]:

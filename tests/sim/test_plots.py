@@ -136,7 +136,7 @@ def test_speedup_bars_are_one_group_per_pattern_at_its_speedups(toy_result):
         assert heights == pytest.approx([toy_result.speedup(r) for r in runs])
     # tw at both sparsities, vw only at its 0.5, tvw at both (>= 0.5).
     assert [len(c) for c in containers] == [1, 2, 2]
-    assert ax.get_title().startswith("toy on a100 (sm_count=54), batch 2, seq 64")
+    assert ax.get_title().startswith("toy on a100 (sm_count=54), batch 2, seq 64, policy natural")
     assert ax.get_ylabel() == "end-to-end speedup over dense"
     assert ax.get_xlabel().startswith("target sparsity")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "0.75"]

@@ -108,3 +108,13 @@ def test_the_result_names_the_effective_hardware_and_is_plain_json():
     assert r.hardware == "a100 (sm_count=216, clock_mhz=1500)"
     data = json.loads(json.dumps(r.to_dict()))
     assert data["hardware"] == r.hardware and data["sm_count"] == 216
+
+
+def test_a_compute_bound_detail_names_the_unit_that_was_busy():
+    for pattern, sparsity, unit in (("ew", 0.75, "CUDA cores"), ("tw", 0.75, "tensor cores")):
+        r = _result(pattern=pattern, sparsity=sparsity)
+        busy = dataclasses.replace(
+            r, compute_busy_cycles=0.9 * r.kernel_cycles * r.sms_used, l2_busy_cycles=0.0
+        )
+        assert busy.bottleneck == "compute"
+        assert busy.bottleneck_detail.startswith(f"{unit} busy 90% of the time")
