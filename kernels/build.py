@@ -2,22 +2,15 @@
 
 One cubin per (pattern, KernelConfig, arch), named `<pattern>-<config>-<arch>.cubin`
 (`tvw-128x128x64s3w4-sm_90.cubin`). The config becomes compile-time constants
-(`-DBM -DBN -DBK -DWARPS -DSTAGES`), so the kernel that runs is exactly the
-`KernelConfig` the simulator models. ptxas reports, per kernel, the registers, shared
-memory, stack frame and spill bytes (`-Xptxas -v`); they go into `manifest.json`, from
-which the simulator takes occupancy (how many CTAs fit on an SM) instead of guessing:
+(`-DBM -DBN -DBK -DWARPS -DWARPS_M -DSTAGES`), the warp split included, so the kernel that
+runs is exactly the `KernelConfig` the simulator models. ptxas reports, per kernel, the
+registers, shared memory, stack frame and spill bytes (`-Xptxas -v`); they go into the
+manifest (`tvwsim.manifest`, which documents the format and where the kernel directory
+is), from which the simulator takes occupancy instead of guessing.
 
-    {"schema": 1, "nvcc": "<last line of nvcc --version>",
-     "kernels": [{"pattern": "tvw", "config": "128x128x64s3w4", "arch": "sm_90",
-                  "cubin": "tvw-128x128x64s3w4-sm_90.cubin", "function": "tvw_gemm",
-                  "registers": 248, "shared_static_bytes": 0,
-                  "shared_dynamic_bytes": 76800, "stack_frame_bytes": 0,
-                  "spill_store_bytes": 0, "spill_load_bytes": 0}, ...]}
-
-`shared_dynamic_bytes` is what the launch must request: the pipeline's
-`stages * (weight stage + activation stage)` bytes (= `KernelConfig.smem_bytes`) or the
-epilogue's staging tile if that is larger. The kernel sources check the same figure with a
-`static_assert`, so the manifest cannot drift from the code.
+The launch's dynamic shared memory is `KernelConfig.smem_bytes`; the build passes it as
+`-DTVW_SMEM_BYTES` and the kernel sources `static_assert` that their own layout needs
+exactly that, so the manifest cannot drift from the code.
 
 Builds run nvcc jobs in parallel, write into a temporary directory inside the output
 directory and move each finished cubin into place with `os.replace`, so an interrupted
@@ -32,7 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib.metadata
-import json
 import os
 import re
 import shutil
@@ -41,18 +33,23 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.manifest import (
+    MANIFEST_NAME,
+    BuiltKernel,
+    Manifest,
+    arch_version,
+    kernel_dir,
+    read_manifest,
+    write_manifest,
+)
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 """Where the kernel sources live (package data)."""
-
-DEFAULT_OUT = Path("build") / "kernels"
-MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA = 1
 
 ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
 """Architectures built by default: Ampere (A100, RTX 30xx) and Hopper (H100). An sm_80
@@ -116,7 +113,7 @@ class BuildError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class KernelResources:
+class PtxasReport:
     """What ptxas reported for one entry point (`-Xptxas -v`)."""
 
     registers: int
@@ -126,47 +123,6 @@ class KernelResources:
     stack_frame_bytes: int
     spill_store_bytes: int
     spill_load_bytes: int
-
-
-@dataclass(frozen=True)
-class BuiltKernel:
-    """One manifest entry: a compiled GEMM kernel and its per-CTA resources."""
-
-    pattern: str
-    config: str
-    """`KernelConfig.name`, e.g. '128x128x64s3w4'."""
-    arch: str
-    cubin: str
-    """File name inside the build directory."""
-    function: str
-    registers: int
-    shared_static_bytes: int
-    shared_dynamic_bytes: int
-    """Dynamic shared memory the launch requests."""
-    stack_frame_bytes: int
-    spill_store_bytes: int
-    spill_load_bytes: int
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-# -- shapes the kernels derive from a config ------------------------------------------
-def kernel_smem_bytes(config: KernelConfig) -> int:
-    """Dynamic shared memory of a kernel built from `config` (mirrors `StageLayout`).
-
-    Pipeline: `stages` x (A tile + metadata + B tile), with the A tile `bm x bk` fp16
-    (`bm x bk/2` when sparse) and metadata `bm/16 x bk/64` blocks of 128 bytes; this is
-    `KernelConfig.smem_bytes`. The epilogue reuses that memory for a `bm x (bn + 8)` fp16
-    staging tile and needs more only for very shallow pipelines.
-    """
-    sparse = config.mma == "sparse"
-    a_bytes = config.bm * (config.bk // 2 if sparse else config.bk) * 2
-    e_bytes = (config.bm // 16) * (config.bk // 64) * 128 if sparse else 0
-    b_bytes = config.bk * config.bn * 2
-    pipeline = config.stages * (a_bytes + e_bytes + b_bytes)
-    epilogue = config.bm * (config.bn + 8) * 2
-    return max(pipeline, epilogue)
 
 
 def cubin_name(pattern: str, config: KernelConfig, arch: str) -> str:
@@ -190,20 +146,7 @@ def check_pattern_config(pattern: str, config: KernelConfig) -> None:
         )
     if config.dtype != "fp16":
         raise InputError("config", f"kernels are fp16 only, got {config.dtype!r}")
-    # Warp grid: some power-of-two split of the warps must give 16-row, 16-token tiles.
-    fits = False
-    wm = 1
-    while wm <= config.warps:
-        wn = config.warps // wm
-        if config.bm % (16 * wm) == 0 and config.bn % (16 * wn) == 0:
-            fits = True
-        wm *= 2
-    if not fits:
-        raise InputError(
-            "config",
-            f"{config.name}: no split of {config.warps} warps gives warp tiles that are "
-            "multiples of 16 x 16; use fewer warps or a larger tile",
-        )
+    # The warp grid needs no check here: KernelConfig refuses a config without one.
     # The shared-memory swizzle (swz in common.cuh) permutes the 16-byte chunks of a row
     # by XOR, which stays inside the row only for a power of two or a multiple of 8
     # chunks. The B row holds bn fp16, the A row bk (dense) or bk / 2 (compressed) fp16;
@@ -228,8 +171,11 @@ def parse_arch_list(text: str) -> list[str]:
     if not archs:
         raise InputError("--arch", "empty; give e.g. sm_80,sm_90")
     for arch in archs:
-        m = re.fullmatch(r"sm_(\d+)a?", arch)
-        if not m or int(m.group(1)) < 80:
+        try:
+            major, _ = arch_version(arch)
+        except InputError:
+            major = 0
+        if major < 8:
             raise InputError(
                 "--arch",
                 f"got {arch!r}; kernels need sm_80 or newer (cp.async, mma.sp), e.g. sm_80,sm_90",
@@ -278,8 +224,9 @@ def config_defines(config: KernelConfig) -> list[str]:
         f"-DBN={config.bn}",
         f"-DBK={config.bk}",
         f"-DWARPS={config.warps}",
+        f"-DWARPS_M={config.warp_grid[0]}",
         f"-DSTAGES={config.stages}",
-        f"-DTVW_SMEM_BYTES={kernel_smem_bytes(config)}",
+        f"-DTVW_SMEM_BYTES={config.smem_bytes}",
     ]
 
 
@@ -308,9 +255,9 @@ _USED = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 
 
-def parse_ptxas(text: str) -> dict[str, KernelResources]:
+def parse_ptxas(text: str) -> dict[str, PtxasReport]:
     """Per-function resources from `ptxas -v` output (the stderr of `nvcc -Xptxas -v`)."""
-    result: dict[str, KernelResources] = {}
+    result: dict[str, PtxasReport] = {}
     # Each entry function's report runs from its "Compiling entry function" line to the
     # next one; inside it, "N bytes stack frame ..." and "Used N registers ..." lines.
     starts = list(_ENTRY.finditer(text))
@@ -322,7 +269,7 @@ def parse_ptxas(text: str) -> dict[str, KernelResources]:
         if not frame or not used:
             raise BuildError(f"could not read ptxas resources of {m.group(1)}:\n{block}")
         smem = _SMEM.search(block[used.start() :].splitlines()[0])
-        result[m.group(1)] = KernelResources(
+        result[m.group(1)] = PtxasReport(
             registers=int(used.group(1)),
             shared_static_bytes=int(smem.group(1)) if smem else 0,
             stack_frame_bytes=int(frame.group(1)),
@@ -367,14 +314,14 @@ def compile_kernel(
         function=function,
         registers=res.registers,
         shared_static_bytes=res.shared_static_bytes,
-        shared_dynamic_bytes=kernel_smem_bytes(config),
+        shared_dynamic_bytes=config.smem_bytes,
         stack_frame_bytes=res.stack_frame_bytes,
         spill_store_bytes=res.spill_store_bytes,
         spill_load_bytes=res.spill_load_bytes,
     )
 
 
-def compile_probe(arch: str, out_dir: Path, nvcc: str | None = None) -> dict[str, KernelResources]:
+def compile_probe(arch: str, out_dir: Path, nvcc: str | None = None) -> dict[str, PtxasReport]:
     """Compile the one-warp mma / mma.sp probe kernels (no config)."""
     nvcc = nvcc or find_nvcc()
     cmd = nvcc_command(nvcc, CUDA_DIR / PROBE_SOURCE, arch, Path(out_dir) / probe_cubin_name(arch))
@@ -382,62 +329,6 @@ def compile_probe(arch: str, out_dir: Path, nvcc: str | None = None) -> dict[str
 
 
 # -- the whole build --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Manifest:
-    """The build's record: nvcc version and one `BuiltKernel` per cubin."""
-
-    nvcc: str
-    kernels: tuple[BuiltKernel, ...]
-
-    def to_json(self) -> dict:
-        return {
-            "schema": MANIFEST_SCHEMA,
-            "nvcc": self.nvcc,
-            "kernels": [k.to_json() for k in self.kernels],
-        }
-
-    def find(self, pattern: str, config: str, arch: str) -> BuiltKernel | None:
-        for k in self.kernels:
-            if (k.pattern, k.config, k.arch) == (pattern, config, arch):
-                return k
-        return None
-
-
-def load_manifest(path: Path | str) -> Manifest:
-    """Read a manifest written by `build` (InputError if it is not one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(
-            "manifest", f"{path} does not exist; run `tvwsim kernels build` first"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise InputError("manifest", f"{path} is not JSON: {err}") from None
-    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
-        raise InputError("manifest", f"{path}: expected schema {MANIFEST_SCHEMA}")
-    fields = set(BuiltKernel.__dataclass_fields__)
-    kernels = []
-    for entry in data.get("kernels", []):
-        if not isinstance(entry, dict) or set(entry) != fields:
-            raise InputError("manifest", f"{path}: malformed kernel entry {entry!r}")
-        kernels.append(BuiltKernel(**entry))
-    return Manifest(nvcc=str(data.get("nvcc", "")), kernels=tuple(kernels))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def selected_variants(
     patterns: Iterable[str] | None = None, configs: Iterable[str] | None = None
 ) -> list[tuple[str, KernelConfig]]:
@@ -455,14 +346,15 @@ def selected_variants(
 
 def build(
     archs: Iterable[str] = ARCHS,
-    out_dir: Path | str = DEFAULT_OUT,
+    out_dir: Path | str | None = None,
     *,
     variants: list[tuple[str, KernelConfig]] | None = None,
     jobs: int | None = None,
     probe: bool = True,
     progress: Callable[[str], None] | None = print,
 ) -> Manifest:
-    """Compile `variants` (default: every shipped variant) for each arch into `out_dir`.
+    """Compile `variants` (default: every shipped variant) for each arch into `out_dir`
+    (default: the kernel directory, `tvwsim.manifest.kernel_dir`).
 
     Returns the manifest that was written to `out_dir/manifest.json`. Entries from an
     earlier build with the same nvcc whose cubins are still present are kept, so building
@@ -472,7 +364,7 @@ def build(
     for arch in archs:
         parse_arch_list(arch)
     variants = variants if variants is not None else selected_variants()
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else kernel_dir()
     out.mkdir(parents=True, exist_ok=True)
     nvcc = find_nvcc()
     version = nvcc_version(nvcc)
@@ -528,7 +420,7 @@ def build(
     manifest_path = out / MANIFEST_NAME
     if manifest_path.exists():
         try:
-            old = load_manifest(manifest_path)
+            old = read_manifest(manifest_path)
         except InputError:
             old = None
         if old is not None and old.nvcc == version:
@@ -539,7 +431,7 @@ def build(
             ]
     entries = sorted(kept + built, key=lambda k: (k.pattern, k.config, k.arch))
     manifest = Manifest(nvcc=version, kernels=tuple(entries))
-    _write_atomic(manifest_path, json.dumps(manifest.to_json(), indent=1) + "\n")
+    write_manifest(manifest, out)
     return manifest
 
 

@@ -1,10 +1,11 @@
 """Finding or compiling a cubin, and loading a kernel from it onto the device.
 
-Cubins come from `tvwsim kernels build` (its manifest in `build/kernels`, or the
-directory named by `build_dir` / `$TVWSIM_KERNEL_DIR`). A variant that is not there, or
-whose cubin is older than its sources, is compiled on the spot for the device's arch
-into a per-source-version cache in the temp directory, so an edited `.cu` never runs
-from a stale cubin and an unchanged one is compiled once.
+Cubins come from `tvwsim kernels build`: the `build_dir` given, else the kernel directory
+(`tvwsim.manifest.kernel_dir`: `$TVWSIM_KERNEL_DIR` or a per-user cache directory, never
+the working directory). A variant that is not there, or whose cubin is older than its
+sources, is compiled on the spot for the device's arch into a per-source-version cache in
+the temp directory, so an edited `.cu` never runs from a stale cubin and an unchanged one
+is compiled once.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from tvwsim.kernels.device import KernelError, session
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
-
-KERNEL_DIR_ENV = "TVWSIM_KERNEL_DIR"
+from tvwsim.manifest import KERNEL_DIR_ENV as KERNEL_DIR_ENV  # where tests point the launcher
+from tvwsim.manifest import kernel_dir
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def find_cubin(
     """The cubin for (pattern, config, arch): from the build directory if present and up
     to date, else compiled now into a per-source-version cache (pattern 'probe' for the
     one-warp probes, config None)."""
-    directory = Path(build_dir or os.environ.get(KERNEL_DIR_ENV) or kbuild.DEFAULT_OUT)
+    directory = Path(build_dir) if build_dir else kernel_dir()
     if pattern == "probe":
         name = kbuild.probe_cubin_name(arch)
     else:
@@ -106,7 +107,7 @@ def load_kernel(
     after checking that its shared memory fits the device."""
     s = session()
     kbuild.check_pattern_config(pattern, config)
-    smem = kbuild.kernel_smem_bytes(config)
+    smem = config.smem_bytes
     limit = s.info.smem_per_block_optin_bytes
     if smem > limit:
         raise InputError(

@@ -51,7 +51,7 @@ import numpy as np
 import simpy
 from tvwsim.sim.hardware import Hardware
 from tvwsim.sim.memory import BandwidthServer, L2Cache
-from tvwsim.sim.occupancy import KernelResources, Occupancy, occupancy, resources_for, warp_grid
+from tvwsim.sim.occupancy import KernelResources, Occupancy, occupancy, resources_for
 from tvwsim.sim.result import SimResult
 
 from tvwsim.errors import InputError
@@ -82,7 +82,7 @@ def simulate(
     """Simulate one launch of `schedule` on `hw` and return its `SimResult`.
 
     `resources` (registers, shared memory per CTA) default to the compiled kernel's,
-    read from the kernel manifest (`manifest`, default build/kernels/manifest.json) when
+    read from the kernel manifest (`manifest`, default: the kernel directory's) when
     it lists this kernel for the hardware's arch, else to an estimate from the config.
     A kernel that does not fit on an SM raises InputError('tile').
     """
@@ -110,7 +110,7 @@ def stage_smem_bytes(schedule: Schedule) -> float:
     every warp's fragment reads (a warp reads the A rows of its warp row and the B
     columns of its warp column, so A is read warps_n times and B warps_m times)."""
     c = schedule.config
-    warps_m, warps_n = warp_grid(c)
+    warps_m, warps_n = c.warp_grid  # the split the kernel is compiled with
     fill = c.weight_stage_bytes + c.activation_stage_bytes
     return fill + warps_n * c.weight_stage_bytes + warps_m * c.activation_stage_bytes
 

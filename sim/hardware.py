@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from tvwsim.errors import InputError
+from tvwsim.manifest import check_arch
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Hardware:
     """Preset name, e.g. 'a100'."""
     description: str = ""
     """Human-readable part name, e.g. 'NVIDIA A100 SXM4 40 GB'."""
+    arch: str = ""
+    """Compute target of its kernels, 'sm_NN' or 'sm_NNa' (e.g. 'sm_80'): picks the
+    compiled kernels' resources from the kernel manifest. '' for a GPU no kernel is
+    built for (hypothetical hardware): its kernels' resources are estimated."""
 
     # -- compute ----------------------------------------------------------------------
     sm_count: int = 108
@@ -92,6 +97,10 @@ class Hardware:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
+            if f.name == "arch":
+                if self.arch != "":
+                    check_arch(self.arch, "arch")
+                continue
             if f.name in ("name", "description", "source", "extra", "overrides"):
                 continue
             value = getattr(self, f.name)

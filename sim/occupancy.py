@@ -16,15 +16,14 @@ one SM still share its tensor cores, so occupancy beyond "enough to hide latency
 nothing for a compute-bound GEMM.
 
 Registers and shared memory come from the compiled kernel when it is known: `tvwsim
-kernels build` writes a manifest with what ptxas reported for every kernel
-(`load_resources`). Without one, `estimate_resources` derives them from the
-`KernelConfig` (shared memory exactly, registers by a documented estimate).
+kernels build` writes a manifest with what ptxas reported for every kernel, in the kernel
+directory (`tvwsim.manifest`: never the working directory), and `load_resources` finds
+the entry for the GPU's `Hardware.arch`. Without one, `estimate_resources` derives them
+from the `KernelConfig` (shared memory exactly, registers by a documented estimate).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +31,16 @@ from tvwsim.sim.hardware import Hardware
 
 from tvwsim.config import MMA_M, MMA_N, KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.manifest import KernelResources, default_manifest_path, load_resources
 
-DEFAULT_MANIFEST = Path("build") / "kernels" / "manifest.json"
-"""Where `tvwsim kernels build` writes its manifest, relative to the working directory."""
+__all__ = [
+    "KernelResources",
+    "Occupancy",
+    "estimate_resources",
+    "load_resources",
+    "occupancy",
+    "resources_for",
+]
 
 REGISTER_ALLOCATION_UNIT = 256
 """Registers are allocated per warp in units of 256 (CUDA occupancy calculator, cc 7.x-9.x)."""
@@ -46,23 +52,6 @@ REGISTER_OVERHEAD = 32
 """Registers a GEMM main loop needs besides accumulators and fragments: addresses, loop
 counters, predicates, the tile's index pointers. An estimate; compiled kernels report
 the real figure."""
-
-ARCH_BY_PRESET = {"v100": "sm_70", "a100": "sm_80", "rtx3090": "sm_86", "h100": "sm_90"}
-"""The compute capability a shipped preset describes (for finding its compiled kernels)."""
-
-
-@dataclass(frozen=True)
-class KernelResources:
-    """What one CTA of a kernel holds on its SM while it runs."""
-
-    registers_per_thread: int
-    """32-bit registers per thread (ptxas -v, or the estimate)."""
-    smem_bytes: int
-    """Shared memory per CTA, static + dynamic, in bytes."""
-    threads: int
-    """Threads per CTA (32 x warps)."""
-    source: str = "estimate"
-    """'estimate' (from the KernelConfig) or 'manifest' (from the compiled kernel)."""
 
 
 @dataclass(frozen=True)
@@ -77,38 +66,10 @@ class Occupancy:
     """Every resource's own quotient, in the order above (for reports and teaching)."""
 
 
-def warp_grid(config: KernelConfig) -> tuple[int, int]:
-    """How the CTA's warps tile its bm x bn output: (warps along bm, warps along bn).
-
-    The split that makes each warp's tile closest to square is chosen (that minimises the
-    fragments a warp loads from shared memory per mma), e.g. 4 warps on 128 x 128 ->
-    2 x 2 warps of 64 x 64; 8 warps on 256 x 128 -> 4 x 2 of 64 x 64.
-    """
-    best = None
-    for wm in range(1, config.warps + 1):
-        if config.warps % wm:
-            continue
-        wn = config.warps // wm
-        if config.bm % (wm * MMA_M) or config.bn % (wn * MMA_N):
-            continue
-        warp_m, warp_n = config.bm // wm, config.bn // wn
-        # Prefer square warp tiles; among equals, more warps along bm (ties are stable).
-        key = (abs(math.log2(warp_m / warp_n)), -wm)
-        if best is None or key < best[0]:
-            best = (key, wm, wn)
-    if best is None:
-        raise InputError(
-            "warps",
-            f"{config.warps} warps cannot tile a {config.bm} x {config.bn} CTA tile into "
-            f"whole {MMA_M} x {MMA_N} mma tiles",
-        )
-    return best[1], best[2]
-
-
 def estimate_resources(config: KernelConfig) -> KernelResources:
     """Registers and shared memory of a kernel built from `config`, without compiling it.
 
-    Shared memory is exact: `config.smem_bytes` (the pipeline's buffers). Registers per
+    Shared memory is exact: `config.smem_bytes` (the kernel's footprint). Registers per
     thread are estimated as
 
         accumulators  bm * bn / threads            (fp32, one per output element)
@@ -117,13 +78,13 @@ def estimate_resources(config: KernelConfig) -> KernelResources:
       + B fragments   (warp_n / 8) x (2 dense | 4 sparse, whose mma has k32)
       + overhead      32                           (addresses, counters, predicates)
 
-    rounded up to a multiple of 8. For 128x128x32 with 4 warps (2 x 2 warps of 64 x 64)
-    that is 128 + 16 + 16 + 32 = 192; the sparse 128x128x64 variant 216. Real kernels
-    land within a few tens of registers of this depending on how far the compiler
-    double-buffers fragments, which is why a compiled kernel's report wins.
+    with warp_m x warp_n the warp tile of `config.warp_grid` (the split the kernel is
+    compiled with), rounded up to a multiple of 8. For 128x128x32 with 4 warps (2 x 2
+    warps of 64 x 64) that is 128 + 16 + 16 + 32 = 192; the sparse 128x128x64 variant
+    216. Real kernels land within a few tens of registers of this depending on how far
+    the compiler double-buffers fragments, which is why a compiled kernel's report wins.
     """
-    warps_m, warps_n = warp_grid(config)
-    warp_m, warp_n = config.bm // warps_m, config.bn // warps_n
+    warp_m, warp_n = config.warp_tile
     accumulators = config.bm * config.bn // config.threads
     sparse = config.mma == "sparse"
     a_fragments = (warp_m // MMA_M) * (5 if sparse else 4)
@@ -138,80 +99,19 @@ def estimate_resources(config: KernelConfig) -> KernelResources:
     )
 
 
-def arch_of(hw: Hardware) -> str | None:
-    """The sm_XX a hardware description corresponds to, or None if unknown.
-
-    A shipped preset name maps through ARCH_BY_PRESET; a derived preset whose name starts
-    with a shipped one ('a100-calibrated') maps like it. Hypothetical GPUs have no arch, so
-    their kernels' resources are estimated.
-    """
-    arch = getattr(hw, "arch", None)
-    if isinstance(arch, str) and arch:
-        return arch
-    for name in sorted(ARCH_BY_PRESET, key=len, reverse=True):
-        if hw.name == name or hw.name.startswith(name + "-") or hw.name.startswith(name + "_"):
-            return ARCH_BY_PRESET[name]
-    return None
-
-
-def load_resources(
-    manifest_path: str | Path, pattern: str, config: KernelConfig, arch: str | None
-) -> KernelResources | None:
-    """The compiled kernel's resources from a `tvwsim kernels build` manifest, if listed.
-
-    Returns None when the file does not exist, no arch is given, or the manifest has no
-    kernel for (pattern, config name, arch); the caller then estimates. A cubin for
-    sm_80 also runs on sm_86 (same major version), so sm_86 falls back to sm_80 entries.
-    A manifest that exists but is not the documented JSON raises InputError('--manifest').
-    """
-    path = Path(manifest_path)
-    if arch is None or not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        kernels = data["kernels"]
-        if data.get("schema") != 1 or not isinstance(kernels, list):
-            raise ValueError("schema")
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(
-            "--manifest", f"{path} is not a schema-1 kernel manifest ({err})"
-        ) from None
-    candidates = [arch]
-    if arch.startswith("sm_") and arch[3:].isdigit() and int(arch[3:]) % 10:
-        candidates.append(f"sm_{int(arch[3:]) // 10 * 10}")
-    for want in candidates:
-        for entry in kernels:
-            if (
-                isinstance(entry, dict)
-                and entry.get("pattern") == pattern
-                and entry.get("config") == config.name
-                and entry.get("arch") == want
-            ):
-                try:
-                    registers = int(entry["registers"])
-                    smem = int(entry.get("shared_static_bytes", 0)) + int(
-                        entry["shared_dynamic_bytes"]
-                    )
-                except (KeyError, TypeError, ValueError) as err:
-                    raise InputError(
-                        "--manifest",
-                        f"{path}: kernel entry for {pattern} {config.name} {want} lacks {err}",
-                    ) from None
-                return KernelResources(
-                    registers_per_thread=registers,
-                    smem_bytes=smem,
-                    threads=config.threads,
-                    source="manifest",
-                )
-    return None
-
-
 def resources_for(
     hw: Hardware, pattern: str, config: KernelConfig, manifest_path: str | Path | None = None
 ) -> KernelResources:
-    """The compiled kernel's resources when a manifest lists it, else the estimate."""
-    path = DEFAULT_MANIFEST if manifest_path is None else Path(manifest_path)
-    found = load_resources(path, pattern, config, arch_of(hw))
+    """The compiled kernel's resources when a manifest lists it for `hw.arch`, else the
+    estimate. `manifest_path` None means the kernel directory's manifest, which may be
+    absent; a path that is given must exist."""
+    if manifest_path is None:
+        path = default_manifest_path()
+    else:
+        path = Path(manifest_path)
+        if not path.is_file():
+            raise InputError("--manifest", f"{path}: no such file")
+    found = load_resources(path, pattern, config, hw.arch or None)
     return found if found is not None else estimate_resources(config)
 
 

@@ -9,6 +9,11 @@ the sparse operand and sits on the mma's M side, so `bm` counts weight rows (out
 features) per CTA tile - for tw/tvw it is the tile width G - and `bn` counts activation
 columns (tokens). `bk` is the *logical* K per pipeline stage, before 2:4 compression: a
 sparse stage of bk=64 holds 32 stored values per weight row.
+
+The config also owns what follows from it on the device: the warp grid (`warp_grid`, which
+the build passes to nvcc as `-DWARPS_M`, so host and device cannot disagree) and the
+shared-memory footprint (`smem_bytes`, checked against the kernel's own layout by a
+`static_assert`). docs/kernels.md draws both.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from tvwsim.errors import InputError
+from tvwsim.pattern_spec import pattern_spec
 
 MMA_KINDS = ("dense", "sparse")
 DTYPES = ("fp16",)
@@ -27,6 +33,9 @@ DENSE_MMA_K, SPARSE_MMA_K = 16, 32
 # One 32-bit metadata register per lane covers 16 rows x 64 logical K (two mma.sp, both
 # selectors), so sparse stages step K in multiples of 64 (docs/formats.md, "metadata").
 SPARSE_K_GRANULE = 64
+
+EPILOGUE_ROW_PAD = 8
+"""fp16 elements of padding per row of the epilogue's staging tile (common.cuh)."""
 
 _NAME = re.compile(r"^(\d+)x(\d+)x(\d+)s(\d+)w(\d+)$")
 
@@ -71,6 +80,12 @@ class KernelConfig:
             )
         if self.warps not in (1, 2, 4, 8, 16):
             raise InputError("warps", f"must be one of 1, 2, 4, 8, 16, got {self.warps}")
+        if _warp_grid(self.bm, self.bn, self.warps) is None:
+            raise InputError(
+                "warps",
+                f"no split of {self.warps} warps over a {self.bm} x {self.bn} tile gives warp "
+                f"tiles whose sides are multiples of {MMA_M}; use fewer warps or a larger tile",
+            )
         if not 2 <= self.stages <= 8:
             raise InputError("stages", f"must be between 2 and 8, got {self.stages}")
 
@@ -100,6 +115,26 @@ class KernelConfig:
         return 32 * self.warps
 
     @property
+    def warp_grid(self) -> tuple[int, int]:
+        """How the warps tile the bm x bn output: (warps along bm, warps along bn).
+
+        The split whose warp tile is closest to square (smallest |bm/wm - bn/wn|), among
+        power-of-two splits whose warp tiles are multiples of 16 on both sides; a tie keeps
+        fewer warps along bm. A square warp tile loads the fewest fragments per mma. 4 warps
+        on 128 x 128 -> 2 x 2 warps of 64 x 64; on 128 x 64 -> 2 x 2 of 64 x 32; on
+        64 x 128 -> 1 x 4 of 64 x 32. The kernel is compiled with this split (-DWARPS_M).
+        """
+        grid = _warp_grid(self.bm, self.bn, self.warps)
+        assert grid is not None  # __post_init__ refused configs without one
+        return grid
+
+    @property
+    def warp_tile(self) -> tuple[int, int]:
+        """One warp's piece of the CTA tile: (weight rows, tokens)."""
+        warps_m, warps_n = self.warp_grid
+        return self.bm // warps_m, self.bn // warps_n
+
+    @property
     def k_granule(self) -> int:
         """Granule of K padding and of stage size: 16 (dense) or 64 (sparse)."""
         return DENSE_MMA_K if self.mma == "dense" else SPARSE_K_GRANULE
@@ -123,18 +158,47 @@ class KernelConfig:
         return self.bk * self.bn * self.element_bytes
 
     @property
-    def smem_bytes(self) -> int:
-        """Shared memory the pipeline needs (the compiled kernel's report wins when known)."""
+    def pipeline_smem_bytes(self) -> int:
+        """The cp.async pipeline's buffers: `stages` x (weight stage + activation stage)."""
         return self.stages * (self.weight_stage_bytes + self.activation_stage_bytes)
+
+    @property
+    def epilogue_smem_bytes(self) -> int:
+        """The epilogue's fp16 staging tile, bm rows of bn + 8 tokens (the 8 halves of
+        padding per row keep a fragment store free of bank conflicts)."""
+        return self.bm * (self.bn + EPILOGUE_ROW_PAD) * self.element_bytes
+
+    @property
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory per CTA: the launch requests it, the simulator's occupancy
+        charges it. The epilogue reuses the pipeline's buffers, so it is the larger of the
+        two; for every shipped variant that is the pipeline."""
+        return max(self.pipeline_smem_bytes, self.epilogue_smem_bytes)
 
     def flops_per_stage(self) -> int:
         """Useful (logical, dense-equivalent) FLOPs of one full stage: 2 * bm * bn * bk."""
         return 2 * self.bm * self.bn * self.bk
 
 
+def _warp_grid(bm: int, bn: int, warps: int) -> tuple[int, int] | None:
+    """The rule of `KernelConfig.warp_grid`, or None when no split fits."""
+    best: tuple[int, int] | None = None
+    best_cost = 0
+    warps_m = 1
+    while warps_m <= warps:
+        warps_n = warps // warps_m
+        # Warp tiles must hold whole 16-row A fragments and pairs of n8 B fragments.
+        if warps % warps_m == 0 and bm % (MMA_M * warps_m) == 0 and bn % (2 * MMA_N * warps_n) == 0:
+            cost = abs(bm // warps_m - bn // warps_n)
+            if best is None or cost < best_cost:  # strict: a tie keeps the smaller warps_m
+                best, best_cost = (warps_m, warps_n), cost
+        warps_m *= 2
+    return best
+
+
 def default_config(pattern: str) -> KernelConfig:
     """The shipped default variant for a pattern (sparse mma for vw and tvw)."""
-    if pattern in ("vw", "tvw"):
+    if pattern_spec(pattern).sparse_mma:
         return KernelConfig(bm=128, bn=128, bk=64, warps=4, stages=3, mma="sparse")
     if pattern == "bw":
         return KernelConfig(bm=128, bn=128, bk=32, warps=4, stages=3, mma="dense")

@@ -9,9 +9,9 @@
 //   warp   : a WTM x WTN piece of the CTA tile (WARPS warps as WARPS_M x WARPS_N);
 //   mma    : m16n8k16 (dense) or m16n8k32 with a 2:4 A operand (sparse) on the tensor core.
 //
-// The tile shape, warps and stages are compile-time constants: the build passes
-// -DBM= -DBN= -DBK= -DWARPS= -DSTAGES= from the same KernelConfig the simulator uses,
-// so "the model's kernel" and "the measured kernel" are one object.
+// The tile shape, warps, warp grid and stages are compile-time constants: the build passes
+// -DBM= -DBN= -DBK= -DWARPS= -DWARPS_M= -DSTAGES= from the same KernelConfig the simulator
+// uses, so "the model's kernel" and "the measured kernel" are one object.
 //
 // What each pattern file adds is a *loader* (where the bytes of one stage come from:
 // consecutive K for dense/vw, a gathered kept-K list for tw/tvw, present blocks for bw)
@@ -23,7 +23,14 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-// ---- compile-time configuration (from kernels.config.KernelConfig) ------------------
+// ---- compile-time configuration (from tvwsim.config.KernelConfig) -------------------
+// The warp grid is the config's (KernelConfig.warp_grid), never recomputed here: like a
+// CUTLASS warp shape it is a parameter, so host and device cannot pick different splits.
+// A build that sets the tile must set the split too; the defaults below are a 128 x 128
+// tile of 2 x 2 warps (for the probe kernels, which use none of it).
+#if (defined(BM) || defined(BN) || defined(WARPS)) && !defined(WARPS_M)
+#error "WARPS_M (warps along BM) must be given with BM, BN and WARPS: KernelConfig.warp_grid"
+#endif
 #ifndef BM
 #define BM 128
 #endif
@@ -36,6 +43,9 @@
 #ifndef WARPS
 #define WARPS 4
 #endif
+#ifndef WARPS_M
+#define WARPS_M 2
+#endif
 #ifndef STAGES
 #define STAGES 3
 #endif
@@ -45,30 +55,15 @@ namespace tvw {
 constexpr int kThreads = 32 * WARPS;
 
 // ---- warp grid ----------------------------------------------------------------------
-// Split the CTA tile among the warps as squarely as possible: a square warp tile loads
-// the fewest fragments per mma (WTM / 16 A loads + WTN / 8 B loads feed WTM * WTN / 128
-// mma). Ties keep fewer warps along M, i.e. narrower N, which suits the sparse kernels:
-// their B fragments (32 K deep) cost twice the dense ones.
-constexpr int pick_warps_m() {
-    int best = -1;
-    int best_cost = 1 << 30;
-    for (int wm = 1; wm <= WARPS; wm *= 2) {
-        const int wn = WARPS / wm;
-        if (WARPS % wm != 0 || BM % (16 * wm) != 0 || BN % (16 * wn) != 0) continue;
-        const int d = BM / wm - BN / wn;
-        const int cost = d < 0 ? -d : d;
-        if (cost < best_cost) {
-            best = wm;
-            best_cost = cost;
-        }
-    }
-    return best;
-}
-
-constexpr int kWarpsM = pick_warps_m();
-static_assert(kWarpsM > 0, "no warp grid fits: BM must be a multiple of 16 * WARPS_M and "
-                           "BN of 16 * WARPS_N for some split of WARPS");
+// WARPS_M x WARPS_N warps tile the CTA tile; each warp owns a WTM x WTN piece. The host
+// picks the most square warp tile (fewest fragment loads per mma); here it only has to fit.
+constexpr int kWarpsM = WARPS_M;
+static_assert(kWarpsM > 0 && WARPS % kWarpsM == 0, "WARPS_M must divide WARPS");
 constexpr int kWarpsN = WARPS / kWarpsM;
+static_assert(BM % (16 * kWarpsM) == 0,
+              "WARPS_M must split BM into warp tiles of 16-row multiples");
+static_assert(BN % (16 * kWarpsN) == 0,
+              "WARPS / WARPS_M must split BN into warp tiles of 16-token multiples");
 constexpr int kWTM = BM / kWarpsM;  // warp tile rows (weight rows)
 constexpr int kWTN = BN / kWarpsN;  // warp tile columns (tokens)
 constexpr int kMT = kWTM / 16;      // mma tiles along M per warp
@@ -81,7 +76,7 @@ static_assert(kNT % 2 == 0, "the dense B fragments are loaded two n8 tiles at a 
 //   E  : sparse only: metadata, [BM / 16][BK / 64][32] uint32, lane-ordered as in memory
 //   B  : the activation tile, BK rows (K) x BN tokens fp16 (K-major, like XT)
 // All rows are stored as 16-byte chunks permuted by an XOR swizzle (see swz below), so
-// the pipeline needs exactly KernelConfig.smem_bytes and no padding.
+// the pipeline needs exactly KernelConfig.pipeline_smem_bytes and no padding.
 template <bool SPARSE>
 struct StageLayout {
     static constexpr int kAElems = SPARSE ? BK / 2 : BK;          // fp16 per A row
@@ -296,13 +291,13 @@ __device__ __forceinline__ void issue_metadata(uint32_t dst, const uint32_t* __r
 
 #endif  // TVWSIM_SPARSE_KERNEL
 
-// The compile-time shared memory size must equal what the build computed in Python
-// (kernels/build.py passes it as TVW_SMEM_BYTES): the manifest, the launcher and the
-// simulator all read that number.
+// The compile-time shared memory size must equal the config's footprint
+// (KernelConfig.smem_bytes, which the build passes as TVW_SMEM_BYTES): the manifest, the
+// launcher and the simulator all read that number.
 #ifdef TVW_SMEM_BYTES
 #define TVWSIM_CHECK_SMEM(SPARSE)                                                      \
     static_assert(tvw::StageLayout<SPARSE>::kSmemBytes == TVW_SMEM_BYTES,              \
-                  "kernels/build.py and common.cuh disagree on the shared memory size")
+                  "KernelConfig.smem_bytes and common.cuh disagree on the shared memory size")
 #else
 #define TVWSIM_CHECK_SMEM(SPARSE) static_assert(true, "")
 #endif

@@ -211,7 +211,7 @@ class FakeFunction:
             _fake_finalize(drv, cfg, a, grid[0])
             return
         assert block == (cfg.threads, 1, 1)
-        assert shared_size == kbuild.kernel_smem_bytes(cfg)
+        assert shared_size == cfg.smem_bytes
         if shared_size > 48 * 1024:
             assert self.attrs.get("dyn") == shared_size
         _fake_gemm(drv, self.module.pattern, cfg, a, grid[0])

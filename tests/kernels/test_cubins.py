@@ -54,7 +54,7 @@ def test_a_config_beyond_the_device_shared_memory_is_refused_before_any_launch(f
 
 
 def test_above_48_kib_the_kernel_opts_in_to_its_shared_memory(fake_gpu):
-    config = next(c for c in kbuild.VARIANTS["tvw"] if kbuild.kernel_smem_bytes(c) > 48 * 1024)
+    config = next(c for c in kbuild.VARIANTS["tvw"] if c.smem_bytes > 48 * 1024)
     kernel = cubins.load_kernel("tvw", config)
-    assert kernel.smem_bytes == kbuild.kernel_smem_bytes(config)
+    assert kernel.smem_bytes == config.smem_bytes
     assert kernel.gemm.attrs == {"dyn": kernel.smem_bytes}

@@ -4,8 +4,10 @@ spills, and the manifest tells the truth.
 Every shipped variant is compiled once per test session for sm_80 and sm_90 (parallel
 nvcc jobs into a temporary directory). Then, per cubin: the tensor-core instruction
 (HMMA.16816 for dense/tw/bw, HMMA.SP.16832 for vw/tvw), cp.async (LDGSTS) and ldmatrix
-(LDSM) are in the SASS; no local memory is used; the manifest's registers and stack agree
-with cuobjdump's independent reading of the cubin. Skipped only when nvcc is absent.
+(LDSM) are in the SASS; the ldmatrix and mma counts per stage show the warp grid the
+model assumes (`KernelConfig.warp_grid`); no local memory is used; the manifest's
+registers and stack agree with cuobjdump's independent reading of the cubin. Skipped only
+when nvcc is absent; the CPU tests below them pin the same rules without nvcc.
 
 The launcher's host side is tested in test_launch.py, test_launch_plan.py, test_cubins.py,
 test_probes.py and test_device.py (a numpy stand-in for the driver, tests/fakes/); the
@@ -26,6 +28,8 @@ from tvwsim.kernels import build as kbuild
 from tvwsim.cli import main
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.manifest import MANIFEST_NAME, BuiltKernel, read_manifest
+from tvwsim.pattern_spec import mma_kind
 
 HAVE_NVCC = shutil.which("nvcc") is not None or any(
     (Path(r) / "bin" / "nvcc").is_file()
@@ -68,8 +72,8 @@ def _entries(built):
     return [(k, out / k.cubin) for k in manifest.kernels]
 
 
-def _config_of(entry: kbuild.BuiltKernel) -> KernelConfig:
-    mma = "sparse" if entry.pattern in kbuild.SPARSE_PATTERNS else "dense"
+def _config_of(entry: BuiltKernel) -> KernelConfig:
+    mma = mma_kind(entry.pattern)
     return KernelConfig.from_name(entry.config, mma=mma)
 
 
@@ -101,7 +105,7 @@ def test_every_variant_is_built_for_every_arch(built):
 @needs_nvcc
 def test_manifest_has_exactly_the_documented_format(built):
     manifest, out = built
-    data = json.loads((out / kbuild.MANIFEST_NAME).read_text())
+    data = json.loads((out / MANIFEST_NAME).read_text())
     assert set(data) == {"schema", "nvcc", "kernels"}
     assert data["schema"] == 1
     assert data["nvcc"] == kbuild.nvcc_version()
@@ -114,7 +118,8 @@ def test_manifest_has_exactly_the_documented_format(built):
         assert set(entry) == keys
         for key in keys - {"pattern", "config", "arch", "cubin", "function"}:
             assert isinstance(entry[key], int) and entry[key] >= 0
-    assert kbuild.load_manifest(out) == manifest
+    assert read_manifest(out) == manifest
+    assert (out / MANIFEST_NAME).stat().st_mode & 0o044 == 0o044  # readable, not 0600
 
 
 @needs_nvcc
@@ -127,10 +132,7 @@ def test_sass_has_the_tensor_core_op_cp_async_and_ldmatrix(built, sass):
         assert ops[other] == 0, f"{entry.cubin}: unexpected {other}"
         # The main loop is unrolled over whole stages: the mma count is a multiple of one
         # stage's (warp tile / mma tile x K steps per stage).
-        c = _config_of(entry)
-        wm = _warps_m(c)
-        mt, nt = c.bm // wm // 16, c.bn // (c.warps // wm) // 8
-        per_stage = mt * nt * c.bk // (32 if c.mma == "sparse" else 16)
+        per_stage = _per_stage(_config_of(entry), _config_of(entry).warp_grid)["mma"]
         assert ops[mma] % per_stage == 0, f"{entry.cubin}: {ops[mma]} mma, {per_stage}/stage"
         assert sum(v for op, v in ops.items() if op.startswith("LDGSTS")) > 0, entry.cubin
         assert sum(v for op, v in ops.items() if op.startswith("LDSM.16.MT88")) > 0  # B, .trans
@@ -138,18 +140,101 @@ def test_sass_has_the_tensor_core_op_cp_async_and_ldmatrix(built, sass):
         assert sum(v for op, v in ops.items() if op.startswith("RED")) > 0  # split-K
 
 
-def _warps_m(c: KernelConfig) -> int:
-    """The warp grid common.cuh picks (pick_warps_m), restated."""
-    best, best_cost = -1, None
-    wm = 1
-    while wm <= c.warps:
-        wn = c.warps // wm
-        if c.bm % (16 * wm) == 0 and c.bn % (16 * wn) == 0:
-            cost = abs(c.bm // wm - c.bn // wn)
-            if best_cost is None or cost < best_cost:
-                best, best_cost = wm, cost
-        wm *= 2
-    return best
+# -- the warp grid, read back from the SASS ----------------------------------------------
+def _per_stage(config: KernelConfig, grid: tuple[int, int]) -> dict[str, int]:
+    """ldmatrix and mma instructions of one warp's compute of one stage, for warp grid
+    `grid` (common.cuh, warp_stage_dense / warp_stage_sparse): per mma-K step, one
+    ldmatrix.x4 per 16 weight rows (A); one ldmatrix.x4.trans per 16 tokens (dense B) or
+    per 8 tokens (sparse B, 32 K deep); one mma per 16 x 8 output piece."""
+    warp_m, warp_n = config.bm // grid[0], config.bn // grid[1]
+    mt, nt = warp_m // 16, warp_n // 8
+    steps = config.bk // (32 if config.mma == "sparse" else 16)
+    b_per_step = nt if config.mma == "sparse" else nt // 2
+    return {"a": mt * steps, "b": b_per_step * steps, "mma": mt * nt * steps}
+
+
+def _sass_warp_grids(ops, config: KernelConfig) -> list[tuple[int, int]]:
+    """Every warp grid whose per-stage counts explain the kernel's SASS: the main loop
+    holds some whole number of stage bodies, so the A loads (LDSM.16.M88), B loads
+    (LDSM.16.MT88) and mma must all be that many times one stage's. A 2 x 2 and a 4 x 1
+    grid of the same tile issue the same mma but different A and B loads."""
+    a = sum(n for op, n in ops.items() if op.startswith("LDSM.16.M88"))
+    b = sum(n for op, n in ops.items() if op.startswith("LDSM.16.MT88"))
+    mma = sum(n for op, n in ops.items() if op.startswith("HMMA."))
+    grids = []
+    warps_m = 1
+    while warps_m <= config.warps:
+        grid = (warps_m, config.warps // warps_m)
+        warps_m *= 2
+        if config.bm % (16 * grid[0]) or config.bn % (16 * grid[1]):
+            continue
+        per = _per_stage(config, grid)
+        copies = mma // per["mma"]
+        counts = (copies * per["a"], copies * per["b"], copies * per["mma"])
+        if copies and (a, b, mma) == counts:
+            grids.append(grid)
+    return grids
+
+
+@needs_nvcc
+def test_the_compiled_warp_grid_is_the_models(built, sass):
+    """For every shipped variant and arch, the SASS shows exactly one warp grid: the one
+    the simulator charges (registers, shared-memory fragment traffic)."""
+    for entry, _ in _entries(built):
+        config = _config_of(entry)
+        ops = sass[entry.cubin][entry.function]
+        assert _sass_warp_grids(ops, config) == [config.warp_grid], entry.cubin
+
+
+@needs_nvcc
+def test_the_kernel_takes_its_warp_grid_from_the_build(tmp_path):
+    """Built with another (fitting) split, the same tile compiles to that split's SASS:
+    the kernel computes no grid of its own. A split that does not fit, or none at all,
+    does not compile."""
+    config = kbuild.VARIANTS["dense"][2]  # 128 x 64: the build passes 2 x 2
+    assert config.warp_grid == (2, 2)
+    nvcc = kbuild.find_nvcc()
+    defines = [d for d in kbuild.config_defines(config) if not d.startswith("-DWARPS_M=")]
+    source = kbuild.CUDA_DIR / "dense.cu"
+    cubin = tmp_path / "x.cubin"
+    kbuild._run_nvcc(kbuild.nvcc_command(nvcc, source, "sm_80", cubin, [*defines, "-DWARPS_M=4"]))
+    ops = kbuild.sass_opcodes(cubin)["dense_gemm"]
+    assert _sass_warp_grids(ops, config) == [(4, 1)]
+    small = KernelConfig(bm=32, bn=64, bk=32)  # 2 x 2 fits, 4 x 1 (8-row warp tiles) does not
+    bad = [d for d in kbuild.config_defines(small) if not d.startswith("-DWARPS_M=")]
+    with pytest.raises(kbuild.BuildError, match="WARPS_M must split BM"):
+        kbuild._run_nvcc(kbuild.nvcc_command(nvcc, source, "sm_80", cubin, [*bad, "-DWARPS_M=4"]))
+    with pytest.raises(kbuild.BuildError, match="WARPS_M .* must be given"):
+        kbuild._run_nvcc(kbuild.nvcc_command(nvcc, source, "sm_80", cubin, bad))
+
+
+def test_the_sass_reader_tells_warp_grids_apart():
+    """The reader above on the counts each grid would produce (no nvcc needed): the
+    shipped 128 x 64 and 64 x 128 tiles are the ones where a most-square rule has a tie."""
+    for config in (
+        kbuild.VARIANTS["dense"][2],
+        kbuild.VARIANTS["tw"][3],
+        kbuild.VARIANTS["vw"][2],
+        kbuild.VARIANTS["tvw"][3],
+    ):
+        fits = [(1, 4), (2, 2), (4, 1)] if config.bm == 128 else [(1, 4), (2, 2)]
+        for grid in fits:
+            per = _per_stage(config, grid)
+            ops = {"LDSM.16.M88.4": 3 * per["a"], "LDSM.16.MT88.4": 3 * per["b"]}
+            ops["HMMA.16816.F32" if config.mma == "dense" else "HMMA.SP.16832.F32"] = 3 * per["mma"]
+            assert _sass_warp_grids(ops, config) == [grid], (config.name, grid)
+
+
+def test_the_build_passes_the_configs_warp_grid_and_footprint():
+    want = {"128x128": (2, 2), "128x64": (2, 2), "64x128": (1, 4)}
+    for configs in kbuild.VARIANTS.values():
+        for c in configs:
+            assert c.warp_grid == want[f"{c.bm}x{c.bn}"], c.name
+            defines = kbuild.config_defines(c)
+            assert f"-DWARPS_M={c.warp_grid[0]}" in defines
+            assert f"-DTVW_SMEM_BYTES={c.smem_bytes}" in defines
+    # The kernel source keeps no rule of its own to disagree with.
+    assert "pick_warps_m" not in (kbuild.CUDA_DIR / "common.cuh").read_text()
 
 
 @needs_nvcc
@@ -182,10 +267,9 @@ def test_dynamic_shared_memory_is_the_configs(built):
     manifest, _ = built
     for entry in manifest.kernels:
         config = _config_of(entry)
-        assert entry.shared_dynamic_bytes == kbuild.kernel_smem_bytes(config)
-        # For every shipped variant the pipeline, not the epilogue, sets the size: the
-        # simulator's KernelConfig.smem_bytes is then exactly what the kernel asks for.
         assert entry.shared_dynamic_bytes == config.smem_bytes
+        # For every shipped variant the pipeline, not the epilogue, sets the size.
+        assert entry.shared_dynamic_bytes == config.pipeline_smem_bytes
 
 
 @needs_nvcc
@@ -211,7 +295,7 @@ def test_an_interrupted_build_leaves_nothing_half_written(tmp_path, monkeypatch)
     variants = [("dense", kbuild.VARIANTS["dense"][2]), ("tw", kbuild.VARIANTS["tw"][2])]
     with pytest.raises(kbuild.BuildError, match="deliberately broken"):
         kbuild.build(["sm_80"], out, variants=variants, jobs=1, probe=False, progress=None)
-    assert not (out / kbuild.MANIFEST_NAME).exists()
+    assert not (out / MANIFEST_NAME).exists()
     assert not list(out.glob("tw-*"))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # temp dir removed
 
@@ -230,12 +314,14 @@ def test_rebuilding_one_arch_keeps_the_other_archs_entries(tmp_path):
 
 @needs_nvcc
 def test_cli_build_writes_cubins_and_manifest(tmp_path, capsys):
-    rc = main(["kernels", "build", "--arch", "sm_90", "--out", str(tmp_path), "--pattern", "bw"])
+    rc = main(
+        ["kernels", "build", "--arch", "sm_90", "--build-dir", str(tmp_path), "--pattern", "bw"]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     n = len(kbuild.VARIANTS["bw"])
     assert len(re.findall(r"^\[\s*\d+/\d+\] bw ", out, re.M)) == n  # one line per kernel
-    manifest = kbuild.load_manifest(tmp_path)
+    manifest = read_manifest(tmp_path)
     assert [k.pattern for k in manifest.kernels] == ["bw"] * n
 
 
@@ -258,9 +344,9 @@ def test_cli_build_without_nvcc_exits_2(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     monkeypatch.setattr(kbuild, "CUDA_ROOTS", ())
-    assert main(["kernels", "build", "--out", str(tmp_path / "k")]) == 2
+    assert main(["kernels", "build", "--build-dir", str(tmp_path / "k")]) == 2
     assert "nvcc" in capsys.readouterr().err
-    assert not (tmp_path / "k" / kbuild.MANIFEST_NAME).exists()
+    assert not (tmp_path / "k" / MANIFEST_NAME).exists()
 
 
 @pytest.mark.parametrize(
@@ -274,7 +360,7 @@ def test_cli_build_without_nvcc_exits_2(monkeypatch, tmp_path, capsys):
     ],
 )
 def test_cli_build_bad_arguments(argv, argument, capsys, tmp_path):
-    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert main([*argv, "--build-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{argument}:" in err and len(err.strip().splitlines()) == 1
 
@@ -287,8 +373,6 @@ def test_pattern_and_config_must_fit():
     with pytest.raises(InputError) as err:
         kbuild.check_pattern_config("ew", KernelConfig())
     assert err.value.argument == "pattern"
-    with pytest.raises(InputError, match="warp"):
-        kbuild.check_pattern_config("dense", KernelConfig(bm=16, bn=16, warps=16))
     # The swizzle needs rows of a power of two or a multiple of 8 chunks: refused here
     # rather than by a static_assert inside nvcc at launch time.
     for pattern, config in (
@@ -329,17 +413,8 @@ ptxas info    : Function properties for other
 ptxas info    : Used 24 registers, used 0 barriers, 392 bytes cmem[0]
 """
     res = kbuild.parse_ptxas(text)
-    assert res["a_kernel"] == kbuild.KernelResources(96, 2048, 16, 8, 4)
-    assert res["other"] == kbuild.KernelResources(24, 0, 0, 0, 0)
-
-
-def test_kernel_smem_bytes_mirrors_the_stage_layout():
-    for configs in kbuild.VARIANTS.values():
-        for c in configs:
-            assert kbuild.kernel_smem_bytes(c) >= c.smem_bytes
-    # A shallow pipeline (two stages of 16 K): the epilogue's staging tile is larger.
-    shallow = KernelConfig(bm=128, bn=64, bk=16, stages=2)
-    assert kbuild.kernel_smem_bytes(shallow) == 128 * (64 + 8) * 2 > shallow.smem_bytes
+    assert res["a_kernel"] == kbuild.PtxasReport(96, 2048, 16, 8, 4)
+    assert res["other"] == kbuild.PtxasReport(24, 0, 0, 0, 0)
 
 
 def test_cuda_tools_come_from_their_pypi_packages():

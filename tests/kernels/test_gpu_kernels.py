@@ -96,7 +96,7 @@ def test_every_policy_is_checked_for_every_pattern():
 
 def test_a_config_beyond_the_device_limit_is_refused(gpu):
     too_big = KernelConfig(bm=256, bn=256, bk=64, stages=8, mma="sparse")
-    assert kbuild.kernel_smem_bytes(too_big) > gpu.smem_per_block_optin_bytes
+    assert too_big.smem_bytes > gpu.smem_per_block_optin_bytes
     with pytest.raises(InputError) as err:
         cubins.load_kernel("vw", too_big)
     assert err.value.argument == "config"

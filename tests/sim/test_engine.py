@@ -314,7 +314,7 @@ def test_a_tile_that_does_not_fit_says_which_limit_and_by_how_much():
     assert err.value.argument == "tile"
     assert "131072 B shared memory" in err.value.problem and "over by 29696" in err.value.problem
     with pytest.raises(InputError) as err:
-        occupancy(rtx, estimate_resources(KernelConfig(bm=256, bn=256, warps=4)))
+        occupancy(rtx, estimate_resources(KernelConfig(bm=256, bn=128, warps=4)))
     assert "registers per thread" in err.value.problem and "over by" in err.value.problem
 
 

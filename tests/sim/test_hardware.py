@@ -139,6 +139,24 @@ def test_generation_specific_facts():
     assert rtx.max_warps_per_sm == 48 and rtx.max_ctas_per_sm == 16
 
 
+def test_each_preset_names_the_arch_its_kernels_are_built_for():
+    # CUDA GPUs list: V100 7.0, A100 8.0, RTX 3090 8.6, H100 9.0.
+    want = {"v100": "sm_70", "a100": "sm_80", "rtx3090": "sm_86", "h100": "sm_90"}
+    assert {name: load_preset(name).arch for name in SHIPPED} == want
+    # Nothing is guessed from a name: a hypothetical GPU has no arch until it is given one.
+    assert Hardware(name="a100-like").arch == ""
+    assert load_preset("a100", {"arch": "sm_90a"}).arch == "sm_90a"
+    assert Hardware(name="future", arch="sm_120").arch == "sm_120"
+
+
+def test_a_derived_preset_keeps_or_replaces_its_bases_arch(tmp_path, monkeypatch):
+    (tmp_path / "big-a100.toml").write_text('base = "a100"\nsm_count = 216\n')
+    (tmp_path / "h100-a.toml").write_text('base = "h100"\narch = "sm_90a"\n')
+    monkeypatch.setenv(PATH_ENV, str(tmp_path))
+    assert load_preset("big-a100").arch == "sm_80"
+    assert load_preset("h100-a").arch == "sm_90a"
+
+
 # -- overrides -------------------------------------------------------------------------------
 def test_overrides_describe_hypothetical_hardware():
     base = load_preset("h100")
@@ -203,6 +221,9 @@ def test_hardware_record_has_every_effective_field():
         ({"launch_overhead_us": "-1"}, "--set launch_overhead_us"),
         ({"clock_mhz": "inf"}, "--set clock_mhz"),
         ({"smem_per_sm_bytes": "1024"}, "--set smem_per_cta_bytes"),  # below per-CTA max
+        ({"arch": "compute_80"}, "--set arch"),  # a PTX target, not a cubin arch
+        ({"arch": "sm80"}, "--set arch"),
+        ({"arch": "sm_9"}, "--set arch"),
     ],
 )
 def test_bad_overrides_raise_one_clear_error(overrides, argument):
@@ -282,6 +303,8 @@ def test_user_directory_and_derived_presets(tmp_path, monkeypatch):
         ('base = "a100"\nsm_count = "many"\n', "bad.toml: sm_count"),
         ('base = "a100"\nsm_count = 1.5\n', "bad.toml: sm_count"),
         ('base = "a100"\nhas_cp_async = 1\n', "bad.toml: has_cp_async"),
+        ('base = "a100"\narch = 80\n', "bad.toml: arch"),
+        ('base = "a100"\narch = "ampere"\n', "bad.toml: arch"),
         ('base = "a100"\ndram_efficiency = 2.0\n', "bad.toml: dram_efficiency"),
         ('base = "a100"\nname = "other"\n', "bad.toml: name"),
         ('base = "nope"\n', "bad.toml: base"),

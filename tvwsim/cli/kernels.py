@@ -1,11 +1,13 @@
 """`tvwsim kernels ...`: build the CUDA kernels and check them on a GPU.
 
-    tvwsim kernels list                       # the shipped variants and their shared memory
-    tvwsim kernels build [--arch sm_80,sm_90] [--build-dir build/kernels] [--jobs N]
-    tvwsim kernels check [--quick] [--build-dir build/kernels]
+    tvwsim kernels list                       # the shipped variants, warp grids, shared memory
+    tvwsim kernels build [--arch sm_80,sm_90] [--build-dir DIR] [--jobs N]
+    tvwsim kernels check [--quick] [--build-dir DIR]
 
 `build` needs only nvcc (no GPU): it writes one cubin per (pattern, config, arch) and the
-resource manifest the simulator reads (kernels/build.py). `check` needs a CUDA device and
+resource manifest the simulator reads (kernels/build.py) into the kernel directory
+($TVWSIM_KERNEL_DIR, else ~/.cache/tvwsim/kernels; tvwsim/manifest.py), where `check` and
+`simulate` find them from any working directory. `check` needs a CUDA device and
 PyCUDA (`pip install -e ".[gpu]"`): it pins the mma.sp fragment layout with a one-warp
 probe and compares every kernel variant with its CPU twin (kernels/checks.py), printing
 one table row per check.
@@ -34,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls = sub.add_parser(
         "list",
         help="list the shipped kernel variants",
-        description="Print every shipped (pattern, config) with its threads and shared memory.",
+        description=(
+            "Print every shipped (pattern, config) with its threads, warp grid (warps along "
+            "the weight rows x along the tokens) and dynamic shared memory."
+        ),
     )
     ls.set_defaults(func=run_list)
 
@@ -49,10 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--arch", default="sm_80,sm_90", help="comma-separated (default sm_80,sm_90)")
     b.add_argument(
         "--build-dir",
-        default="build/kernels",
         metavar="DIR",
         help="where the cubins and manifest.json go, the folder `kernels check` and "
-        "`validate` read with --build-dir (default build/kernels)",
+        "`validate` read with --build-dir (default: the kernel directory, "
+        "$TVWSIM_KERNEL_DIR or ~/.cache/tvwsim/kernels)",
     )
     b.add_argument("--jobs", metavar="N", help="parallel nvcc jobs (default: CPU count)")
     b.add_argument(
@@ -73,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--quick", action="store_true", help="one variant per pattern")
     c.add_argument(
-        "--build-dir", metavar="DIR", help="cubins from `kernels build` (default build/kernels)"
+        "--build-dir",
+        metavar="DIR",
+        help="cubins from `kernels build` (default: the kernel directory, as for build)",
     )
     c.set_defaults(func=run_check)
 
@@ -84,17 +91,26 @@ def _no_action(parser: argparse.ArgumentParser) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from tvwsim.kernels.build import VARIANTS, kernel_smem_bytes
+    from tvwsim.kernels.build import VARIANTS
 
-    print(f"{'pattern':8} {'config':16} {'mma':7} {'threads':>7} {'smem_bytes':>10}")
+    print(
+        f"{'pattern':8} {'config':16} {'mma':7} {'threads':>7} {'warp_grid':>9} "
+        f"{'warp_tile':>9} {'smem_bytes':>10}"
+    )
     for pattern, configs in VARIANTS.items():
         for c in configs:
-            print(f"{pattern:8} {c.name:16} {c.mma:7} {c.threads:>7} {kernel_smem_bytes(c):>10}")
+            grid = "{} x {}".format(*c.warp_grid)
+            tile = "{}x{}".format(*c.warp_tile)
+            print(
+                f"{pattern:8} {c.name:16} {c.mma:7} {c.threads:>7} {grid:>9} {tile:>9} "
+                f"{c.smem_bytes:>10}"
+            )
     return 0
 
 
 def run_build(args: argparse.Namespace) -> int:
     from tvwsim.kernels import build as kbuild
+    from tvwsim.manifest import kernel_dir
 
     archs = kbuild.parse_arch_list(args.arch)
     jobs = None
@@ -109,11 +125,12 @@ def run_build(args: argparse.Namespace) -> int:
     if args.pattern is not None:
         patterns = parse_patterns("--pattern", args.pattern, allowed=tuple(kbuild.VARIANTS))
     variants = kbuild.selected_variants(patterns)
+    out = args.build_dir if args.build_dir is not None else str(kernel_dir())
     start = time.perf_counter()
     try:
         manifest = kbuild.build(
             archs,
-            args.build_dir,
+            out,
             variants=variants,
             jobs=jobs or os.cpu_count() or 1,
             progress=lambda line: print(line, flush=True),
@@ -124,8 +141,7 @@ def run_build(args: argparse.Namespace) -> int:
     spilling = [k for k in manifest.kernels if k.spill_store_bytes or k.spill_load_bytes]
     print(
         f"built {len(variants) * len(archs)} kernels for {', '.join(archs)} in "
-        f"{time.perf_counter() - start:.1f} s -> "
-        f"{os.path.join(args.build_dir, kbuild.MANIFEST_NAME)}"
+        f"{time.perf_counter() - start:.1f} s -> {os.path.join(out, kbuild.MANIFEST_NAME)}"
     )
     if spilling:
         names = ", ".join(f"{k.pattern} {k.config} {k.arch}" for k in spilling)
