@@ -50,13 +50,12 @@ EPILOGUE_EVENTS = 2
 """Events of a task beyond its K steps: the wait for the last stage and the store."""
 
 EVENTS_LIMIT = 100_000_000
-"""Default most events: about 45 minutes at EVENTS_PER_SECOND. The shipped `deepbench`
+"""Default most events: about 10 minutes at EVENTS_PER_SECOND. The shipped `deepbench`
 catalog at one sparsity (about 66 million events) still runs; a typo in a shape, which
 asks for billions, does not."""
-EVENTS_PER_SECOND = 40_000
-"""Rough engine speed on one core (30 000-50 000 measured: `tvwsim model deepbench
---pattern dense`, 16 million events in 455 s), only to say how long a refused run
-would take."""
+EVENTS_PER_SECOND = 150_000
+"""Rough engine speed per CPU second (a dense 4096^3 GEMM: 133 336 events in 0.9 s; a
+loaded machine gets less), only to say how long a refused run would take."""
 MEMORY_FRACTION = 0.8
 """Share of the memory available now that a run may plan to use."""
 

@@ -107,3 +107,17 @@ def test_progress_bar_only_on_a_terminal_and_only_when_enabled(monkeypatch):
     with progress_bar(3, "gemm") as step:
         step("layer7")
     assert "0/3 [" in terminal.getvalue() and "gemm/s" in terminal.getvalue()
+
+
+@pytest.mark.parametrize(
+    "argv, prefix",
+    [
+        (["hw", "show", "a100", "--set", "sm_count=x"], "tvwsim hw show: error: --set sm_count"),
+        (["kernels", "build", "--pattern", "xw"], "tvwsim kernels build: error: --pattern"),
+        (["simulate", "--hw", "a100", "--shape", "1,1", "--pattern", "tw"], "tvwsim simulate:"),
+    ],
+)
+def test_errors_name_the_full_command(capsys, argv, prefix):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(prefix) and len(err.splitlines()) == 1

@@ -1,9 +1,11 @@
 """The `tvwsim` command line.
 
-Each area of the project registers its own subcommands from a `commands` module
-(`kernels/commands.py`, `sim/commands.py`, ...) so that a newcomer finds a command next to
-the code it drives. Those modules import their heavy dependencies inside the handlers, so
-`tvwsim --help` stays fast and never needs a GPU.
+One module per command group registers its subcommands (`tvwsim/cli/simulate.py` for
+`simulate` and `timeline`, `tvwsim/cli/hw.py` for `hw list` and `hw show`, ...); nothing
+else imports this package. The modules import their heavy dependencies inside the
+handlers, so `tvwsim --help` stays fast and never needs a GPU. An option name means one
+thing in every command (`--pattern`, `--out FILE`, `--json`, `--no-progress`, ...;
+tests/cli/test_options.py checks it).
 
 Bad input raises `tvwsim.errors.InputError` (or an OSError for files); here it becomes one
 line on stderr and exit status 2, never a traceback.
@@ -43,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _name_commands(parser)
     return parser
+
+
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command know its full name ('tvwsim hw show') for its errors."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command_name=sub.prog)
+                _name_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    command = getattr(args, "command_name", f"tvwsim {args.command}")
     try:
         return int(args.func(args) or 0)
     except InputError as err:
-        print(f"tvwsim {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (`tvwsim ... | head`): not an error of ours. Point stdout at
@@ -66,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as err:
         name = err.filename if err.filename is not None else ""
-        print(f"tvwsim {args.command}: error: {name}: {err.strerror or err}", file=sys.stderr)
+        print(f"{command}: error: {name}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tvwsim {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
