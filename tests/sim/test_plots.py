@@ -20,12 +20,6 @@ from tvwsim.sim.timeline import draw_timeline, timeline_figure
 from tvwsim.traces.catalog import load_workload
 
 
-@pytest.fixture(autouse=True)
-def _no_local_kernel_manifest(tmp_path, monkeypatch):
-    monkeypatch.setenv("TVWSIM_KERNEL_DIR", str(tmp_path / "kernels"))
-    monkeypatch.chdir(tmp_path)
-
-
 @pytest.fixture()
 def umask_022():
     old = os.umask(0o022)
@@ -93,7 +87,7 @@ def test_timeline_file_is_whole_with_the_normal_mode(tw_run, tmp_path, umask_022
     path = draw_timeline(result, tmp_path / "t.svg", schedule=schedule)
     assert path.read_text().lstrip().startswith("<?xml")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["t.svg"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["t.svg"]
 
 
 TOY = textwrap.dedent(

@@ -11,13 +11,6 @@ from tvwsim.sim.engine import simulate
 from tvwsim.sim.presets import load_preset
 
 
-@pytest.fixture(autouse=True)
-def _no_local_kernel_manifest(tmp_path, monkeypatch):
-    """Estimated resources everywhere, whether or not kernels were built here."""
-    monkeypatch.setenv("TVWSIM_KERNEL_DIR", str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-
-
 def _result(m=512, n=768, k=512, pattern="tw", sparsity=0.75, hw=None):
     schedule = schedule_for_shape(m, n, k, pattern, sparsity)
     return simulate(schedule, hw or load_preset("a100"), cache=False)
