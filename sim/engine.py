@@ -1,31 +1,40 @@
 """The engine: a SimPy model of one GEMM kernel launch, counted in SM clock cycles.
 
-The scenario, as a CTA lives it
--------------------------------
-A launch starts after a fixed launch overhead. Every SM has `ctas_per_sm` resident
-slots (`tvwsim.sim.occupancy`). A dispatcher hands the schedule's tasks to slots in schedule
-order, breadth-first over the SMs at the start (slot 0 of every SM, then slot 1, ...)
-and afterwards to whichever slot frees up first. A CTA then
+Covers
+------
+The actors of a launch and `simulate`, its entry point:
 
-1. *prologue*: issues the loads of its first `depth` pipeline stages
-   (`depth = stages - 1` with cp.async; 1 without it, where a load has to land in
-   registers before the next one can be issued);
-2. *main loop*, per K step s: waits until stage s has arrived and its own previous
-   stage has been computed; issues the load of stage s + depth (the buffer just freed);
-   and queues stage s on its SM's math pipe (tensor cores, or CUDA cores for ew),
-   which it shares first-come-first-served with the other CTAs resident on that SM;
-3. *epilogue*: after its last stage is computed, stores its output tile (fp16 through
-   L2 to DRAM; an fp32 red.global.add into the split-K workspace at L2 for a split
-   piece), pays `cta_fixed_cycles` of bookkeeping and frees its slot.
+- `Gpu` builds the launch (SMs, memory system, load path, dispatcher), runs it and
+  assembles the `SimResult`;
+- `Dispatcher` hands the schedule's tasks to CTA slots in schedule order;
+- `Sm` (`tvwsim.sim.sm`): an SM's resident-CTA slots and the `MathPipe` they share,
+  `TensorCoreMma` or `CudaCores`;
+- `MemorySystem` (`tvwsim.sim.memory`): the GPU-wide L2 and DRAM bandwidth servers, the
+  L2 policy chosen by `Hardware.l2_policy`, and the `LoadPath` a CTA loads through
+  (`CpAsyncLoads`, or `RegisterStagedLoads` without cp.async);
+- `cta()`: the SimPy process of one CTA, over the named `Stage`s of its K loop
+  (`tvwsim.sim.stages`).
 
-A stage load is the gathered activation rows (bk rows of the token block) plus the weight
-tile's stage (values, metadata, indices). Its bytes go through the L2 bandwidth server;
-those that miss the L2 residency model also through the DRAM server; it arrives after
-the queueing of both plus the L2 or DRAM latency (`tvwsim.sim.memory`). Math time of a stage is
-`max(FLOPs / (rate x efficiency), shared-memory bytes / shared-memory bandwidth)`: the
-mma rate (dense or sparse) or, on a GPU without sparse tensor cores, the dense rate for
-the 2:4 kernel's logical work; partial edge tiles, padding and absent bw blocks cost a
-full stage. The shared-memory bytes are the stage's fill plus the warps' fragment reads.
+A new mechanism is a new class beside the old one, passed to `Gpu` (or, for an L2 policy,
+named by a `Hardware` field): docs/model.md section 5 says where each plugs in.
+
+Scenario
+--------
+A launch starts after a fixed launch overhead. Every SM has `ctas_per_sm` resident slots
+(`tvwsim.sim.occupancy`). The dispatcher hands the tasks to slots in schedule order,
+breadth-first over the SMs at the start (slot 0 of every SM, then slot 1, ...) and
+afterwards to whichever slot frees up first. A CTA then
+
+1. *prologue*: issues the loads of its first `depth` stages (`depth = stages - 1` with
+   cp.async; 1 without it, where a load has to land in registers before the next one can
+   be issued);
+2. *K loop*, per stage s: waits until stage s has arrived and its own previous stage has
+   been computed; issues the load of stage s + depth (the buffer just freed); and queues
+   stage s on its SM's math pipe, which it shares first-come-first-served with the other
+   CTAs resident on that SM;
+3. *epilogue*: after its last stage is computed, stores its output tile (fp16 through L2
+   to DRAM; an fp32 red.global.add into the split-K workspace at L2 for a split piece),
+   pays `cta_fixed_cycles` of bookkeeping and frees its slot.
 
 Granularity is the pipeline stage: one SimPy timeout per stage and CTA, plus two for the
 epilogue. Loads and math are reserved analytically on FIFO servers at the moment they are
@@ -45,22 +54,30 @@ identical layers of a network are simulated once.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import simpy
 from tvwsim.sim.hardware import Hardware
-from tvwsim.sim.memory import BandwidthServer, L2Cache
+from tvwsim.sim.memory import L2Policy, LoadPath, MemorySystem, load_path_for
 from tvwsim.sim.occupancy import KernelResources, Occupancy, occupancy, resources_for
 from tvwsim.sim.result import SimResult
+from tvwsim.sim.sm import MathPipe, Sm, math_pipe_for, stage_smem_bytes
+from tvwsim.sim.stages import CtaTask, Stage, StageTable, cta_tasks
 
 from tvwsim.errors import InputError
-from tvwsim.schedule import ELEMENT_BYTES, Schedule
+from tvwsim.schedule import Schedule
 
-ACT_CHUNK_ROWS = 64
-"""Activation rows per L2 residency chunk (one 64-bit row mask)."""
-SPLIT_WORKSPACE_BYTES = 4
-"""fp32 partial sums in the split-K workspace."""
+__all__ = [
+    "Dispatcher",
+    "Gpu",
+    "Stage",
+    "clear_cache",
+    "cta",
+    "simulate",
+    "stage_smem_bytes",
+]
 
 _CACHE_SIZE = 256
 _cache: OrderedDict[tuple, SimResult] = OrderedDict()
@@ -97,7 +114,7 @@ def simulate(
     if cache and key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    result = _Launch(schedule, hw, resources, occ).run()
+    result = Gpu(schedule, hw, resources, occ).run()
     if cache:
         _cache[key] = result
         while len(_cache) > _CACHE_SIZE:
@@ -105,217 +122,141 @@ def simulate(
     return result
 
 
-def stage_smem_bytes(schedule: Schedule) -> float:
-    """Shared-memory bytes one tensor-core stage moves: the fill by the stage's loads plus
-    every warp's fragment reads (a warp reads the A rows of its warp row and the B
-    columns of its warp column, so A is read warps_n times and B warps_m times)."""
-    c = schedule.config
-    warps_m, warps_n = c.warp_grid  # the split the kernel is compiled with
-    fill = c.weight_stage_bytes + c.activation_stage_bytes
-    return fill + warps_n * c.weight_stage_bytes + warps_m * c.activation_stage_bytes
+# -- the actors ------------------------------------------------------------------------------
+def cta(env: simpy.Environment, gpu: Gpu, sm: Sm, slot: int, task: CtaTask) -> Iterator:
+    """One CTA on `slot` of `sm`: prologue loads, the K loop, the epilogue (docs/model.md 5.2)."""
+    loads, math = gpu.loads, sm.math
+    stages = gpu.stages.of_task(task)
+    start = env.now
+
+    # Prologue: the loads of the first `depth` stages go out together.
+    in_flight = deque(loads.load(stage, task, start) for stage in stages[: loads.depth])
+    next_load = len(in_flight)
+
+    # K loop: wait for the stage and for our previous math, refill the freed buffer,
+    # queue the stage on the SM's math pipe.
+    math_done = start
+    for stage in stages:
+        ready = in_flight.popleft()
+        if math_done > ready:
+            ready = math_done
+        if ready > env.now:
+            yield gpu.wait_until(ready)
+        now = env.now
+        if next_load < len(stages):
+            in_flight.append(loads.load(stages[next_load], task, now))
+            next_load += 1
+        math_done = math.reserve(now, stage.math_cycles)
+
+    # Epilogue: store the tile once the last stage is computed, then the fixed cost.
+    if math_done > env.now:
+        yield gpu.wait_until(math_done)
+    stored = gpu.memory.write_tile(task, env.now)
+    yield gpu.wait_until(stored + gpu.hw.cta_fixed_cycles)
+    gpu.record(task, sm, slot, start, env.now)
 
 
-class _Launch:
-    """One kernel launch in a SimPy environment (see the module docstring)."""
+def cta_slot(env: simpy.Environment, gpu: Gpu, sm: Sm, slot: int) -> Iterator:
+    """One resident-CTA slot of an SM: runs the dispatcher's next task until none is left."""
+    while (task := gpu.dispatcher.next_task(sm, slot)) is not None:
+        yield from cta(env, gpu, sm, slot, task)
+
+
+class Dispatcher:
+    """Hands the schedule's tasks to CTA slots in schedule order (docs/model.md 5.1).
+
+    At launch the slots ask breadth-first over the SMs (slot 0 of every SM, then slot 1,
+    ...); afterwards whichever slot frees first asks next. Another way to place CTAs (a
+    thread-block cluster on one GPC, say) is a subclass that orders `slots` or answers
+    `next_task` differently.
+    """
+
+    def __init__(self, tasks: list[CtaTask]):
+        self.tasks = tasks
+        self.next_index = 0
+        """The next task to hand out."""
+
+    def slots(self, sms: list[Sm]) -> list[tuple[Sm, int]]:
+        """The (SM, slot) pairs that run tasks, in the order they first ask."""
+        most = max((sm.slots for sm in sms), default=0)
+        return [(sm, slot) for slot in range(most) for sm in sms if slot < sm.slots]
+
+    def next_task(self, sm: Sm, slot: int) -> CtaTask | None:
+        """The task for a slot that has just freed up, or None when none is left."""
+        if self.next_index >= len(self.tasks):
+            return None
+        task = self.tasks[self.next_index]
+        self.next_index += 1
+        return task
+
+
+class Gpu:
+    """One kernel launch on a GPU: builds the actors, runs them, assembles the result.
+
+    The defaults are what the kernels use on `hw`; pass a class to try another mechanism:
+    `math_pipe` (a `MathPipe` subclass, one instance per SM), `load_path` (a `LoadPath`
+    subclass), `l2_policy` (an `L2Policy` subclass, instead of the one `hw.l2_policy`
+    names), `dispatcher` (a `Dispatcher` subclass).
+    """
 
     def __init__(
-        self, schedule: Schedule, hw: Hardware, resources: KernelResources, occ: Occupancy
+        self,
+        schedule: Schedule,
+        hw: Hardware,
+        resources: KernelResources,
+        occ: Occupancy,
+        *,
+        math_pipe: type[MathPipe] | None = None,
+        load_path: type[LoadPath] | None = None,
+        l2_policy: type[L2Policy] | None = None,
+        dispatcher: type[Dispatcher] = Dispatcher,
     ):
         self.schedule, self.hw, self.resources, self.occ = schedule, hw, resources, occ
-        self.work = schedule.work
-        config = schedule.config
-        self.bk = config.bk
-        self.depth = config.stages - 1 if hw.has_cp_async else 1
-        self.fixed_cycles = float(hw.cta_fixed_cycles)
-        self.l2_latency = float(hw.l2_latency_cycles)
-        self.dram_latency = float(hw.dram_latency_cycles)
-        self.l2 = BandwidthServer("L2", hw.l2_bytes_per_cycle * hw.l2_efficiency)
-        self.dram = BandwidthServer("DRAM", hw.dram_bytes_per_cycle * hw.dram_efficiency)
-        self.cache = L2Cache(hw.l2_bytes)
+        self.env = simpy.Environment()
+        pipe = math_pipe or math_pipe_for(schedule)
+        self.sms = [Sm(i, occ.ctas_per_sm, pipe()) for i in range(hw.sm_count)]
+        self.memory = MemorySystem(hw, l2_policy)
+        self.loads = (load_path or load_path_for(hw))(self.memory, schedule.config)
+        self.stages = StageTable(schedule, pipe.stage_cycles(schedule, hw))
+        self.tasks = cta_tasks(schedule)
+        self.dispatcher = dispatcher(self.tasks)
 
-        # Per token block: valid tokens and the bytes of one X.T row segment.
-        blocks = schedule.act_blocks
-        self.tokens = [min(config.bn, schedule.m - b * config.bn) for b in range(blocks)]
-        self.row_bytes = [float(t * ELEMENT_BYTES) for t in self.tokens]
-        self.n_chunks = -(-schedule.k // ACT_CHUNK_ROWS) + 1
-
-        self.holds = self._stage_holds()
-        self._stages: dict[int, list] = {}
-
-        self.tasks = [tuple(int(v) for v in row) for row in schedule.tasks]
-        whole = self.work.k_lengths[schedule.tasks[:, 0]] if schedule.n_tasks else []
-        self.split = [
-            bool(k0 != 0 or k1 != w)
-            for (_, _, k0, k1), w in zip(self.tasks, np.asarray(whole).tolist(), strict=True)
-        ]
-        self.out_rows = self.work.out_rows.tolist()
         n = len(self.tasks)
         self.cta_sm = np.full(n, -1, dtype=np.int32)
         self.cta_slot = np.full(n, -1, dtype=np.int32)
         self.cta_start = np.zeros(n)
         self.cta_end = np.zeros(n)
-        self.next_task = 0
-        self.sm_free = [0.0] * hw.sm_count
-        self.compute_busy = 0.0
         self.events = 0
+        """SimPy events: one per slot process started and one per timeout."""
 
-    # -- physics helpers -------------------------------------------------------------------
-    def _stage_holds(self) -> np.ndarray:
-        """Math-pipe cycles of every stage: max(math time, shared-memory time)."""
-        hw, work, config = self.hw, self.work, self.schedule.config
-        flops = work.stage_flops
-        if work.compute_unit == "cuda":
-            rate = hw.cuda_core_flops_per_clk_per_sm * hw.mma_efficiency_dense
-            # Each FMA reads one activation element (2 B) from shared memory; the stage's
-            # rows are staged there first.
-            smem = flops / 2 * ELEMENT_BYTES + config.activation_stage_bytes
-        else:
-            if config.mma == "sparse" and hw.has_sparse_tensor_cores:
-                rate = hw.sparse_flops_per_clk_per_sm * hw.mma_efficiency_sparse
-            else:
-                # No sparse tensor core: the 2:4 kernel's logical work runs densely.
-                rate = hw.dense_flops_per_clk_per_sm * hw.mma_efficiency_dense
-            smem = np.full(flops.shape, stage_smem_bytes(self.schedule))
-        return np.maximum(flops / rate, smem / hw.smem_bytes_per_clk_per_sm)
+    def wait_until(self, time: float) -> simpy.Timeout:
+        """The event a process yields to resume at `time` (counted in `events`)."""
+        self.events += 1
+        return self.env.timeout(time - self.env.now)
 
-    def _stages_of(self, tile: int) -> list:
-        """Per stage of `tile`: (activation chunks, rows, weight key, weight bytes, hold).
-
-        Activation chunks are (chunk index, 64-bit row mask) pairs of the X.T rows the
-        stage gathers; built once per tile with numpy and kept.
-        """
-        cached = self._stages.get(tile)
-        if cached is not None:
-            return cached
-        work, bk = self.work, self.bk
-        a0, a1 = int(work.act_ptr[tile]), int(work.act_ptr[tile + 1])
-        p0, p1 = int(work.stage_ptr[tile]), int(work.stage_ptr[tile + 1])
-        rows = work.act_rows[a0:a1].astype(np.int64)
-        position = np.flatnonzero(rows >= 0)
-        valid = rows[position]
-        stage_of = position // bk
-        n_stages = p1 - p0
-        chunks: list[list] = [[] for _ in range(n_stages)]
-        n_rows = np.bincount(stage_of, minlength=n_stages).tolist()
-        if valid.size:
-            combo = stage_of * self.n_chunks + (valid >> 6)
-            starts = np.concatenate([[0], np.flatnonzero(np.diff(combo)) + 1])
-            bits = np.left_shift(np.uint64(1), (valid & 63).astype(np.uint64))
-            masks = np.bitwise_or.reduceat(bits, starts).tolist()
-            for c, mask in zip(combo[starts].tolist(), masks, strict=True):
-                chunks[c // self.n_chunks].append((c % self.n_chunks, int(mask)))
-        weight_bytes = work.stage_weight_bytes[p0:p1].tolist()
-        holds = self.holds[p0:p1].tolist()
-        stages = [
-            (tuple(chunks[s]), n_rows[s], -1 - (p0 + s), weight_bytes[s], holds[s])
-            for s in range(n_stages)
-        ]
-        self._stages[tile] = stages
-        return stages
-
-    def _load(self, stage: tuple, block: int, now: float) -> float:
-        """Issue one stage's loads at `now`; return the time its data has arrived."""
-        chunks, n_rows, weight_key, weight_bytes, _ = stage
-        cache = self.cache
-        row_bytes = self.row_bytes[block]
-        base = block * self.n_chunks
-        missed = cache.access(weight_key, 1, weight_bytes)
-        for chunk, mask in chunks:
-            missed += cache.access(base + chunk, mask, row_bytes)
-        arrived = self.l2.serve(now, n_rows * row_bytes + weight_bytes)
-        if missed > 0:
-            from_dram = self.dram.serve(now, missed)
-            if from_dram > arrived:
-                arrived = from_dram
-            return arrived + self.dram_latency
-        return arrived + self.l2_latency
-
-    def _store(self, tile: int, block: int, split: bool, now: float) -> float:
-        """Issue the epilogue's stores at `now`; return when L2 has accepted them."""
-        elements = self.out_rows[tile] * self.tokens[block]
-        if split:
-            # red.global.add.f32: read-modify-write of fp32 partial sums at L2.
-            return self.l2.serve(now, 2 * SPLIT_WORKSPACE_BYTES * elements)
-        nbytes = ELEMENT_BYTES * elements
-        self.dram.serve(now, nbytes)  # written back to DRAM eventually
-        return self.l2.serve(now, nbytes)
-
-    # -- the actors --------------------------------------------------------------------------
-    def _slot(self, sm: int, slot: int):
-        """One resident-CTA slot of an SM: runs tasks, in schedule order, until none is left."""
-        env = self.env
-        timeout = env.timeout
-        bk, depth = self.bk, self.depth
-        sm_free = self.sm_free
-        n_tasks = len(self.tasks)
-        while self.next_task < n_tasks:
-            i = self.next_task
-            self.next_task = i + 1
-            tile, block, k_begin, k_end = self.tasks[i]
-            stages = self._stages_of(tile)
-            first, last = k_begin // bk, k_end // bk
-            start = env.now
-
-            # Prologue: the first `depth` stages' loads go out together.
-            pending: deque[float] = deque()
-            issued = first
-            while issued < last and issued < first + depth:
-                pending.append(self._load(stages[issued], block, start))
-                issued += 1
-
-            # Main loop: wait for stage s, refill the freed buffer, queue the math.
-            math_done = start
-            for s in range(first, last):
-                ready = pending.popleft()
-                if math_done > ready:
-                    ready = math_done
-                if ready > env.now:
-                    self.events += 1
-                    yield timeout(ready - env.now)
-                now = env.now
-                if issued < last:
-                    pending.append(self._load(stages[issued], block, now))
-                    issued += 1
-                hold = stages[s][4]
-                begin = sm_free[sm] if sm_free[sm] > now else now
-                math_done = begin + hold
-                sm_free[sm] = math_done
-                self.compute_busy += hold
-
-            # Epilogue: store the tile, then the fixed per-CTA cost.
-            if math_done > env.now:
-                self.events += 1
-                yield timeout(math_done - env.now)
-            stored = self._store(tile, block, self.split[i], env.now)
-            self.events += 1
-            yield timeout(stored + self.fixed_cycles - env.now)
-            self.cta_sm[i], self.cta_slot[i] = sm, slot
-            self.cta_start[i], self.cta_end[i] = start, env.now
+    def record(self, task: CtaTask, sm: Sm, slot: int, start: float, end: float) -> None:
+        """Note where and when a CTA ran (the timeline of the result)."""
+        i = task.index
+        self.cta_sm[i], self.cta_slot[i] = sm.index, slot
+        self.cta_start[i], self.cta_end[i] = start, end
 
     def run(self) -> SimResult:
-        hw, schedule, work = self.hw, self.schedule, self.work
-        self.env = simpy.Environment()
-        slots = self.occ.ctas_per_sm
-        # Breadth-first: slot 0 of every SM takes the first tasks, then slot 1, ...
-        for slot in range(slots):
-            for sm in range(hw.sm_count):
-                self.env.process(self._slot(sm, slot))
+        """Run the launch to its end and return the result."""
+        for sm, slot in self.dispatcher.slots(self.sms):
+            self.env.process(cta_slot(self.env, self, sm, slot))
+            self.events += 1
         self.env.run()
-        self.events += slots * hw.sm_count
-        kernel_cycles = float(self.cta_end.max()) if len(self.tasks) else 0.0
+        return self._result()
 
-        # Tail: the first moment an SM that had work ran out of it for good.
-        used = self.cta_sm >= 0
-        last_end = np.full(hw.sm_count, -np.inf)
-        np.maximum.at(last_end, self.cta_sm[used], self.cta_end[used])
-        last_end = last_end[np.isfinite(last_end)]
-        tail_start = float(last_end.min()) if last_end.size else 0.0
-
-        reduction_cycles, reduction_bytes = self._split_passes()
+    # -- the result ------------------------------------------------------------------------
+    def _result(self) -> SimResult:
+        hw, schedule, work, memory = self.hw, self.schedule, self.schedule.work, self.memory
+        kernel_cycles = float(self.cta_end.max()) if self.tasks else 0.0
+        reduction_cycles, reduction_bytes = self._split_k_passes()
         launch_cycles = hw.launch_overhead_us * hw.clock_mhz
-        slots_total = hw.sm_count * slots
+        slots = self.occ.ctas_per_sm
         return SimResult(
-            hardware=hw.name,
+            hardware=hw.label,
             pattern=schedule.pattern,
             policy=schedule.policy,
             config=schedule.config.name,
@@ -337,15 +278,15 @@ class _Launch:
             resources_source=self.resources.source,
             registers_per_thread=self.resources.registers_per_thread,
             smem_bytes_per_cta=self.resources.smem_bytes,
-            waves=-(-len(self.tasks) // slots_total),
+            waves=-(-len(self.tasks) // (hw.sm_count * slots)),
             sm_count=hw.sm_count,
-            compute_busy_cycles=self.compute_busy,
-            l2_busy_cycles=self.l2.busy_cycles,
-            dram_busy_cycles=self.dram.busy_cycles,
-            l2_bytes=self.l2.bytes_moved,
-            dram_bytes=self.dram.bytes_moved + reduction_bytes,
-            l2_hit_rate=self.cache.hit_rate,
-            tail_start_cycles=tail_start,
+            compute_busy_cycles=sum(sm.math.busy_cycles for sm in self.sms),
+            l2_busy_cycles=memory.l2.busy_cycles,
+            dram_busy_cycles=memory.dram.busy_cycles,
+            l2_bytes=memory.l2.bytes_moved,
+            dram_bytes=memory.dram.bytes_moved + reduction_bytes,
+            l2_hit_rate=memory.l2_cache.hit_rate,
+            tail_start_cycles=self._tail_start(),
             events=self.events,
             cta_sm=self.cta_sm,
             cta_slot=self.cta_slot,
@@ -354,13 +295,17 @@ class _Launch:
             cta_tile=np.asarray(schedule.tasks[:, 0], dtype=np.int32),
         )
 
-    def _split_passes(self) -> tuple[float, float]:
+    def _tail_start(self) -> float:
+        """The first moment an SM that had work ran out of it for good."""
+        used = self.cta_sm >= 0
+        last_end = np.full(self.hw.sm_count, -np.inf)
+        np.maximum.at(last_end, self.cta_sm[used], self.cta_end[used])
+        last_end = last_end[np.isfinite(last_end)]
+        return float(last_end.min()) if last_end.size else 0.0
+
+    def _split_k_passes(self) -> tuple[float, float]:
         """Cycles and DRAM bytes of the split-K zero-fill and fp32 -> fp16 passes."""
-        pairs = {(t, b) for (t, b, _, _), s in zip(self.tasks, self.split, strict=True) if s}
-        if not pairs:
+        pieces = {(t.tile, t.block): t.out_elements for t in self.tasks if t.split}
+        if not pieces:
             return 0.0, 0.0
-        elements = sum(self.out_rows[t] * self.tokens[b] for t, b in sorted(pairs))
-        # zero-fill: write fp32; convert: read fp32, write fp16.
-        nbytes = elements * (SPLIT_WORKSPACE_BYTES + SPLIT_WORKSPACE_BYTES + ELEMENT_BYTES)
-        rate = self.hw.dram_bytes_per_cycle * self.hw.dram_efficiency
-        return nbytes / rate + 2 * self.dram_latency, float(nbytes)
+        return self.memory.split_k_passes(sum(pieces.values()))

@@ -13,6 +13,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from tvwsim.sim.memory import l2_policy
+
 from tvwsim.errors import InputError
 from tvwsim.manifest import check_arch
 
@@ -64,6 +66,9 @@ class Hardware:
     # -- memory system ------------------------------------------------------------------
     l2_bytes: int = 41943040
     """L2 cache capacity."""
+    l2_policy: str = "lru"
+    """The L2 residency model that decides hits (`tvwsim.sim.memory.L2_POLICIES`); 'lru':
+    least recently used chunks, with per-row residency of activation chunks."""
     l2_bandwidth_gbps: float = 5400.0
     """L2 bandwidth, GB/s (10^9 bytes/s)."""
     dram_bandwidth_gbps: float = 1555.0
@@ -84,6 +89,8 @@ class Hardware:
     """Achieved fraction of the dense tensor-core rate in a main loop."""
     mma_efficiency_sparse: float = 0.85
     """Achieved fraction of the sparse tensor-core rate in a main loop."""
+    cuda_core_efficiency: float = 0.85
+    """Achieved fraction of the CUDA-core FMA rate in ew's CSR SpMM main loop."""
     cta_fixed_cycles: float = 500.0
     """Per-CTA fixed cost: launch into a slot, index setup, epilogue bookkeeping."""
 
@@ -100,6 +107,9 @@ class Hardware:
             if f.name == "arch":
                 if self.arch != "":
                     check_arch(self.arch, "arch")
+                continue
+            if f.name == "l2_policy":
+                l2_policy(self.l2_policy)  # InputError('l2_policy') for an unknown name
                 continue
             if f.name in ("name", "description", "source", "extra", "overrides"):
                 continue

@@ -1,7 +1,13 @@
-"""The memory system of the model: bandwidth servers and an L2 residency model.
+"""The memory system of the model: bandwidth servers, an L2 policy and the load paths.
 
-Two small pieces of physics, kept apart from the engine so each can be read (and
-tested) on its own.
+Covers
+------
+`MemorySystem` (the GPU-wide part: L2 and DRAM bandwidth servers, the L2 residency
+policy, the trip latencies), the L2 policies (`L2Policy`, today's `LruL2`, chosen by the
+`Hardware.l2_policy` field through `L2_POLICIES`) and the load paths a CTA uses to bring a
+stage into shared memory (`CpAsyncLoads`, `RegisterStagedLoads`, chosen by
+`load_path_for`). A new mechanism is a new class beside these: a TMA load path is a
+`LoadPath`, another replacement rule an `L2Policy` added to `L2_POLICIES`.
 
 Bandwidth server
 ----------------
@@ -10,17 +16,17 @@ made at time t waits for the requests before it, then occupies the server for
 B / bytes_per_cycle cycles (first come, first served). Requests from all SMs share the
 one server, so when more bytes are asked for than it can move, every load sees a longer
 queue - that is bandwidth contention. The fixed latency of the trip (a pointer-chase
-figure) is added on top by the caller; it overlaps with other requests' service, so many
-loads in flight hide it and few do not.
+figure) is added on top; it overlaps with other requests' service, so many loads in
+flight hide it and few do not.
 
 The server is *analytic*: `serve` returns the completion time at once instead of
 queueing a SimPy event. That is exact for a FIFO queue whose requests arrive in time
-order, which is how the engine calls it, and costs no event per request.
+order, which is how the CTAs call it, and costs no event per request.
 
-L2 residency
-------------
-Whether a load hits in L2 decides whether it also costs DRAM bandwidth. The model keeps
-an LRU list (capacity `l2_bytes`) of *chunks*:
+L2 residency (policy "lru")
+---------------------------
+Whether a load hits in L2 decides whether it also costs DRAM bandwidth. `LruL2` keeps an
+LRU list (capacity `l2_bytes`) of *chunks*:
 
 - activation chunk (token block b, 64 consecutive rows of X.T): 64 rows of up to bn
   tokens. Residency is tracked per row with a 64-bit mask, because a tw/tvw gather or an
@@ -37,6 +43,19 @@ are not inserted: they stream out and are not read again by the kernel.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING, ClassVar
+
+from tvwsim.errors import InputError
+from tvwsim.schedule import ELEMENT_BYTES
+
+if TYPE_CHECKING:
+    from tvwsim.sim.hardware import Hardware
+    from tvwsim.sim.stages import CtaTask, Stage
+
+    from tvwsim.config import KernelConfig
+
+SPLIT_WORKSPACE_BYTES = 4
+"""fp32 partial sums in the split-K workspace."""
 
 
 class BandwidthServer:
@@ -65,18 +84,47 @@ class BandwidthServer:
         return self.free_at
 
 
-class L2Cache:
-    """LRU residency of chunks with per-row masks (see the module docstring)."""
+class L2Policy:
+    """What the L2 keeps, and so which bytes of a load miss (base of the L2 policies).
 
-    __slots__ = ("capacity_bytes", "lines", "resident_bytes", "requested_bytes", "miss_bytes")
+    A policy sees every load's chunks through `access` and nothing else (stores are not
+    inserted). Subclasses set `name` (the `Hardware.l2_policy` value that picks them) and
+    implement `access`; add them to `L2_POLICIES`.
+    """
+
+    __slots__ = ("capacity_bytes", "requested_bytes", "miss_bytes")
+    name: ClassVar[str] = ""
 
     def __init__(self, capacity_bytes: float):
         self.capacity_bytes = float(capacity_bytes)
+        self.requested_bytes = 0.0
+        """Bytes loads asked for (hit or miss)."""
+        self.miss_bytes = 0.0
+        """Bytes that were not resident: they come from DRAM."""
+
+    def access(self, key: int, mask: int, row_bytes: float) -> float:
+        """Touch rows `mask` of chunk `key` (each `row_bytes`); return the missed bytes."""
+        raise NotImplementedError
+
+    @property
+    def hit_rate(self) -> float:
+        """Fraction of requested bytes that were resident."""
+        if self.requested_bytes <= 0:
+            return 0.0
+        return 1.0 - self.miss_bytes / self.requested_bytes
+
+
+class LruL2(L2Policy):
+    """LRU residency of chunks with per-row masks (see the module docstring)."""
+
+    __slots__ = ("lines", "resident_bytes")
+    name = "lru"
+
+    def __init__(self, capacity_bytes: float):
+        super().__init__(capacity_bytes)
         self.lines: OrderedDict[int, list] = OrderedDict()
         """chunk key -> [row mask, resident bytes], least recently used first."""
         self.resident_bytes = 0.0
-        self.requested_bytes = 0.0
-        self.miss_bytes = 0.0
 
     def access(self, key: int, mask: int, row_bytes: float) -> float:
         """Touch rows `mask` of chunk `key` (each `row_bytes`); return the missed bytes."""
@@ -104,9 +152,110 @@ class L2Cache:
             self.resident_bytes -= old[1]
         return missed
 
-    @property
-    def hit_rate(self) -> float:
-        """Fraction of requested bytes that were resident."""
-        if self.requested_bytes <= 0:
-            return 0.0
-        return 1.0 - self.miss_bytes / self.requested_bytes
+
+L2_POLICIES: dict[str, type[L2Policy]] = {LruL2.name: LruL2}
+"""L2 policies by the name `Hardware.l2_policy` uses."""
+
+
+def l2_policy(name: str) -> type[L2Policy]:
+    """The L2 policy class called `name`, or InputError('l2_policy')."""
+    policy = L2_POLICIES.get(name)
+    if policy is None:
+        known = ", ".join(sorted(L2_POLICIES))
+        raise InputError("l2_policy", f"unknown L2 policy {name!r}; known: {known}")
+    return policy
+
+
+class MemorySystem:
+    """What all SMs share: the L2 and DRAM bandwidth servers, the L2 policy, the latencies."""
+
+    def __init__(self, hw: Hardware, policy: type[L2Policy] | None = None):
+        self.l2 = BandwidthServer("L2", hw.l2_bytes_per_cycle * hw.l2_efficiency)
+        self.dram = BandwidthServer("DRAM", hw.dram_bytes_per_cycle * hw.dram_efficiency)
+        self.l2_cache = (policy or l2_policy(hw.l2_policy))(hw.l2_bytes)
+        self.l2_latency = float(hw.l2_latency_cycles)
+        self.dram_latency = float(hw.dram_latency_cycles)
+
+    def write_tile(self, task: CtaTask, now: float) -> float:
+        """The epilogue's stores issued at `now`; return when L2 has accepted them."""
+        if task.split:
+            # red.global.add.f32: read-modify-write of fp32 partial sums at L2.
+            return self.l2.serve(now, 2 * SPLIT_WORKSPACE_BYTES * task.out_elements)
+        nbytes = ELEMENT_BYTES * task.out_elements
+        self.dram.serve(now, nbytes)  # written back to DRAM eventually
+        return self.l2.serve(now, nbytes)
+
+    def split_k_passes(self, elements: int) -> tuple[float, float]:
+        """Cycles and DRAM bytes of zero-filling `elements` fp32 workspace sums before the
+        launch and converting them to fp16 after it (two streaming passes, serial)."""
+        # zero-fill: write fp32; convert: read fp32, write fp16.
+        nbytes = elements * (SPLIT_WORKSPACE_BYTES + SPLIT_WORKSPACE_BYTES + ELEMENT_BYTES)
+        return nbytes / self.dram.bytes_per_cycle + 2 * self.dram_latency, float(nbytes)
+
+
+class LoadPath:
+    """How a CTA brings a stage into shared memory, and how many loads it keeps in flight.
+
+    Subclasses say how many (`stages_in_flight`); `load` is the trip through the memory
+    system, which a path that moves data differently (a TMA multicast, say) overrides.
+    """
+
+    __slots__ = ("l2", "dram", "l2_cache", "l2_latency", "dram_latency", "depth")
+
+    def __init__(self, memory: MemorySystem, config: KernelConfig):
+        # The memory system's parts, held directly: `load` runs once per stage.
+        self.l2, self.dram, self.l2_cache = memory.l2, memory.dram, memory.l2_cache
+        self.l2_latency, self.dram_latency = memory.l2_latency, memory.dram_latency
+        self.depth = self.stages_in_flight(config)
+        """Stage loads a CTA has outstanding: its prologue issues this many."""
+
+    @staticmethod
+    def stages_in_flight(config: KernelConfig) -> int:
+        raise NotImplementedError
+
+    def load(self, stage: Stage, task: CtaTask, now: float) -> float:
+        """Issue `stage`'s loads for `task` at `now`; return when the data has arrived.
+
+        All bytes pass the L2 server, the misses also the DRAM server; the data is there
+        when both are done plus the trip latency (a DRAM one if anything missed).
+        """
+        cache = self.l2_cache
+        row_bytes = task.act_row_bytes
+        base = task.act_chunk_base
+        missed = cache.access(stage.weight_key, 1, stage.weight_bytes)
+        for chunk, mask in stage.act_chunks:
+            missed += cache.access(base + chunk, mask, row_bytes)
+        arrived = self.l2.serve(now, stage.act_rows * row_bytes + stage.weight_bytes)
+        if missed > 0:
+            from_dram = self.dram.serve(now, missed)
+            if from_dram > arrived:
+                arrived = from_dram
+            return arrived + self.dram_latency
+        return arrived + self.l2_latency
+
+
+class CpAsyncLoads(LoadPath):
+    """cp.async (sm_80+): global -> shared copies that need no registers, so all buffers
+    but the one being computed are in flight (`stages - 1`)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def stages_in_flight(config: KernelConfig) -> int:
+        return config.stages - 1
+
+
+class RegisterStagedLoads(LoadPath):
+    """No cp.async (Volta): a load lands in registers and is stored to shared memory
+    before the next is issued, so one stage is in flight whatever `stages` says."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def stages_in_flight(config: KernelConfig) -> int:
+        return 1
+
+
+def load_path_for(hw: Hardware) -> type[LoadPath]:
+    """The load path the kernels use on `hw`."""
+    return CpAsyncLoads if hw.has_cp_async else RegisterStagedLoads

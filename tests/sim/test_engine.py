@@ -15,7 +15,7 @@ from tvwsim.kernels.formats import encode
 from tvwsim.kernels.prepare import schedule_for_shape
 from tvwsim.kernels.tile_work import tile_work
 from tvwsim.sim.engine import clear_cache, simulate, stage_smem_bytes
-from tvwsim.sim.memory import BandwidthServer, L2Cache
+from tvwsim.sim.memory import BandwidthServer, LruL2
 from tvwsim.sim.occupancy import (
     KernelResources,
     estimate_resources,
@@ -277,7 +277,7 @@ def test_bandwidth_server_is_fifo_and_work_conserving():
 
 
 def test_l2_hits_only_rows_that_were_loaded_and_evicts_lru():
-    cache = L2Cache(capacity_bytes=300)
+    cache = LruL2(capacity_bytes=300)
     assert cache.access(1, 0b0011, 50.0) == 100.0
     assert cache.access(1, 0b0110, 50.0) == 50.0  # row 1 resident, row 2 not
     assert cache.access(1, 0b0111, 50.0) == 0.0

@@ -1,0 +1,119 @@
+"""A streaming multiprocessor: its resident-CTA slots and the math pipe they share.
+
+Covers
+------
+`Sm` (one SM: its slots and its pipe) and the math pipes: `TensorCoreMma` (mma.sync /
+mma.sp, the tiled kernels) and `CudaCores` (ew's CSR SpMM). A pipe answers two questions:
+how long does a stage hold me (`stage_cycles`, for every stage of a schedule at once), and
+when is a stage queued now done (`reserve`).
+
+Scenario
+--------
+The CTAs resident on one SM take turns on its math pipe, first come first served: a stage
+queued while another CTA's stage is computing waits for it. So two compute-bound CTAs on
+an SM each run at half speed and a CTA alone runs at full speed. A stage holds the pipe
+for `max(FLOPs / (rate x efficiency), shared-memory bytes / shared-memory bandwidth)`
+(docs/model.md 5.3).
+
+Like the bandwidth servers (`tvwsim.sim.memory`) the pipe is analytic: `reserve` returns
+the completion time at once, exact for a FIFO server fed in time order, which is how the
+CTAs call it. A new kind of math unit (a Hopper warpgroup MMA, say) is a new `MathPipe`
+subclass beside these two, chosen in `math_pipe_for`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvwsim.sim.hardware import Hardware
+
+from tvwsim.schedule import ELEMENT_BYTES, Schedule
+
+
+def stage_smem_bytes(schedule: Schedule) -> float:
+    """Shared-memory bytes one tensor-core stage moves: the fill by the stage's loads plus
+    every warp's fragment reads (a warp reads the A rows of its warp row and the B
+    columns of its warp column, so A is read warps_n times and B warps_m times)."""
+    c = schedule.config
+    warps_m, warps_n = c.warp_grid  # the split the kernel is compiled with
+    fill = c.weight_stage_bytes + c.activation_stage_bytes
+    return fill + warps_n * c.weight_stage_bytes + warps_m * c.activation_stage_bytes
+
+
+class MathPipe:
+    """One SM's math unit, shared first-come-first-served by the SM's resident CTAs.
+
+    Subclasses say how long a stage holds the pipe (`stage_cycles`); the queueing is here.
+    """
+
+    __slots__ = ("free_at", "busy_cycles")
+
+    def __init__(self) -> None:
+        self.free_at = 0.0
+        """Time the last queued stage finishes."""
+        self.busy_cycles = 0.0
+        """Total time stages held the pipe: utilisation = busy_cycles / elapsed."""
+
+    @staticmethod
+    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
+        """float64 [stages of schedule.work]: cycles each stage holds the pipe."""
+        raise NotImplementedError
+
+    def reserve(self, now: float, cycles: float) -> float:
+        """Queue a stage of `cycles` at `now` (non-decreasing across calls); return when done."""
+        begin = self.free_at if self.free_at > now else now
+        self.free_at = begin + cycles
+        self.busy_cycles += cycles
+        return self.free_at
+
+
+class TensorCoreMma(MathPipe):
+    """The tensor cores driven by mma.sync (dense) or mma.sp (2:4 sparse)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
+        flops = schedule.work.stage_flops
+        if schedule.config.mma == "sparse" and hw.has_sparse_tensor_cores:
+            rate = hw.sparse_flops_per_clk_per_sm * hw.mma_efficiency_sparse
+        else:
+            # No sparse tensor core: the 2:4 kernel's logical work runs densely.
+            rate = hw.dense_flops_per_clk_per_sm * hw.mma_efficiency_dense
+        # Every stage moves the same shared-memory bytes (padding and absent bw blocks
+        # included), so a fast mma hits this floor.
+        smem = np.full(flops.shape, stage_smem_bytes(schedule))
+        return np.maximum(flops / rate, smem / hw.smem_bytes_per_clk_per_sm)
+
+
+class CudaCores(MathPipe):
+    """The fp32 FMA lanes, running ew's CSR SpMM (one FMA per kept weight and token)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
+        flops = schedule.work.stage_flops
+        rate = hw.cuda_core_flops_per_clk_per_sm * hw.cuda_core_efficiency
+        # Each FMA reads one activation element (2 B) from shared memory; the stage's
+        # rows are staged there first.
+        smem = flops / 2 * ELEMENT_BYTES + schedule.config.activation_stage_bytes
+        return np.maximum(flops / rate, smem / hw.smem_bytes_per_clk_per_sm)
+
+
+def math_pipe_for(schedule: Schedule) -> type[MathPipe]:
+    """The pipe a schedule's kernel computes on: CUDA cores for ew, else tensor cores."""
+    return CudaCores if schedule.work.compute_unit == "cuda" else TensorCoreMma
+
+
+class Sm:
+    """One streaming multiprocessor: `slots` resident-CTA slots sharing one math pipe."""
+
+    __slots__ = ("index", "slots", "math")
+
+    def __init__(self, index: int, slots: int, math: MathPipe):
+        self.index = index
+        """Position on the GPU, 0 .. sm_count - 1."""
+        self.slots = slots
+        """CTAs resident at once (`Occupancy.ctas_per_sm`)."""
+        self.math = math
+        """The math pipe its resident CTAs share."""
