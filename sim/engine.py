@@ -283,6 +283,9 @@ class Gpu:
             compute_busy_cycles=sum(sm.math.busy_cycles for sm in self.sms),
             l2_busy_cycles=memory.l2.busy_cycles,
             dram_busy_cycles=memory.dram.busy_cycles,
+            # Output write-backs are queued, never waited for: DRAM may still be busy when
+            # the last CTA retires, and that service is not the kernel's time.
+            dram_busy_until_cycles=memory.dram.free_at,
             l2_bytes=memory.l2.bytes_moved,
             dram_bytes=memory.dram.bytes_moved + reduction_bytes,
             l2_hit_rate=memory.l2_cache.hit_rate,

@@ -50,10 +50,6 @@ def test_the_bottleneck_follows_the_in_kernel_dram_share():
     assert "104%" not in late.bottleneck_detail
 
 
-def _engine_reports_when_dram_goes_idle() -> bool:
-    return _result(256, 256, 256, "dense", 0.0).dram_busy_until_cycles is not None
-
-
 CASES = [
     ((4096, 1536, 384), "tw", 0.75),  # printed "DRAM busy 104%" before
     ((4096, 1536, 384), "tvw", 0.75),
@@ -65,12 +61,6 @@ CASES = [
 ]
 
 
-@pytest.mark.xfail(
-    not _engine_reports_when_dram_goes_idle(),
-    reason="the engine does not yet pass dram_busy_until_cycles (the DRAM server's free_at) "
-    "to SimResult, so write-backs queued past the kernel's end still count as kernel time",
-    strict=True,
-)
 def test_no_utilisation_exceeds_one():
     for shape, pattern, sparsity in CASES:
         for hw in (
