@@ -196,15 +196,17 @@ def test_dense_forward_matches_the_reference(minilm) -> None:
     assert np.abs(ours - reference).max() < 1e-4
 
 
-def test_cli_quality_prints_the_table(minilm, tmp_path, capsys) -> None:
-    out = tmp_path / "q.json"
-    assert main(["quality", "--pattern", "vw,ew", "--sparsity", "0.5", "--json", str(out)]) == 0
+def test_cli_quality_prints_the_table(minilm, capsys) -> None:
+    args = ["quality", "--pattern", "vw,ew", "--sparsity", "0.5"]
+    assert main(args) == 0
     text = capsys.readouterr().out
     lines = [line.split() for line in text.splitlines()]
     assert lines[0][:2] == ["pattern", "target"]
     assert [row[0] for row in lines[2:5]] == ["dense", "vw", "ew"]
     assert "sim speedup: the 36 pruned GEMMs" in text and "at 4096 tokens" in text
-    rows = json.loads(out.read_text())
+    # --json is a flag, as in every command: the same rows as one JSON array on stdout
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     by = {r["pattern"]: r for r in rows}
     assert by["vw"]["achieved_sparsity"] == pytest.approx(0.5)
     # the simulator is connected: ew (CUDA cores) is slower than 2:4 on sparse tensor cores
