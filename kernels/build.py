@@ -47,6 +47,7 @@ from tvwsim.manifest import (
     read_manifest,
     write_manifest,
 )
+from tvwsim.pattern_spec import KERNEL_PATTERNS, mma_kind
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 """Where the kernel sources live (package data)."""
@@ -55,8 +56,8 @@ ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
 """Architectures built by default: Ampere (A100, RTX 30xx) and Hopper (H100). An sm_80
 cubin does not load on sm_90, so each GPU gets its own native build."""
 
-PATTERNS: tuple[str, ...] = ("dense", "tw", "bw", "vw", "tvw")
-"""Patterns with a tensor-core kernel (ew runs on cuSPARSE, not here)."""
+PATTERNS: tuple[str, ...] = KERNEL_PATTERNS
+"""Patterns with a tensor-core kernel (ew runs on cuSPARSE, not here): the registry's."""
 
 KERNEL_FUNCTIONS: dict[str, str] = {p: f"{p}_gemm" for p in PATTERNS}
 """The extern "C" entry point of each pattern's cubin."""
@@ -66,8 +67,6 @@ FINALIZE_FUNCTION = "finalize_rows"
 
 PROBE_SOURCE = "mma_sp_probe.cu"
 PROBE_FUNCTIONS: tuple[str, ...] = ("mma_sp_probe", "mma_probe")
-
-SPARSE_PATTERNS = frozenset({"vw", "tvw"})
 
 
 def _dense(bm: int, bn: int, bk: int, stages: int, warps: int = 4) -> KernelConfig:
@@ -139,7 +138,7 @@ def check_pattern_config(pattern: str, config: KernelConfig) -> None:
         raise InputError(
             "pattern", f"got {pattern!r}; kernels exist for: {', '.join(KERNEL_FUNCTIONS)}"
         )
-    want = "sparse" if pattern in SPARSE_PATTERNS else "dense"
+    want = mma_kind(pattern)
     if config.mma != want:
         raise InputError(
             "config", f"{pattern} kernels need mma={want!r}, got {config.mma!r} ({config.name})"

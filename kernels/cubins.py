@@ -22,7 +22,6 @@ from tvwsim.kernels.device import KernelError, session
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
-from tvwsim.manifest import KERNEL_DIR_ENV as KERNEL_DIR_ENV  # where tests point the launcher
 from tvwsim.manifest import kernel_dir
 
 

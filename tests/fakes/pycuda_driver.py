@@ -25,6 +25,7 @@ import numpy as np
 from tvwsim.kernels import build as kbuild
 
 from tvwsim.config import KernelConfig
+from tvwsim.pattern_spec import mma_kind
 
 # C scalar type -> the PyCUDA `prepare` code that passes it with the right size: an
 # `int64_t` parameter handed 'i' would read 4 garbage bytes on the GPU.
@@ -169,7 +170,7 @@ class FakeModule:
             return
         pattern, name, _arch = path.stem.rsplit("-", 2)
         self.pattern = pattern
-        mma = "sparse" if pattern in kbuild.SPARSE_PATTERNS else "dense"
+        mma = mma_kind(pattern)
         self.config = KernelConfig.from_name(name, mma=mma)
 
     def get_function(self, name):
@@ -357,7 +358,8 @@ def install(monkeypatch, tmp_path: Path, driver: FakeDriver | None = None) -> Fa
     import tempfile
 
     from tvwsim.kernels import device
-    from tvwsim.kernels.cubins import KERNEL_DIR_ENV
+
+    from tvwsim.manifest import KERNEL_DIR_ENV
 
     drv = driver or FakeDriver()
     pkg = types.ModuleType("pycuda")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from tvwsim.kernels import build as kbuild
 from tvwsim.kernels import checks, cubins, launch
-from tvwsim.kernels.cubins import KERNEL_DIR_ENV
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
+from tvwsim.manifest import KERNEL_DIR_ENV
 
 CONFIG = kbuild.VARIANTS["vw"][0]
 
