@@ -40,3 +40,13 @@ def test_docstring_example_runs_and_matches_the_cli_path() -> None:
     assert via_shape.digest() == schedule.digest()
     assert result.time_us > 0
     assert hw.sm_count == 216
+
+
+def test_readme_python_example_runs(capsys) -> None:
+    """README's "From Python" block is executed as written and prints a time."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "README.md", "exec"), {})
+    assert float(capsys.readouterr().out) > 0
