@@ -366,6 +366,12 @@ def test_cli_hw_show_text_and_json(capsys):
     assert out.startswith("a100 (sm_count=216): NVIDIA A100")
     assert re.search(r"^ \*sm_count\s+216$", out, re.MULTILINE)
     assert "dense_peak_tflops" in out and "source:" in out
+    assert re.search(r"^  arch\s+sm_80$", out, re.MULTILINE)
+    # an empty arch is said in words, not printed as a blank
+    assert main(["hw", "show", "a100", "--set", "arch="]) == 0
+    assert re.search(
+        r"^ \*arch\s+none \(kernel resources are estimated", capsys.readouterr().out, re.M
+    )
     assert main(["hw", "show", "h100", "--json", "--set", "sparse_tflop_ratio=4"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["sparse_tflop_ratio"] == 4.0 and record["overrides"] == {

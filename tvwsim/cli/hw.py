@@ -207,6 +207,8 @@ def _format(key: str, value: object) -> str:
             return f"{value:g} {unit}"
     if key == "sparse_tflop_ratio" and value == 0:
         return "0 (no sparse tensor cores)"
+    if key == "arch" and not value:
+        return "none (kernel resources are estimated, never read from a build)"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
