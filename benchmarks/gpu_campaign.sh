@@ -5,8 +5,10 @@
 #   build the kernels (sm_90) -> check them against the CPU twins -> quick sweep ->
 #   as much of the full sweep as the time budget allows -> nvidia-smi -q before and after
 #
-# Run from the project root. The machine has no network: the PyCUDA and SimPy wheels are
-# carried in ./.whl and installed into /tmp/site. Results go to $OUT (default
+# Run from the project root. The machine has no network: benchmarks/gpu_prepare.sh puts
+# the PyCUDA and SimPy wheels and tvwsim's pure-Python dependencies in ./.whl (carried),
+# installed here into /tmp/site; benchmarks/namespace_tree.sh makes the checkout
+# importable as tvwsim.* without pip. Results go to $OUT (default
 # ./campaign-out), at most 8 files:
 #
 #   nvidia-smi-before.txt, nvidia-smi-after.txt   full `nvidia-smi -q` (clocks, throttling)
@@ -68,10 +70,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
     note "no .whl/ directory: assuming pycuda and simpy are importable"
 fi
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+# The checkout as the installed namespace (tvwsim.sim is ./sim, ...), without pip.
+benchmarks/namespace_tree.sh /tmp/tvwsim-src || note "namespace tree failed"
+export PYTHONPATH=/tmp/site:/tmp/tvwsim-src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 TVWSIM=(python3 -m tvwsim)
-python3 -c "import numpy, numba, scipy, simpy, pycuda; print('imports ok')" \
+python3 -c "import numpy, numba, scipy, simpy, pydantic, pycuda, tvwsim.validate.runner; print('imports ok')" \
     || note "an import failed: later steps may fail"
 
 if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM" ] && [ ! -e "$MEAS" ]; then
