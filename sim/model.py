@@ -492,7 +492,7 @@ def format_summary(result: ModelResult, hw_description: str = "") -> str:
     """Header, the per-run end-to-end table and the structure lines."""
     head = (
         f"{result.model} on {result.hardware}"
-        f"{f' ({hw_description})' if hw_description else ''}: batch {result.batch}, "
+        f"{f', {hw_description}' if hw_description else ''}: batch {result.batch}, "
         f"{_seq(result)}policy {result.policy}"
     )
     cols = ("pattern", "sparsity", "achieved", "time_us", "speedup", "attn_us")

@@ -179,7 +179,7 @@ def test_overrides_are_named_in_text_json_csv_and_plot(capsys, tmp_path, monkeyp
     label = "a100 (sm_count=216)"
     argv = ["bert-base", *FAST, "--trace", "none", "--set", "sm_count=216"]
     code, out, _ = run(capsys, *argv)
-    assert code == 0 and out.splitlines()[0].startswith(f"bert-base on {label} (NVIDIA A100")
+    assert code == 0 and out.splitlines()[0].startswith(f"bert-base on {label}, NVIDIA A100")
     data = json.loads(run(capsys, *argv, "--json")[1])
     assert data["hardware"] == label and data["hardware_overrides"] == {"sm_count": 216}
     assert data["hardware_fields"]["sm_count"] == 216

@@ -283,7 +283,7 @@ def test_overrides_are_named_in_text_json_and_table(capsys):
     overrides = ["--set", "sm_count=216", "--set", "l2_bytes=83886080"]
     label = "a100 (sm_count=216, l2_bytes=83886080)"
     _, text, _ = run(capsys, "simulate", *SMALL, "--pattern", "dense", *overrides)
-    assert text.splitlines()[0].startswith(f"{label} (NVIDIA A100")
+    assert text.splitlines()[0].startswith(f"{label}, NVIDIA A100")
     _, table, _ = run(
         capsys, "simulate", *SMALL, "--pattern", "all", "--sparsity", "0.75", *overrides
     )

@@ -319,7 +319,7 @@ def result_record(hw, sparsity: float, result) -> dict:
 
 def _text_single(hw, sparsity: float, r) -> str:
     lines = [
-        f"{r.hardware} ({hw.description or hw.name}): {r.pattern} at sparsity {sparsity:g} "
+        f"{r.hardware}, {hw.description or hw.name}: {r.pattern} at sparsity {sparsity:g} "
         f"(achieved {r.achieved_sparsity:.4f}), M={r.m} N={r.n} K={r.k}",
         f"kernel        {r.config} ({r.math_label}), policy {r.policy}",
         f"grid          {r.ctas} CTAs, {r.ctas_per_sm} per SM (limited by "
