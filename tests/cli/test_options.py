@@ -121,3 +121,14 @@ def test_errors_name_the_full_command(capsys, argv, prefix):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(prefix) and len(err.splitlines()) == 1
+
+
+def test_quality_takes_set_like_every_simulating_command() -> None:
+    """`quality`'s sim speedup column runs on the effective hardware, --set included."""
+    from tvwsim.cli import build_parser
+    from tvwsim.cli.traces import _speedup_fn
+
+    args = build_parser().parse_args(["quality", "--set", "sm_count=216"])
+    assert args.hw == "a100"
+    _, note = _speedup_fn(args)
+    assert "simulated on a100 (sm_count=216) at 4096 tokens" in note

@@ -34,9 +34,16 @@ from tvwsim.schedule import POLICIES
 TIMELINE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def add_hardware_arguments(p: argparse.ArgumentParser) -> None:
-    """--hw and --set, spelled and explained the same by every simulating command."""
-    p.add_argument("--hw", required=True, metavar="NAME", help="hardware preset (tvwsim hw list)")
+def add_hardware_arguments(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--hw and --set, spelled and explained the same by every simulating command
+    (`default`: the preset when --hw is not given; None makes --hw required)."""
+    p.add_argument(
+        "--hw",
+        required=default is None,
+        default=default,
+        metavar="NAME",
+        help="hardware preset (tvwsim hw list)" + (f"; default {default}" if default else ""),
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -197,7 +204,8 @@ def _weights_header(path: str | None, n: int, k: int) -> int | None:
     return int(w.dtype.itemsize)
 
 
-def _hardware(args: argparse.Namespace):
+def hardware_of(args: argparse.Namespace):
+    """The effective Hardware of --hw and --set."""
     from tvwsim.sim.presets import load_preset, parse_overrides
 
     return load_preset(args.hw, parse_overrides(args.set), argument="--hw")
@@ -253,7 +261,7 @@ def _simulate_all(args: argparse.Namespace, *, several: bool = True, progress: b
     block = _parse_int("--block", args.block, minimum=1)
     if args.manifest is not None and not Path(args.manifest).is_file():
         raise InputError("--manifest", f"{args.manifest}: no such file")
-    hw = _hardware(args)
+    hw = hardware_of(args)
     element_bytes = _weights_header(args.weights, n, k)
     configs = {pattern: _config(args, pattern) for pattern, _ in runs}
     resources = {p: _check_fits(hw, p, c, args.manifest) for p, c in configs.items()}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tvwsim.cli.args import parse_int, parse_patterns, parse_sparsity_list
 from tvwsim.cli.progress import add_progress_argument, progress_bar
+from tvwsim.cli.simulate import add_hardware_arguments, hardware_of
 from tvwsim.errors import InputError
 
 
@@ -84,9 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument(
         "--json", action="store_true", help="print the rows as one JSON array instead of text"
     )
-    quality.add_argument(
-        "--hw", default="a100", metavar="NAME", help="hardware preset of the sim speedup (a100)"
-    )
+    add_hardware_arguments(quality, default="a100")  # of the sim speedup column
     quality.add_argument(
         "--sim-tokens",
         default="4096",
@@ -205,9 +204,8 @@ def run_quality(args: argparse.Namespace) -> int:
 def _speedup_fn(args: argparse.Namespace):
     """The simulator's SpeedupFn for the table and the footer line that says what it is."""
     from tvwsim.sim.model_traces import quality_speedup_fn
-    from tvwsim.sim.presets import load_preset
 
-    hw = load_preset(args.hw, argument="--hw")
+    hw = hardware_of(args)
     text = str(args.sim_tokens).strip()
     if text == "batch":
         tokens, where = None, "the sentence batch's real tokens"
