@@ -41,6 +41,7 @@ from tvwsim.errors import InputError
 from tvwsim.pattern_spec import pattern_spec
 
 __all__ = [
+    "activations_fp16",
     "LEGAL_NIBBLES",
     "KernelConfig",
     "default_config",
@@ -728,6 +729,20 @@ def _csr_fill(items, mask, col_idx, kept):  # pragma: no cover - numba
             col_idx[at] = c
             kept[at] = items[r, c]
             at += mask[r, c]
+
+
+def activations_fp16(x: object) -> np.ndarray:
+    """`x` converted to fp16, refused (InputError naming `x`) unless it is a float array
+    whose values fp16 can hold: the one rule the CPU twins and the launcher apply to the
+    activations before a GEMM. Shape checks stay with the caller, which knows the layout."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError("x", f"must be a float array, got dtype {x.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x16 = x.astype(np.float16)
+    if not np.isfinite(x16).all():
+        raise InputError("x", "values must be finite and within fp16 range (|x| <= 65504)")
+    return x16
 
 
 def bw_block_problem(block: object, config: KernelConfig) -> str | None:

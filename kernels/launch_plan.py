@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tvwsim.kernels.formats import ENCODINGS, bw_block_problem
+from tvwsim.kernels.formats import ENCODINGS, activations_fp16, bw_block_problem
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
@@ -50,13 +50,7 @@ def check_x(x: Any, k: int) -> np.ndarray:
         raise InputError("x", f"must be a 2-D M x K array with M >= 1, got shape {x.shape}")
     if x.shape[1] != k:
         raise InputError("x", f"has K = {x.shape[1]} features per token; the weight has K = {k}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise InputError("x", f"must be a float array, got dtype {x.dtype}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x16 = x.astype(np.float16)
-    if not np.isfinite(x16).all():
-        raise InputError("x", "values must be finite and within fp16 range (|x| <= 65504)")
-    return x16
+    return activations_fp16(x)
 
 
 def tile_lengths(encoded: Any) -> np.ndarray:

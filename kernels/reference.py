@@ -28,6 +28,7 @@ from tvwsim.kernels.formats import (
     Encoded,
     TileWeight,
     VwWeight,
+    activations_fp16,
 )
 
 from tvwsim.errors import InputError
@@ -66,13 +67,7 @@ def _activations_fp16(xt: np.ndarray, k: int) -> np.ndarray:
     xt = np.asarray(xt)
     if xt.ndim != 2 or xt.shape[0] != k:
         raise InputError("x", f"needs K = {k} features per token, got shape {xt.T.shape}")
-    if not np.issubdtype(xt.dtype, np.floating):
-        raise InputError("x", f"must be a float array, got dtype {xt.dtype}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        xt16 = xt.astype(np.float16)
-    if not np.isfinite(xt16).all():
-        raise InputError("x", "values must be finite and within fp16 range (|x| <= 65504)")
-    return xt16
+    return activations_fp16(xt)
 
 
 def _padded_rows(xt16: np.ndarray, rows: int) -> np.ndarray:
