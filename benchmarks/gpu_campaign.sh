@@ -1,28 +1,42 @@
 #!/usr/bin/env bash
 # The measurement campaign on a GPU machine: one script, one run, everything it
-# finished comes back even if it is cut short.
+# finished comes back even if it is cut short. The steps are ordered so that the first
+# minutes buy the most:
 #
-#   build the kernels (sm_90) -> check them against the CPU twins -> quick sweep ->
-#   as much of the full sweep as the time budget allows -> nvidia-smi -q before and after
+#   0. nvidia-smi -q (device, clocks, throttling)
+#   1. Python environment: carried wheels; PyCUDA built on the machine if its wheel fails
+#   2. build the kernels (sm_90)
+#   3. one-warp mma / mma.sp probes, then every kernel variant against its CPU twin
+#   4. the quick sweep (our kernels, cuBLAS, cuSPARSELt, cuSPARSE)
+#   5. the targets sweep (8192^3: dense vs cuBLAS, tw/tvw vs dense, tvw vs cuSPARSELt)
+#   6. hardware counters of a few points under Nsight Compute (DRAM and L2 bytes, L2 hit
+#      rate, tensor-pipe activity, occupancy), as rows beside the model's
+#   7. as much of the full sweep as is left, resumable from the last file
+#   8. nvidia-smi -q again, and a summary
 #
-# Run from the project root. The machine has no network: benchmarks/gpu_prepare.sh puts
-# the PyCUDA and SimPy wheels and tvwsim's pure-Python dependencies in ./.whl (carried),
-# installed here into /tmp/site; benchmarks/namespace_tree.sh makes the checkout
-# importable as tvwsim.* without pip. Results go to $OUT (default
-# ./campaign-out), at most 8 files:
+# Run from the project root:  benchmarks/gpu_campaign.sh [--dry-run]
+# --dry-run prints the plan and the seconds each step may take, and runs nothing.
 #
-#   nvidia-smi-before.txt, nvidia-smi-after.txt   full `nvidia-smi -q` (clocks, throttling)
-#   build.log, manifest.json                      nvcc build and its resource manifest
-#   check.log                                     `tvwsim kernels check` table
-#   <device>-<date>.jsonl                         the measurements (quick, then full)
-#   <device>-<date>.jsonl.failed.jsonl            points that crashed (skipped next time)
-#   validate.log                                  sweep progress, skipped and failed points
+# The machine has no network: benchmarks/gpu_prepare.sh puts the PyCUDA and SimPy wheels,
+# PyCUDA's source and tvwsim's pure-Python dependencies in ./.whl (carried), installed
+# here into /tmp/site; benchmarks/namespace_tree.sh makes the checkout importable as
+# tvwsim.* without pip. Results go to $OUT (default ./campaign-out), at most 8 files,
+# each written as its step goes:
+#
+#   device.txt                      nvidia-smi -q before and after, and the clocks query
+#   campaign.log                    every step's output (build, check, sweeps, counters)
+#   manifest.json                   the nvcc build's resource manifest
+#   <device>-<date>.jsonl           the measurements (quick, targets, then full)
+#   <device>-<date>.jsonl.failed.jsonl   points that raised (skipped on resume)
+#   counters.csv                    ncu --csv --page raw, one row per profiled kernel
+#   counters.jsonl                  that CSV joined with the markers in campaign.log
+#                                   (python -m tvwsim.validate.counters read)
 #
 # Environment:
-#   BUDGET_S     wall seconds for the whole script (default 540, under a 600 s limit);
+#   BUDGET_S     wall seconds for the whole script (default 500, under a 600 s call);
 #                every step is bounded by what is left, and the sweeps stop starting new
 #                points in time to write their last row and exit cleanly
-#   RESUME_FROM  an earlier measurement file (e.g. traces/measured/h100-20260101.jsonl):
+#   RESUME_FROM  an earlier measurement file (e.g. traces/measured/h200-20261201.jsonl):
 #                copied to $OUT first, so the sweeps skip the points it already holds
 #   ARCH         nvcc target (default sm_90)
 #
@@ -32,81 +46,170 @@
 set -u
 cd "$(dirname "$0")/.."
 
-BUDGET_S=${BUDGET_S:-540}
+BUDGET_S=${BUDGET_S:-500}
 ARCH=${ARCH:-sm_90}
-OUT=${OUT:-$PWD/campaign-out}
-mkdir -p "$OUT"
-START=$SECONDS
+DRY_RUN=0
+[ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 
+# Each step's ceiling in seconds; a step also never takes time the later ones are
+# promised (RESERVE_*), so a slow step cannot starve the steps after it entirely.
+PYCUDA_BUILD_S=300 # only when the carried wheel does not import
+BUILD_S=150
+CHECK_S=90
+QUICK_S=240
+TARGETS_S=90
+COUNTERS_S=120
+TAIL_S=30 # nvidia-smi and the summary
+
+START=$SECONDS
 left() { echo $((BUDGET_S - (SECONDS - START))); }
 note() { echo "[campaign +$((SECONDS - START))s] $*"; }
-# run_for SECONDS LOG CMD...: run CMD under a timeout (SIGTERM, then SIGKILL 20 s later),
-# appending its output to LOG and echoing it; never fails the script.
+# cap CEILING RESERVE: at most CEILING seconds, leaving RESERVE for later steps.
+cap() {
+    local room=$(($(left) - $2))
+    echo $((room < $1 ? room : $1))
+}
+
+if [ "$DRY_RUN" = 1 ]; then
+    echo "campaign plan (BUDGET_S=$BUDGET_S, ARCH=$ARCH); each step's ceiling in seconds:"
+    echo "  0. nvidia-smi -q                                   ~2"
+    echo "  1. wheels from .whl; PyCUDA built on the machine   $PYCUDA_BUILD_S (only if its wheel fails)"
+    echo "  2. tvwsim kernels build --arch $ARCH               $BUILD_S"
+    echo "  3. tvwsim kernels check (probes first)             $CHECK_S"
+    echo "  4. tvwsim validate --sweep quick                   $QUICK_S"
+    echo "  5. tvwsim validate --sweep targets                 $TARGETS_S"
+    echo "  6. ncu counters (--sweep counters)                 $COUNTERS_S"
+    echo "  7. tvwsim validate --sweep full                    what is left - $TAIL_S"
+    echo "  8. nvidia-smi -q, summary                          $TAIL_S"
+    echo "each step also stops in time for the later steps' minimum; files go to \$OUT"
+    exit 0
+fi
+
+OUT=${OUT:-$PWD/campaign-out}
+mkdir -p "$OUT"
+LOG="$OUT/campaign.log"
+# run_for SECONDS CMD...: run CMD under a timeout (SIGTERM, then SIGKILL 15 s later),
+# appending its output to campaign.log and echoing the verdict; never fails the script.
 run_for() {
-    local limit=$1 log=$2
-    shift 2
+    local limit=$1
+    shift
     if [ "$limit" -lt 5 ]; then
-        note "no time left for: $*" | tee -a "$log"
+        note "no time left for: $*" | tee -a "$LOG"
         return 124
     fi
-    note "running ($limit s max): $*" | tee -a "$log"
-    timeout -s TERM -k 20 "$limit" "$@" >>"$log" 2>&1
+    note "running ($limit s max): $*" | tee -a "$LOG"
+    timeout -s TERM -k 15 "$limit" "$@" >>"$LOG" 2>&1
     local rc=$?
-    note "exit $rc: ${*:1:5}" | tee -a "$log"
+    note "exit $rc: ${*:1:6}" | tee -a "$LOG"
     return $rc
 }
 
 # -- 0. the device, before anything runs ------------------------------------------------
-nvidia-smi -q >"$OUT/nvidia-smi-before.txt" 2>&1 || note "nvidia-smi -q failed"
+{
+    echo "== nvidia-smi -q, before ($(date -u +%FT%TZ))"
+    nvidia-smi -q
+    echo "== clocks, before"
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,clocks.max.sm,power.draw,temperature.gpu \
+        --format=csv
+} >"$OUT/device.txt" 2>&1 || note "nvidia-smi failed"
 NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 SLUG=$(echo "$NAME" | tr 'A-Z' 'a-z' | grep -oE 'h100|h200|a100|v100|l40s?|rtx ?[0-9]{4}' | head -1 | tr -d ' ')
 MEAS="$OUT/${SLUG:-gpu}-$(date -u +%Y%m%d).jsonl"
-note "device: ${NAME:-unknown}; measurements -> $MEAS"
+note "device: ${NAME:-unknown}; measurements -> $MEAS" | tee -a "$LOG"
 
 # -- 1. Python environment --------------------------------------------------------------
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-        || note "wheel install failed"
+        >>"$LOG" 2>&1 || note "wheel install failed" | tee -a "$LOG"
 else
-    note "no .whl/ directory: assuming pycuda and simpy are importable"
+    note "no .whl/ directory: assuming pycuda and simpy are importable" | tee -a "$LOG"
 fi
 # The checkout as the installed namespace (tvwsim.sim is ./sim, ...), without pip.
 benchmarks/namespace_tree.sh /tmp/tvwsim-src || note "namespace tree failed"
 export PYTHONPATH=/tmp/site:/tmp/tvwsim-src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 TVWSIM=(python3 -m tvwsim)
+PYCUDA_OK='import pycuda.driver as d; d.init(); print("pycuda", d.get_version(), d.Device(0).name())'
+if ! python3 -c "$PYCUDA_OK" >>"$LOG" 2>&1; then
+    note "the carried PyCUDA wheel does not work here: building it from .whl/pycuda-*.tar.gz" | tee -a "$LOG"
+    if [ -f .whl/build-pycuda-on-device.sh ]; then
+        run_for "$(cap $PYCUDA_BUILD_S 120)" bash .whl/build-pycuda-on-device.sh
+    else
+        note "no .whl/build-pycuda-on-device.sh: run benchmarks/gpu_prepare.sh" | tee -a "$LOG"
+    fi
+fi
 python3 -c "import numpy, numba, scipy, simpy, pydantic, pycuda, tvwsim.validate.runner; print('imports ok')" \
-    || note "an import failed: later steps may fail"
+    >>"$LOG" 2>&1 || note "an import failed: later steps may fail" | tee -a "$LOG"
 
 if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM" ] && [ ! -e "$MEAS" ]; then
-    cp "$RESUME_FROM" "$MEAS" && note "resuming from $RESUME_FROM ($(wc -l <"$MEAS") rows)"
+    cp "$RESUME_FROM" "$MEAS" && note "resuming from $RESUME_FROM ($(wc -l <"$MEAS") rows)" | tee -a "$LOG"
     if [ -f "$RESUME_FROM.failed.jsonl" ]; then
         cp "$RESUME_FROM.failed.jsonl" "$MEAS.failed.jsonl"
     fi
 fi
 
 # -- 2. build the kernels for this GPU ---------------------------------------------------
-build_limit=$(($(left) < 180 ? $(left) : 180))
-run_for "$build_limit" "$OUT/build.log" "${TVWSIM[@]}" kernels build --arch "$ARCH" --build-dir build/kernels
-cp build/kernels/manifest.json "$OUT/manifest.json" 2>/dev/null || note "no manifest.json"
+run_for "$(cap $BUILD_S 120)" "${TVWSIM[@]}" kernels build --arch "$ARCH" --build-dir build/kernels
+cp build/kernels/manifest.json "$OUT/manifest.json" 2>/dev/null || note "no manifest.json" | tee -a "$LOG"
 
-# -- 3. correctness of every kernel against its CPU twin ---------------------------------
-check_limit=$(($(left) - 240 < 120 ? $(left) - 240 : 120))
-run_for "$check_limit" "$OUT/check.log" "${TVWSIM[@]}" kernels check --build-dir build/kernels
+# -- 3. probes, then every kernel against its CPU twin -------------------------------------
+run_for "$(cap $CHECK_S 120)" "${TVWSIM[@]}" kernels check --build-dir build/kernels
 
-# -- 4. quick sweep, then as much of the full sweep as fits -------------------------------
-# Leave 40 s at the end for nvidia-smi and the summary; --budget-s stops a sweep from
-# starting a point it cannot finish, the timeout is only the backstop.
-for sweep in quick full; do
-    limit=$(($(left) - 40))
-    run_for "$limit" "$OUT/validate.log" "${TVWSIM[@]}" validate --sweep "$sweep" \
-        --out "$MEAS" --build-dir build/kernels --budget-s $((limit > 60 ? limit - 45 : 15))
-done
+# -- 4, 5. quick and targets sweeps --------------------------------------------------------
+# --budget-s stops a sweep from starting a point it cannot finish; the timeout is the
+# backstop. Both sweeps append to the same measurement file (rows carry their keys).
+sweep() { # sweep NAME CEILING RESERVE
+    local limit
+    limit=$(cap "$2" "$3")
+    run_for "$limit" "${TVWSIM[@]}" validate --sweep "$1" --out "$MEAS" \
+        --build-dir build/kernels --no-progress --budget-s $((limit > 40 ? limit - 25 : 5))
+}
+sweep quick $QUICK_S $((TARGETS_S + COUNTERS_S + TAIL_S))
+sweep targets $TARGETS_S $((COUNTERS_S + TAIL_S))
 
-# -- 5. the device after, and what came back ----------------------------------------------
-nvidia-smi -q >"$OUT/nvidia-smi-after.txt" 2>&1 || note "nvidia-smi -q failed"
+# -- 6. hardware counters under ncu ----------------------------------------------------------
+counters() {
+    local metrics limit
+    if ! command -v ncu >/dev/null; then
+        note "no ncu on the PATH: no counters" | tee -a "$LOG"
+        return
+    fi
+    metrics=$(timeout 60 ncu --query-metrics 2>>"$LOG" | python3 -m tvwsim.validate.counters metrics)
+    if [ -z "$metrics" ]; then
+        note "ncu lists none of our metrics (no counter access here?): no counters" | tee -a "$LOG"
+        return
+    fi
+    note "ncu metrics: $metrics" | tee -a "$LOG"
+    limit=$(cap $COUNTERS_S $TAIL_S)
+    # --clock-control none: never touch the clocks; the profiled program launches each
+    # point twice and profiles the second launch only (--profile-from-start off).
+    run_for "$((limit - 20))" ncu --profile-from-start off --clock-control none \
+        --metrics "$metrics" --export /tmp/counters --force-overwrite \
+        python3 -m tvwsim.validate.counters profile --sweep counters --build-dir build/kernels
+    # run_for appended the console (markers and ncu's ==PROF== lines, in order) to
+    # campaign.log; the join reads them from there.
+    if [ -f /tmp/counters.ncu-rep ]; then
+        timeout 60 ncu --import /tmp/counters.ncu-rep --csv --page raw --print-units base \
+            >"$OUT/counters.csv" 2>>"$LOG" || note "ncu --import failed" | tee -a "$LOG"
+        python3 -m tvwsim.validate.counters read "$OUT/counters.csv" "$LOG" \
+            --out "$OUT/counters.jsonl" >>"$LOG" 2>&1 || note "reading the counters failed" | tee -a "$LOG"
+    fi
+}
+counters
+
+# -- 7. as much of the full sweep as fits --------------------------------------------------
+sweep full 100000 $TAIL_S
+
+# -- 8. the device after, and what came back ----------------------------------------------
+{
+    echo "== nvidia-smi -q, after ($(date -u +%FT%TZ))"
+    nvidia-smi -q
+    echo "== clocks, after"
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,clocks.max.sm,power.draw,temperature.gpu \
+        --format=csv
+} >>"$OUT/device.txt" 2>&1 || note "nvidia-smi failed"
 if [ -f "$MEAS" ]; then
-    python3 - "$MEAS" <<'EOF' || note "summary failed"
+    python3 - "$MEAS" <<'EOF' 2>&1 | tee -a "$LOG" || note "summary failed"
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip().endswith("}")]
 ours = [r for r in rows if r["implementation"] == "tvwsim"]
@@ -117,5 +220,5 @@ for key in wrong:
     print("  incorrect:", key)
 EOF
 fi
-note "done; files in $OUT:"
-ls -l "$OUT"
+note "done; files in $OUT:" | tee -a "$LOG"
+ls -l "$OUT" | tee -a "$LOG"

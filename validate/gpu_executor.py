@@ -131,6 +131,39 @@ class GpuExecutor:
             raise PointSkipped("torch is not importable here, so no vendor baselines")
         return self._measure_baseline(point, timing)
 
+    def prepared_launch(self, point: SweepPoint) -> Callable[[], Any]:
+        """The point's whole operation ready to enqueue again and again (inputs resident)."""
+        if point.implementation == "tvwsim":
+            inputs = kernel_inputs(point, self._weight(point))
+            prepared = self._launch.prepare(
+                inputs.encoded, point.m, inputs.schedule, build_dir=self.build_dir
+            )
+            return prepared.launch
+        if self.baselines is None:
+            raise PointSkipped("torch is not importable here, so no vendor baselines")
+        x16, w16, _ = baseline_inputs(point, self._weight(point))
+        return self.baselines.prepare(point.implementation, x16, w16, block=point.block).launch
+
+    def profile_once(self, point: SweepPoint) -> None:
+        """Launch the point once warm, then once more inside a profiler range.
+
+        Under `ncu --profile-from-start off` only the kernels between the profiler's start
+        and stop are measured, so each point contributes exactly its own launch (GEMM,
+        and finalize where the schedule splits K). The L2 is flushed before it, as for
+        the timed runs.
+        """
+        launch = self.prepared_launch(point)
+        launch()
+        self._flush()
+        self._sync()
+        cuda = self._session.cuda
+        cuda.start_profiler()
+        try:
+            launch()
+            self._sync()
+        finally:
+            cuda.stop_profiler()
+
     # -- helpers ---------------------------------------------------------------------------
     def _weight(self, point: SweepPoint) -> np.ndarray:
         key = (point.n, point.k, point.seed)
