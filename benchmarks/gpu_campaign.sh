@@ -128,6 +128,9 @@ fi
 benchmarks/namespace_tree.sh /tmp/tvwsim-src || note "namespace tree failed"
 export PYTHONPATH=/tmp/site:/tmp/tvwsim-src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
+# `python3 -m` would put the working directory first on sys.path, where ./tvwsim (the
+# contract package alone, without sim/kernels/...) shadows the namespace tree.
+export PYTHONSAFEPATH=1
 TVWSIM=(python3 -m tvwsim)
 PYCUDA_OK='import pycuda.driver as d; d.init(); print("pycuda", d.get_version(), d.Device(0).name())'
 if ! python3 -c "$PYCUDA_OK" >>"$LOG" 2>&1; then
