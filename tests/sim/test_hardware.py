@@ -25,13 +25,15 @@ from tvwsim.sim.presets import (
 from tvwsim.cli import main
 from tvwsim.errors import InputError
 
-SHIPPED = ["a100", "h100", "rtx3090", "v100"]
+SHIPPED = ["a100", "h100", "h200", "rtx3090", "v100"]
 
 # Datasheet figures (TFLOP/s, fp16 tensor, fp32 accumulate): dense, 2:4 sparse (None = no
 # sparse tensor cores), fp32 CUDA-core peak and the clock that peak is quoted at.
 DATASHEET = {
     "a100": dict(dense=312.0, sparse=624.0, fp32=19.5, fp32_clock_mhz=1410.0),
     "h100": dict(dense=989.4, sparse=1978.9, fp32=67.0, fp32_clock_mhz=1980.0),
+    # H200 datasheet: the H100 SXM's compute figures (same GH100 SM, same clocks).
+    "h200": dict(dense=989.4, sparse=1978.9, fp32=67.0, fp32_clock_mhz=1980.0),
     "v100": dict(dense=125.0, sparse=None, fp32=15.7, fp32_clock_mhz=1530.0),
     # GA102 runs fp16 tensor math with fp32 accumulation at half the 142 TF fp16-acc rate.
     "rtx3090": dict(dense=71.0, sparse=142.0, fp32=35.6, fp32_clock_mhz=1695.0),
@@ -139,9 +141,27 @@ def test_generation_specific_facts():
     assert rtx.max_warps_per_sm == 48 and rtx.max_ctas_per_sm == 16
 
 
+def test_h200_is_an_h100_with_more_memory_bandwidth_and_l2():
+    """The H200 keeps the H100 SXM's processor; what differs is the memory system: 4.8
+    against 3.35 TB/s of HBM, and 60 MB of L2 as the driver reported it on our machine."""
+    h100, h200 = load_preset("h100"), load_preset("h200")
+    same = (
+        "sm_count",
+        "clock_mhz",
+        "dense_flops_per_clk_per_sm",
+        "sparse_tflop_ratio",
+        "smem_per_sm_bytes",
+        "regs_per_sm",
+        "max_warps_per_sm",
+    )
+    assert all(getattr(h100, f) == getattr(h200, f) for f in same)
+    assert h200.dram_bandwidth_gbps / h100.dram_bandwidth_gbps == pytest.approx(4.8 / 3.35)
+    assert h200.l2_bytes == 60 * 2**20 > h100.l2_bytes
+
+
 def test_each_preset_names_the_arch_its_kernels_are_built_for():
     # CUDA GPUs list: V100 7.0, A100 8.0, RTX 3090 8.6, H100 9.0.
-    want = {"v100": "sm_70", "a100": "sm_80", "rtx3090": "sm_86", "h100": "sm_90"}
+    want = {"v100": "sm_70", "a100": "sm_80", "rtx3090": "sm_86", "h100": "sm_90", "h200": "sm_90"}
     assert {name: load_preset(name).arch for name in SHIPPED} == want
     # Nothing is guessed from a name: a hypothetical GPU has no arch until it is given one.
     assert Hardware(name="a100-like").arch == ""
