@@ -55,6 +55,24 @@ def device_matches(hw: Hardware, device_name: str) -> bool:
     return bool(family) and family in _alnum(device_name)
 
 
+def preset_for_device(device_name: str, names: Sequence[str] | None = None) -> str:
+    """The shipped preset describing `device_name` ('NVIDIA H200' -> 'h200'), by the rule of
+    `device_matches`; InputError when no shipped preset, or more than one, matches."""
+    from tvwsim.sim.presets import SHIPPED_DIR, load_preset
+
+    if names is None:
+        names = sorted(p.stem for p in SHIPPED_DIR.glob("*.toml"))
+    found = [n for n in names if device_matches(load_preset(n), device_name)]
+    if len(found) != 1:
+        what = "no shipped preset" if not found else f"several presets ({', '.join(found)})"
+        raise InputError(
+            "--hw",
+            f"{what} describes the measured device {device_name!r}; name the base preset "
+            f"with --hw (shipped: {', '.join(names)})",
+        )
+    return found[0]
+
+
 def check_device(rows: Sequence[Mapping], hw: Hardware, *, argument: str = "--hw") -> str:
     """The one device name of `rows`; InputError if they mix devices or `hw` is another."""
     names = sorted({str(r["device"]["name"]) for r in rows})

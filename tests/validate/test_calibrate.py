@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,3 +365,34 @@ def test_worker_processes_simulate_exactly_what_one_process_does(true_hw, noisy_
         assert np.array_equal(alone(true_hw), spread(true_hw))
     finally:
         spread.close()
+
+
+def test_the_base_preset_follows_the_measured_device(tmp_path):
+    """calibrate without --hw calibrates the shipped preset of the device that measured:
+    h200 for an NVIDIA H200 (our first campaign's rows), and says so when none or two
+    devices are in the files."""
+    import json
+
+    from tvwsim.validate.split import preset_for_device
+
+    from tvwsim.cli.validate import _measured_device_preset
+
+    assert preset_for_device("NVIDIA H200") == "h200"
+    assert preset_for_device("NVIDIA H100 80GB HBM3") == "h100"
+    assert preset_for_device("NVIDIA A100-SXM4-40GB") == "a100"
+    assert preset_for_device("NVIDIA GeForce RTX 3090") == "rtx3090"
+    assert preset_for_device("Tesla V100-SXM2-16GB") == "v100"
+    with pytest.raises(InputError, match="--hw.*no shipped preset.*L40S"):
+        preset_for_device("NVIDIA L40S")
+
+    measured = Path(__file__).parents[2] / "traces" / "measured" / "h200-20261201.jsonl"
+    lines = measured.read_text().splitlines()[:2]
+    one = tmp_path / "one.jsonl"
+    one.write_text("\n".join(lines) + "\n")
+    assert _measured_device_preset([str(one)]) == "h200"
+    other = json.loads(lines[1])
+    other["device"]["name"] = "NVIDIA A100-SXM4-40GB"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(lines[0] + "\n" + json.dumps(other) + "\n")
+    with pytest.raises(InputError, match="--measured.*2 devices"):
+        _measured_device_preset([str(mixed)])

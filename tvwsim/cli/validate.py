@@ -65,8 +65,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     c.add_argument("--measured", nargs="+", required=True, metavar="FILE", help="JSONL files")
-    c.add_argument("--hw", required=True, metavar="NAME", help="base preset, e.g. h100")
-    c.add_argument("--out", required=True, metavar="PRESET.toml", help="calibrated preset")
+    c.add_argument(
+        "--hw",
+        metavar="NAME",
+        help="base preset, e.g. h100 (default: the shipped preset of the measured device, "
+        "h200 for an NVIDIA H200)",
+    )
+    c.add_argument(
+        "--out",
+        metavar="PRESET.toml",
+        help="calibrated preset (default: BASE-calibrated.toml in the current directory)",
+    )
     c.add_argument("--force", action="store_true", help="replace an existing --out file")
     c.add_argument(
         "--fit",
@@ -205,6 +214,21 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 # -- calibrate -----------------------------------------------------------------------------
+def _measured_device_preset(paths: list[str]) -> str:
+    """The shipped preset of the one device the measurement files come from."""
+    from tvwsim.errors import InputError
+    from tvwsim.validate.dataset import load_rows
+    from tvwsim.validate.split import preset_for_device
+
+    rows, _ = load_rows(paths)
+    devices = sorted({str(r["device"]["name"]) for r in rows})
+    if len(devices) != 1:
+        raise InputError(
+            "--measured", f"rows come from {len(devices)} devices ({', '.join(devices)}); use one"
+        )
+    return preset_for_device(devices[0])
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from tvwsim.errors import InputError
     from tvwsim.sim.presets import (
@@ -219,6 +243,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from tvwsim.validate.device_info import utc_now
     from tvwsim.validate.fit import DEFAULT_FIT, MAX_NFEV, check_fit_names
 
+    if args.hw is None:
+        args.hw = _measured_device_preset(args.measured)
+    if args.out is None:
+        args.out = f"{args.hw}-calibrated.toml"
     out = Path(args.out).expanduser()
     if out.suffix != ".toml":
         raise InputError("--out", f"a preset file is NAME.toml, got {out.name!r}")
