@@ -47,9 +47,10 @@ class _TorchEvent:
         return float(self.event.elapsed_time(end.event))
 
 
-CUSHION_CYCLES = 200_000
-"""GPU sleep before each timed launch, in SM cycles (about 100 us at 2 GHz): longer than
-the host needs to queue the start event, the launch and the stop event from Python."""
+SLEEP_CYCLES_PER_US = 2000
+"""`torch.cuda._sleep` counts SM cycles; 2000 per microsecond is at least one microsecond
+on any GPU clocked at or below 2 GHz (the H200 boosts to 1980 MHz), so the cushion that
+`tvwsim.validate.timing` asks for is never shorter than asked."""
 
 
 class GpuExecutor:
@@ -89,14 +90,17 @@ class GpuExecutor:
                 self.flush_bytes // 4, dtype=torch.int32, device="cuda"
             )
             self._flush = self._flush_buffer.zero_
-            self._cushion = lambda: torch.cuda._sleep(CUSHION_CYCLES)
+            self._cushion = lambda us: torch.cuda._sleep(int(us * SLEEP_CYCLES_PER_US))
             self._event = lambda: _TorchEvent(torch)
             self._sync = torch.cuda.synchronize
             self.timing_method = {
                 "method": "l2-flush",
                 "flush_bytes": self.flush_bytes,
                 "flush": "torch zero_ of a 2 x L2 buffer",
-                "cushion": f"torch.cuda._sleep({CUSHION_CYCLES})",
+                "cushion": (
+                    f"torch.cuda._sleep, {SLEEP_CYCLES_PER_US} cycles per us, "
+                    "2 x the host's warm-up enqueue time, at least 100 us"
+                ),
                 "events": "torch.cuda.Event, default stream",
             }
         else:
@@ -173,7 +177,7 @@ class GpuExecutor:
         return self._weights[key]
 
     def _time(self, launch: Callable[[], Any], timing: TimingPlan) -> tuple[list[float], dict]:
-        times = time_launches(
+        runs = time_launches(
             launch,
             new_event=self._event,
             flush=self._flush,
@@ -182,7 +186,14 @@ class GpuExecutor:
             warmup=timing.warmup,
             repeats=timing.repeats,
         )
-        return times, {**self.timing_method, "warmup": timing.warmup, "repeats": timing.repeats}
+        return runs.times_us, {
+            **self.timing_method,
+            "warmup": timing.warmup,
+            "repeats": timing.repeats,
+            "host_enqueue_us": round(runs.host_enqueue_us, 1),
+            "cushion_us": None if runs.cushion_us is None else round(runs.cushion_us, 1),
+            "host_bound_runs": runs.host_bound_runs,
+        }
 
     def _measure_ours(self, point: SweepPoint, timing: TimingPlan) -> Measurement:
         inputs = kernel_inputs(point, self._weight(point))

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from tvwsim.validate.rows import REL_TOLERANCE
-from tvwsim.validate.timing import check_baseline_output, check_rows, time_launches
+from tvwsim.validate.timing import (
+    MIN_CUSHION_US,
+    check_baseline_output,
+    check_rows,
+    time_launches,
+)
 
 from tvwsim.errors import InputError
 
@@ -38,19 +43,20 @@ class Recorder:
 
 def test_time_launches_flushes_and_cushions_before_every_timed_launch():
     rec = Recorder()
-    times = time_launches(
+    runs = time_launches(
         rec.launch,
         new_event=rec.event,
         flush=lambda: rec.log.append("flush"),
-        cushion=lambda: rec.log.append("cushion"),
+        cushion=lambda us: rec.log.append(f"cushion {us:g}"),
         synchronize=lambda: rec.log.append("device-sync"),
         warmup=2,
         repeats=3,
     )
-    assert times == pytest.approx([10.0, 10.0, 10.0])  # microseconds
+    assert runs.times_us == pytest.approx([10.0, 10.0, 10.0])  # microseconds
     warm = ["flush", "launch"] * 2 + ["device-sync"]
-    timed = ["flush", "cushion", "record", "launch", "record", "sync"] * 3
+    timed = ["flush", f"cushion {MIN_CUSHION_US:g}", "record", "launch", "record", "sync"] * 3
     assert rec.log == warm + timed
+    assert runs.cushion_us == MIN_CUSHION_US and runs.host_bound_runs == 0
     with pytest.raises(InputError, match="repeats"):
         time_launches(
             rec.launch,
@@ -61,6 +67,35 @@ def test_time_launches_flushes_and_cushions_before_every_timed_launch():
             warmup=0,
             repeats=0,
         )
+
+
+def test_the_cushion_outlasts_a_slow_host_launch():
+    """A launch that keeps the host busy (torch's cuSPARSELt call plans on every call)
+    gets a cushion of twice its warm-up enqueue time, so the events time the GPU work;
+    the first warm-up launch (module load, planning) does not size it, and a timed
+    launch slower than the cushion is counted, not hidden."""
+    rec = Recorder()
+    host = {"t": 0.0}
+    enqueue_s = iter([5e-3, 250e-6, 260e-6, 200e-6, 200e-6, 900e-6])
+
+    def slow_launch():
+        host["t"] += next(enqueue_s)
+        rec.launch()
+
+    runs = time_launches(
+        slow_launch,
+        new_event=rec.event,
+        flush=None,
+        cushion=lambda us: rec.log.append(us),
+        synchronize=lambda: None,
+        warmup=3,
+        repeats=3,
+        host_clock=lambda: host["t"],
+    )
+    assert runs.host_enqueue_us == pytest.approx(260.0)
+    assert runs.cushion_us == pytest.approx(520.0)
+    assert [x for x in rec.log if isinstance(x, float)] == pytest.approx([520.0] * 3)
+    assert runs.host_bound_runs == 1  # the 900 us launch outlasted the 520 us cushion
 
 
 def test_check_rows_cover_the_ragged_last_block():
