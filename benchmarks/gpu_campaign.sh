@@ -39,6 +39,10 @@
 #   RESUME_FROM  an earlier measurement file (e.g. traces/measured/h200-20261201.jsonl):
 #                copied to $OUT first, so the sweeps skip the points it already holds
 #   ARCH         nvcc target (default sm_90)
+#   TAG          suffix of the measurement file's name (<device>-<date>-<TAG>.jsonl), for a
+#                second campaign on the same day
+#   SWEEPS       the sweeps before the counters (default "quick targets"); the full sweep
+#                always comes last, with what is left
 #
 # Every step is tolerant: a failed step is logged and the script goes on to the next one
 # that can still run, and always ends with nvidia-smi -q and a summary.
@@ -76,8 +80,10 @@ if [ "$DRY_RUN" = 1 ]; then
     echo "  1. wheels from .whl; PyCUDA built on the machine   $PYCUDA_BUILD_S (only if its wheel fails)"
     echo "  2. tvwsim kernels build --arch $ARCH               $BUILD_S"
     echo "  3. tvwsim kernels check (probes first)             $CHECK_S"
-    echo "  4. tvwsim validate --sweep quick                   $QUICK_S"
-    echo "  5. tvwsim validate --sweep targets                 $TARGETS_S"
+    for name in ${SWEEPS:-quick targets}; do
+        [ "$name" = quick ] && limit=$QUICK_S || limit=$TARGETS_S
+        printf '  4. tvwsim validate --sweep %-22s %s\n' "$name" "$limit"
+    done
     echo "  6. ncu counters (--sweep counters)                 $COUNTERS_S"
     echo "  7. tvwsim validate --sweep full                    what is left - $TAIL_S"
     echo "  8. nvidia-smi -q, summary                          $TAIL_S"
@@ -114,7 +120,7 @@ run_for() {
 } >"$OUT/device.txt" 2>&1 || note "nvidia-smi failed"
 NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 SLUG=$(echo "$NAME" | tr 'A-Z' 'a-z' | grep -oE 'h100|h200|a100|v100|l40s?|rtx ?[0-9]{4}' | head -1 | tr -d ' ')
-MEAS="$OUT/${SLUG:-gpu}-$(date -u +%Y%m%d).jsonl"
+MEAS="$OUT/${SLUG:-gpu}-$(date -u +%Y%m%d)${TAG:+-$TAG}.jsonl"
 note "device: ${NAME:-unknown}; measurements -> $MEAS" | tee -a "$LOG"
 
 # -- 1. Python environment --------------------------------------------------------------
@@ -158,7 +164,7 @@ cp build/kernels/manifest.json "$OUT/manifest.json" 2>/dev/null || note "no mani
 # -- 3. probes, then every kernel against its CPU twin -------------------------------------
 run_for "$(cap $CHECK_S 120)" "${TVWSIM[@]}" kernels check --build-dir build/kernels
 
-# -- 4, 5. quick and targets sweeps --------------------------------------------------------
+# -- 4, 5. the sweeps before the counters (quick, targets by default) ----------------------
 # --budget-s stops a sweep from starting a point it cannot finish; the timeout is the
 # backstop. Both sweeps append to the same measurement file (rows carry their keys).
 sweep() { # sweep NAME CEILING RESERVE
@@ -167,8 +173,15 @@ sweep() { # sweep NAME CEILING RESERVE
     run_for "$limit" "${TVWSIM[@]}" validate --sweep "$1" --out "$MEAS" \
         --build-dir build/kernels --no-progress --budget-s $((limit > 40 ? limit - 25 : 5))
 }
-sweep quick $QUICK_S $((TARGETS_S + COUNTERS_S + TAIL_S))
-sweep targets $TARGETS_S $((COUNTERS_S + TAIL_S))
+# Each named sweep gets its ceiling (quick: QUICK_S, others: TARGETS_S) and leaves the
+# counters and the tail their time.
+for name in ${SWEEPS:-quick targets}; do
+    if [ "$name" = quick ]; then
+        sweep quick $QUICK_S $((TARGETS_S + COUNTERS_S + TAIL_S))
+    else
+        sweep "$name" $TARGETS_S $((COUNTERS_S + TAIL_S))
+    fi
+done
 
 # -- 6. hardware counters under ncu ----------------------------------------------------------
 counters() {
