@@ -29,6 +29,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -200,6 +201,121 @@ def read_counters(csv_text: str, console: str) -> list[CounterRow]:
     return rows
 
 
+# -- the model beside the counters ------------------------------------------------------------
+
+
+def point_row(key: str) -> dict[str, Any]:
+    """The fields of a measured row that `tvwsim.validate.replay.row_case` needs, parsed
+    back from a point key ('tvwsim/tw/4096x3072x768/s0.75/128x128x32s3w4/natural/seed0')."""
+    parts = key.split("/")
+    if len(parts) < 7 or parts[0] != "tvwsim":
+        raise InputError("point", f"not a key of one of our kernels: {key!r}")
+    m, n, k = (int(v) for v in parts[2].split("x"))
+    row: dict[str, Any] = {
+        "point": key,
+        "pattern": parts[1],
+        "M": m,
+        "N": n,
+        "K": k,
+        "target_sparsity": float(parts[3][1:]),
+        "config": parts[4],
+        "policy": parts[5],
+        "seed": int(parts[6].removeprefix("seed")),
+        "median_us": 0.0,
+    }
+    if len(parts) > 7 and parts[7].startswith("b"):
+        row["block"] = int(parts[7][1:])
+    return row
+
+
+@dataclass(frozen=True)
+class CounterComparison:
+    """One point of our kernels: what ncu read (its kernels summed) and what the model says."""
+
+    point: str
+    measured_us: float
+    """ncu's gpu__time_duration, summed over the point's kernels (GEMM and finalize)."""
+    simulated_us: float
+    """The model's kernel time (launch overhead left out, as ncu leaves it out)."""
+    measured_dram_mb: float
+    simulated_dram_mb: float
+    measured_l2_hit: float | None
+    simulated_l2_hit: float
+    measured_tensor_active: float | None
+    """Tensor pipe active share of the GEMM kernel's cycles (0-1)."""
+    simulated_compute_utilisation: float
+
+    @property
+    def dram_ratio(self) -> float:
+        return self.simulated_dram_mb / self.measured_dram_mb if self.measured_dram_mb else math.inf
+
+
+def compare_counters(
+    rows: Sequence[CounterRow],
+    hw: Any,
+    resources_of: Callable[[str], Any] = lambda key: None,
+) -> list[CounterComparison]:
+    """Simulate each profiled point of our kernels on `hw` and set it beside ncu's reading.
+
+    `resources_of(key)` gives the per-CTA resources the kernel ran with (None: the model
+    estimates them); vendor points are left out (the model has no vendor kernel class).
+    """
+    from tvwsim.sim.engine import simulate
+    from tvwsim.validate.replay import row_case
+
+    by_point: dict[str, list[CounterRow]] = {}
+    for row in rows:
+        by_point.setdefault(row.point, []).append(row)
+    out = []
+    for key, kernels in by_point.items():
+        if not key.startswith("tvwsim/"):
+            continue
+        case = row_case(point_row(key))
+        result = simulate(case.schedule, hw, resources_of(key), cache=False)
+        gemm = max(kernels, key=lambda r: r.values.get("duration_ns", 0.0))
+
+        def total(field_name: str, kernels: list[CounterRow] = kernels) -> float:
+            return sum(r.values.get(field_name, 0.0) for r in kernels)
+
+        hit = gemm.values.get("l2_hit_rate_pct")
+        tensor = gemm.values.get("tensor_active_pct")
+        out.append(
+            CounterComparison(
+                point=key,
+                measured_us=total("duration_ns") / 1e3,
+                simulated_us=float(result.kernel_us),
+                measured_dram_mb=(total("dram_read_bytes") + total("dram_write_bytes")) / 1e6,
+                simulated_dram_mb=float(result.dram_bytes) / 1e6,
+                measured_l2_hit=None if hit is None else hit / 100.0,
+                simulated_l2_hit=float(result.l2_hit_rate),
+                measured_tensor_active=None if tensor is None else tensor / 100.0,
+                simulated_compute_utilisation=float(result.compute_utilisation),
+            )
+        )
+    return out
+
+
+def comparison_table(comparisons: Sequence[CounterComparison]) -> str:
+    """A text table: per point, time, DRAM MB, L2 hit rate and tensor activity, ncu | model."""
+
+    def pct(v: float | None) -> str:
+        return "  -  " if v is None else f"{100 * v:5.1f}"
+
+    lines = [
+        f"{'point':58} {'time us':>17} {'DRAM MB':>17} {'L2 hit %':>13} {'tensor %':>13}",
+        f"{'':58} {'ncu':>8} {'model':>8} {'ncu':>8} {'model':>8} {'ncu':>6} {'model':>6} "
+        f"{'ncu':>6} {'model':>6}",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"{c.point[:58]:58} {c.measured_us:8.1f} {c.simulated_us:8.1f} "
+            f"{c.measured_dram_mb:8.1f} {c.simulated_dram_mb:8.1f} "
+            f"{pct(c.measured_l2_hit):>6} {pct(c.simulated_l2_hit):>6} "
+            f"{pct(c.measured_tensor_active):>6} {pct(c.simulated_compute_utilisation):>6}"
+        )
+    return "\n".join(lines)
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -237,6 +353,42 @@ def _read(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_counter_rows(path: str) -> list[CounterRow]:
+    rows = []
+    for line in _text("COUNTERS", path).splitlines():
+        if line.strip():
+            data = json.loads(line)
+            rows.append(CounterRow(**data))
+    return rows
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tvwsim.sim.presets import load_preset
+    from tvwsim.validate.replay import row_config, row_resources
+
+    hw = load_preset(args.hw, argument="--hw")
+    measured: dict[str, Any] = {}
+    for path in args.measured or []:
+        for line in _text("--measured", path).splitlines():
+            if line.strip().endswith("}"):
+                row = json.loads(line)
+                if row.get("implementation") == "tvwsim":
+                    measured[(row["pattern"], row["config"])] = row
+
+    def resources_of(key: str) -> Any:
+        parts = key.split("/")
+        row = measured.get((parts[1], parts[4]))
+        return None if row is None else row_resources(row, row_config(row))
+
+    comparisons = compare_counters(_load_counter_rows(args.counters), hw, resources_of)
+    if args.json:
+        print(json.dumps([asdict(c) for c in comparisons], indent=1))
+    else:
+        print(f"ncu counters vs the model on {hw.name}")
+        print(comparison_table(comparisons))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tvwsim.validate.counters")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -251,6 +403,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("console", metavar="CONSOLE", help="the profiled program's output")
     r.add_argument("--out", help="JSONL file (default: stdout)")
     r.set_defaults(func=_read)
+    c = sub.add_parser("compare", help="the model beside the counters of our kernels")
+    c.add_argument("counters", metavar="COUNTERS", help="counters.jsonl from `read`")
+    c.add_argument("--hw", required=True, help="hardware preset, e.g. h200")
+    c.add_argument(
+        "--measured",
+        nargs="*",
+        metavar="FILE",
+        help="measurement files whose rows give each kernel's registers and shared memory",
+    )
+    c.add_argument("--json", action="store_true", help="one JSON list")
+    c.set_defaults(func=_compare)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

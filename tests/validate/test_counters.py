@@ -205,3 +205,66 @@ def test_gpu_executor_profiles_the_second_launch_only(monkeypatch, tmp_path):
     done, skipped = profile_points(spec.points(), executor.profile_once, lines.append)
     assert (done, skipped) == (1, 1)  # cuBLAS needs torch, absent here
     assert events == ["launch", "flush", "sync", "start", "launch", "sync", "stop"]
+
+
+def test_point_row_parses_back_every_field_the_replay_needs():
+    from tvwsim.validate.points import SweepPoint
+
+    spec = parse_spec(
+        {"shapes": [[96, 200, 160]], "patterns": ["tw", "bw"], "sparsities": [0.75], "block": 64}
+    )
+    for point in spec.points():
+        row = counters.point_row(point.key)
+        assert (row["M"], row["N"], row["K"]) == point.shape
+        assert row["pattern"] == point.pattern and row["policy"] == point.policy
+        assert row["config"] == point.config.name and row["seed"] == point.seed
+        assert row["target_sparsity"] == pytest.approx(point.sparsity)
+        assert row.get("block", point.block) == point.block
+    assert isinstance(point, SweepPoint)
+    with pytest.raises(InputError, match="point"):
+        counters.point_row("cublas/dense/8x8x8/s0/vendor/vendor/seed0")
+
+
+def test_compare_counters_sets_the_model_beside_ncu_for_our_kernels_only():
+    """The model's figures are the simulator's own for the same schedule; ncu's are the
+    point's kernels summed (GEMM + finalize); vendor points have no model and are left out."""
+    from tvwsim.sim.engine import simulate
+    from tvwsim.sim.presets import load_preset
+    from tvwsim.validate.replay import row_case
+
+    key = "tvwsim/tw/96x200x160/s0.75/128x128x32s3w4/split/seed0"
+    gemm = counters.CounterRow(
+        key,
+        "tw_gemm",
+        0,
+        "(2, 1, 1)",
+        "(128, 1, 1)",
+        {
+            "duration_ns": 9000.0,
+            "dram_read_bytes": 4e5,
+            "dram_write_bytes": 1e5,
+            "l2_hit_rate_pct": 50.0,
+            "tensor_active_pct": 20.0,
+        },
+    )
+    fin = counters.CounterRow(
+        key,
+        "finalize_rows",
+        1,
+        "(1, 1, 1)",
+        "(256, 1, 1)",
+        {"duration_ns": 1000.0, "dram_write_bytes": 5e5, "l2_hit_rate_pct": 99.0},
+    )
+    vendor = counters.CounterRow(
+        "cublas/dense/96x200x160/s0/vendor/vendor/seed0", "k", 2, "", "", {}
+    )
+    hw = load_preset("h200")
+    (c,) = counters.compare_counters([gemm, fin, vendor], hw)
+    expect = simulate(row_case(counters.point_row(key)).schedule, hw, cache=False)
+    assert c.measured_us == pytest.approx(10.0) and c.measured_dram_mb == pytest.approx(1.0)
+    assert c.measured_l2_hit == pytest.approx(0.5)  # the GEMM's, not the finalize pass's
+    assert c.simulated_us == pytest.approx(expect.kernel_us)
+    assert c.simulated_dram_mb == pytest.approx(expect.dram_bytes / 1e6)
+    assert c.dram_ratio == pytest.approx(c.simulated_dram_mb / 1.0)
+    table = counters.comparison_table([c])
+    assert key[:40] in table and f"{c.simulated_us:8.1f}" in table
