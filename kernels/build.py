@@ -82,21 +82,45 @@ def _sparse(bm: int, bn: int, bk: int, stages: int, warps: int = 4) -> KernelCon
 # halves the token side for small M (fewer idle tokens in the last activation block);
 # G = 64 tiles for tw/tvw are the finer tile width the pruning study also uses. Sparse
 # stages are 64 logical K deep: one metadata word per lane covers 16 rows x 64 K.
+# The 8-warp tiles (128 x 256: 2 x 4 warps; 256 x 128: 4 x 2 warps; both of 64 x 64, so
+# the same registers per thread as 128 x 128) halve the shared-memory traffic per mma of
+# one operand; they come last in each list (bw: 128 x 256 only) and are opt-in: the defaults
+# (tvwsim.config.default_config) stay 128 x 128 with 4 warps.
+_WIDE = ((128, 256), (256, 128))
 VARIANTS: dict[str, list[KernelConfig]] = {
-    "dense": [_dense(128, 128, 32, 3), _dense(128, 128, 32, 4), _dense(128, 64, 32, 3)],
+    "dense": [
+        _dense(128, 128, 32, 3),
+        _dense(128, 128, 32, 4),
+        _dense(128, 64, 32, 3),
+        *(_dense(bm, bn, 32, 3, warps=8) for bm, bn in _WIDE),
+    ],
     "tw": [
         _dense(128, 128, 32, 3),
         _dense(128, 128, 32, 4),
         _dense(128, 64, 32, 3),
         _dense(64, 128, 32, 3),
+        *(_dense(bm, bn, 32, 3, warps=8) for bm, bn in _WIDE),
     ],
-    "bw": [_dense(128, 128, 32, 3), _dense(128, 128, 32, 4), _dense(128, 64, 32, 3)],
-    "vw": [_sparse(128, 128, 64, 3), _sparse(128, 128, 64, 4), _sparse(128, 64, 64, 3)],
+    "bw": [
+        _dense(128, 128, 32, 3),
+        _dense(128, 128, 32, 4),
+        _dense(128, 64, 32, 3),
+        # Not 256 x 128: its block-table prefetch needs a few registers more than 255
+        # (ptxas spills 16-24 bytes), and no kernel may touch local memory.
+        _dense(128, 256, 32, 3, warps=8),
+    ],
+    "vw": [
+        _sparse(128, 128, 64, 3),
+        _sparse(128, 128, 64, 4),
+        _sparse(128, 64, 64, 3),
+        *(_sparse(bm, bn, 64, 3, warps=8) for bm, bn in _WIDE),
+    ],
     "tvw": [
         _sparse(128, 128, 64, 3),
         _sparse(128, 128, 64, 4),
         _sparse(128, 64, 64, 3),
         _sparse(64, 128, 64, 3),
+        *(_sparse(bm, bn, 64, 3, warps=8) for bm, bn in _WIDE),
     ],
 }
 

@@ -226,7 +226,8 @@ def test_the_sass_reader_tells_warp_grids_apart():
 
 
 def test_the_build_passes_the_configs_warp_grid_and_footprint():
-    want = {"128x128": (2, 2), "128x64": (2, 2), "64x128": (1, 4)}
+    want = {"128x128": (2, 2), "128x64": (2, 2), "64x128": (1, 4), "128x256": (2, 4)}
+    want["256x128"] = (4, 2)  # the 8-warp tiles: warp tiles of 64 x 64, as 128 x 128
     for configs in kbuild.VARIANTS.values():
         for c in configs:
             assert c.warp_grid == want[f"{c.bm}x{c.bn}"], c.name
