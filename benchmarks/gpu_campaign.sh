@@ -55,15 +55,16 @@ ARCH=${ARCH:-sm_90}
 DRY_RUN=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 
-# Each step's ceiling in seconds; a step also never takes time the later ones are
-# promised (RESERVE_*), so a slow step cannot starve the steps after it entirely.
-PYCUDA_BUILD_S=300 # only when the carried wheel does not import
-BUILD_S=150
-CHECK_S=90
-QUICK_S=240
-TARGETS_S=90
-COUNTERS_S=120
-TAIL_S=30 # nvidia-smi and the summary
+# Each step's ceiling in seconds (each can be set in the environment; TARGETS_S is that of
+# every named sweep but quick); a step also never takes time the later ones are promised,
+# so a slow step cannot starve the steps after it entirely.
+PYCUDA_BUILD_S=${PYCUDA_BUILD_S:-300} # only when the carried wheel does not import
+BUILD_S=${BUILD_S:-150}
+CHECK_S=${CHECK_S:-90}
+QUICK_S=${QUICK_S:-240}
+TARGETS_S=${TARGETS_S:-90}
+COUNTERS_S=${COUNTERS_S:-120}
+TAIL_S=${TAIL_S:-30} # nvidia-smi and the summary
 
 START=$SECONDS
 left() { echo $((BUDGET_S - (SECONDS - START))); }
