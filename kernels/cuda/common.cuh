@@ -310,12 +310,6 @@ __device__ __forceinline__ void issue_metadata(uint32_t dst, const uint32_t* __r
 // it while those copies fly. One commit per iteration, even an empty one, keeps the
 // group count equal to the stage index.
 //
-// compute(stage, issue) must call issue() exactly once: warp_stage_dense/_sparse do so
-// right after the mma of their first n column, so the copies of the next stage (their
-// address arithmetic and cp.async) are interleaved with mma already in the tensor pipe
-// instead of delaying the stage's first mma. Every ldmatrix of this stage before that
-// point reads a buffer the copies do not touch (next % STAGES != it % STAGES).
-//
 // Loader interface (one per pattern):
 //   prefetch(step): read the indices stage `step` needs (kept-K list, block table) into
 //                   registers with ordinary loads; issued one iteration early so their
@@ -335,31 +329,14 @@ __device__ __forceinline__ void pipeline(Loader& loader, int k_steps, char* smem
     }
     if (STAGES - 1 < k_steps) loader.prefetch(STAGES - 1);
 
-    // Steady state: every iteration issues a stage and prefetches the one after, with no
-    // condition, so the copies, their address arithmetic and the stage's ldmatrix / mma
-    // are one basic block that ptxas can interleave (behind a branch, the whole cp.async
-    // issue ran before the first mma of the stage while the tensor core idled).
-    int it = 0;
-    for (; it + STAGES < k_steps; ++it) {
+    for (int it = 0; it < k_steps; ++it) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int next = it + STAGES - 1;
-        compute(smem + (it % STAGES) * L::kStageBytes, [&] {
-            loader.issue(next, smem + (next % STAGES) * L::kStageBytes);
-            cp_async_commit();
-            loader.prefetch(next + 1);
-        });
-    }
-    // The last STAGES stages (fewer if the task is short): the same with the conditions.
-    for (; it < k_steps; ++it) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        const int next = it + STAGES - 1;
-        compute(smem + (it % STAGES) * L::kStageBytes, [&] {
-            if (next < k_steps) loader.issue(next, smem + (next % STAGES) * L::kStageBytes);
-            cp_async_commit();
-            if (next + 1 < k_steps) loader.prefetch(next + 1);
-        });
+        if (next < k_steps) loader.issue(next, smem + (next % STAGES) * L::kStageBytes);
+        cp_async_commit();
+        if (next + 1 < k_steps) loader.prefetch(next + 1);
+        compute(smem + (it % STAGES) * L::kStageBytes);
     }
     // Drain before the epilogue reuses the buffers.
     cp_async_wait<0>();
@@ -383,9 +360,8 @@ struct WarpPos {
 // fragments (ldmatrix.x4.trans on 16 K x 16 tokens: quarters (k0-7, n0-7), (k8-15, n0-7),
 // (k0-7, n8-15), (k8-15, n8-15) = the two registers of two n8 tiles), then issues
 // MT x NT mma.
-template <class Issue>
-__device__ __forceinline__ void warp_stage_dense(const char* stage, float (&acc)[kMT][kNT][4],
-                                                 Issue&& issue) {
+__device__ __forceinline__ void warp_stage_dense(const char* stage,
+                                                 float (&acc)[kMT][kNT][4]) {
     using L = StageLayout<false>;
     const WarpPos w;
     const uint32_t a_base = smem_addr(stage);
@@ -409,7 +385,6 @@ __device__ __forceinline__ void warp_stage_dense(const char* stage, float (&acc)
                 mma_m16n8k16(acc[mt][2 * np], af[mt], bf[0], bf[1]);
                 mma_m16n8k16(acc[mt][2 * np + 1], af[mt], bf[2], bf[3]);
             }
-            if (ks == 0 && np == 0) issue();  // next stage's copies: see pipeline
         }
     }
 }
@@ -422,68 +397,43 @@ __device__ __forceinline__ void warp_stage_dense(const char* stage, float (&acc)
 // Metadata: one uint32 per lane per (16-row block, 64-K chunk), read straight from the
 // lane-ordered words in shared memory; the same register serves the chunk's first k32
 // (selector 0) and second k32 (selector 1).
-//
-// Fragments are double-buffered so that ldmatrix overlaps mma.sp: the B fragment of the
-// next n8 column (or, after the last column, the first column of the next k32 step) is
-// loaded before the MT mma.sp of the current one are issued, and the next k32 step's A
-// fragments and metadata are loaded during the current step's last column. Two B
-// fragments (8 registers) and two sets of A fragments (8 MT registers) are live instead
-// of all NT B fragments of a step (4 NT registers), which with 128 accumulators per lane
-// would spill.
-template <class Issue>
-__device__ __forceinline__ void warp_stage_sparse(const char* stage, float (&acc)[kMT][kNT][4],
-                                                  Issue&& issue) {
+__device__ __forceinline__ void warp_stage_sparse(const char* stage,
+                                                  float (&acc)[kMT][kNT][4]) {
     using L = StageLayout<true>;
-    constexpr int kSteps = BK / 32;
     const WarpPos w;
     const uint32_t a_base = smem_addr(stage);
     const uint32_t* e_tile = reinterpret_cast<const uint32_t*>(stage + L::kABytes);
     const uint32_t b_base = smem_addr(stage + L::kABytes + L::kEBytes);
-    auto load_e = [&](int ks, uint32_t (&e)[kMT]) {
+    uint32_t e[kMT];
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-            const int rb = w.wm0 / 16 + mt;  // 16-row block inside the CTA tile
-            e[mt] = e_tile[(rb * (BK / 64) + ks / 2) * 32 + w.lane];
+    for (int ks = 0; ks < BK / 32; ++ks) {
+        if (ks % 2 == 0) {
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+                const int rb = w.wm0 / 16 + mt;  // 16-row block inside the CTA tile
+                e[mt] = e_tile[(rb * (BK / 64) + ks / 2) * 32 + w.lane];
+            }
         }
-    };
-    auto load_a = [&](int ks, uint32_t (&af)[kMT][4]) {
+        uint32_t af[kMT][4];
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
             const int row = w.wm0 + mt * 16 + (w.lane & 15);
             ldmatrix_x4(af[mt], a_base + 16 * swz<L::kAChunks>(row, ks * 2 + (w.lane >> 4)));
         }
-    };
-    auto load_b = [&](int ks, int nt, uint32_t (&bf)[4]) {
-        const int k = ks * 32 + w.lane;
-        ldmatrix_x4_trans(bf, b_base + 16 * swz<L::kBChunks>(k, (w.wn0 + nt * 8) / 8));
-    };
-    uint32_t e[2][kMT];
-    uint32_t af[2][kMT][4];
-    uint32_t bf[2][4];
-    load_e(0, e[0]);
-    load_a(0, af[0]);
-    load_b(0, 0, bf[0]);
-#pragma unroll
-    for (int ks = 0; ks < kSteps; ++ks) {
-        const int ea = (ks / 2) % 2;  // metadata buffer: one word serves two k32 steps
+        // One n8 column of B at a time (4 registers live instead of 4 * NT): with 128
+        // accumulators per lane, holding all B fragments of a k32 step would spill.
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
-            const int cur = (ks * kNT + nt) % 2;
-            if (nt + 1 < kNT) {
-                load_b(ks, nt + 1, bf[cur ^ 1]);
-            } else if (ks + 1 < kSteps) {
-                load_b(ks + 1, 0, bf[cur ^ 1]);
-                load_a(ks + 1, af[(ks + 1) % 2]);
-                if ((ks + 1) % 2 == 0) load_e(ks + 1, e[ea ^ 1]);
-            }
+            uint32_t bf[4];
+            const int k = ks * 32 + w.lane;
+            ldmatrix_x4_trans(bf, b_base + 16 * swz<L::kBChunks>(k, (w.wn0 + nt * 8) / 8));
 #pragma unroll
             for (int mt = 0; mt < kMT; ++mt) {
                 if (ks % 2 == 0)
-                    mma_sp_m16n8k32<0>(acc[mt][nt], af[ks % 2][mt], bf[cur], e[ea][mt]);
+                    mma_sp_m16n8k32<0>(acc[mt][nt], af[mt], bf, e[mt]);
                 else
-                    mma_sp_m16n8k32<1>(acc[mt][nt], af[ks % 2][mt], bf[cur], e[ea][mt]);
+                    mma_sp_m16n8k32<1>(acc[mt][nt], af[mt], bf, e[mt]);
             }
-            if (ks == 0 && nt == 0) issue();  // next stage's copies: see pipeline
         }
     }
 }

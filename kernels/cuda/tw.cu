@@ -65,9 +65,7 @@ extern "C" __global__ void __launch_bounds__(tvw::kThreads)
     float acc[tvw::kMT][tvw::kNT][4];
     tvw::zero(acc);
     tvw::pipeline<false>(loader, (k_end - k_begin) / BK, smem,
-                         [&](const char* stage, auto&& issue) {
-                             tvw::warp_stage_dense(stage, acc, issue);
-                         });
+                         [&](const char* stage) { tvw::warp_stage_dense(stage, acc); });
 
     const bool split = !(k_begin == 0 && k_end == kt);
     const int* tile_rows = row_map + static_cast<int64_t>(tile) * BM;

@@ -65,9 +65,7 @@ extern "C" __global__ void __launch_bounds__(tvw::kThreads)
     float acc[tvw::kMT][tvw::kNT][4];
     tvw::zero(acc);
     tvw::pipeline<true>(loader, (k_end - k_begin) / BK, smem,
-                        [&](const char* stage, auto&& issue) {
-                            tvw::warp_stage_sparse(stage, acc, issue);
-                        });
+                        [&](const char* stage) { tvw::warp_stage_sparse(stage, acc); });
 
     const bool split = !(k_begin == 0 && k_end == k_pad);
     const int row0 = tile * BM;
