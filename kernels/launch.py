@@ -272,7 +272,7 @@ def gemm(
     """Y (fp16, M x N) = X @ W.T on the GPU, W read from `encoded`'s buffers.
 
     `schedule` is a `tvwsim.schedule.Schedule` or its int32 `[n_tasks, 4]` tasks; None builds
-    one with `policy` (natural, longest-first, split).
+    one with `policy` (natural, longest-first, split, grouped).
     """
     pattern = check_encoded(encoded, pattern)
     x16 = check_x(x, encoded.k)

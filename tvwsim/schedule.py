@@ -32,6 +32,14 @@ Policies
   (`red.global.add.f32`); a final pass converts those rows to fp16. The engine charges
   that extra traffic (docs/formats.md, "Split-K reduction"). Order: natural, with the
   pieces of one (tile, block) adjacent.
+- `grouped`: rasterised like the grouped ("swizzled") CTA order of GEMM libraries: the
+  weight tiles are taken in groups of `GROUP_TILES`, and within a group the activation
+  blocks are outer and the tiles inner: (0, 0), (1, 0), ..., (G-1, 0), (0, 1), ... So the
+  CTAs resident at one moment cover a few weight tiles x a few activation blocks - a
+  square-ish patch whose operands fit in L2 - instead of all activation blocks of a few
+  tiles: when X is larger than L2 (8192 tokens x 8192 K is 128 MB), natural order reads
+  all of X from DRAM again for every few weight tiles, grouped order about once per
+  group.
 """
 
 from __future__ import annotations
@@ -45,7 +53,10 @@ import numpy as np
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
 
-POLICIES = ("natural", "longest-first", "split")
+POLICIES = ("natural", "longest-first", "split", "grouped")
+
+GROUP_TILES = 8
+"""Weight tiles per group of the `grouped` policy (GEMM libraries' usual GROUP_M is 8)."""
 
 ELEMENT_BYTES = 2
 """fp16 values and activations."""
@@ -236,6 +247,13 @@ def build_schedule(work: TileWork, m: int, policy: str = "natural") -> Schedule:
                 for lo, hi in ranges:
                     rows.append((tile, block, lo, hi))
         tasks = np.array(rows, dtype=np.int32).reshape(-1, 4)
+    elif policy == "grouped":
+        rows = []
+        for g0 in range(0, len(order), GROUP_TILES):
+            group = range(g0, min(g0 + GROUP_TILES, len(order)))
+            for block in range(blocks):
+                rows.extend((order[i], block, 0, lengths[i]) for i in group)
+        tasks = np.array(rows, dtype=np.int64).reshape(-1, 4)
     else:
         tile_col = np.repeat(order, blocks)
         block_col = np.tile(np.arange(blocks), len(order))

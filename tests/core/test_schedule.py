@@ -14,7 +14,7 @@ from tvwsim.kernels.tile_work import regular_tile_work, tile_work
 
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
-from tvwsim.schedule import POLICIES, Schedule, build_schedule, split_length
+from tvwsim.schedule import GROUP_TILES, POLICIES, Schedule, build_schedule, split_length
 
 TINY = KernelConfig(bm=16, bn=16, bk=16, warps=1, stages=2)
 
@@ -88,6 +88,21 @@ def test_natural_order_is_weight_tile_major():
     assert schedule.tasks[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert schedule.tasks[:, 1].tolist() == [0, 1, 2] * 3
     assert schedule.tasks[:, 3].tolist() == [32] * 3 + [64] * 3 + [16] * 3
+
+
+def test_grouped_order_walks_blocks_inside_groups_of_tiles():
+    """Tiles in groups of GROUP_TILES; within a group the activation block is outer, so
+    consecutive CTAs share an activation block and a group shares its weight tiles."""
+    n_tiles = GROUP_TILES + 3  # one whole group and a ragged one
+    schedule = tw_schedule([16] * n_tiles, m=40, policy="grouped")  # 3 token blocks
+    first = GROUP_TILES * 3
+    assert schedule.tasks[:first, 0].tolist() == list(range(GROUP_TILES)) * 3
+    assert schedule.tasks[:first, 1].tolist() == sum(([b] * GROUP_TILES for b in range(3)), [])
+    tail = schedule.tasks[first:]
+    assert tail[:, 0].tolist() == [GROUP_TILES, GROUP_TILES + 1, GROUP_TILES + 2] * 3
+    assert sorted(map(tuple, schedule.tasks.tolist())) == sorted(
+        map(tuple, build_schedule(schedule.work, 40, "natural").tasks.tolist())
+    )
 
 
 def test_longest_first_is_stable_and_split_cuts_only_heavy_tiles():
