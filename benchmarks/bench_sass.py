@@ -20,93 +20,21 @@ The main loop is the backward branch whose body holds the most HMMA (the K loop 
 `pipeline` in common.cuh; every stage body inside it is unrolled). With --build-dir, a
 cubin already there is read as is when the manifest lists it; missing ones are built.
 With --baseline DIR the same figures of DIR's cubins are printed beside (old -> new).
-Figures of the compiled code, not timings.
+Figures of the compiled code, not timings. The SASS reading (`sass_functions`,
+`main_loop`, `loop_mix`) lives in tvwsim.kernels.build, shared with `tvwsim kernels list
+--sass`.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from tvwsim.kernels import build as kbuild
 
 from tvwsim.manifest import MANIFEST_NAME, BuiltKernel, read_manifest
-
-_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-_FUNC = re.compile(r"Function\s*:\s*(\S+)")
-_TARGET = re.compile(r"0x([0-9a-f]+)")
-
-
-@dataclass(frozen=True)
-class LoopMix:
-    """The SASS instruction mix of one kernel's main loop."""
-
-    instructions: int
-    hmma: int
-    ldsm: int
-    ldgsts: int
-    lead: int
-    ldsm_between_hmma: int
-    gap: int
-
-    @property
-    def other(self) -> int:
-        return self.instructions - self.hmma - self.ldsm - self.ldgsts
-
-
-def sass_functions(cubin: Path) -> dict[str, list[tuple[int, str, str]]]:
-    """Per function: (address, opcode with modifiers, operands) of every instruction."""
-    result: dict[str, list[tuple[int, str, str]]] = {}
-    current: list[tuple[int, str, str]] | None = None
-    for line in kbuild.dump_sass(cubin).splitlines():
-        hdr = _FUNC.search(line)
-        if hdr:
-            current = result.setdefault(hdr.group(1), [])
-            continue
-        m = _INSTR.search(line)
-        if m and current is not None:
-            current.append((int(m.group(1), 16), m.group(2), m.group(3)))
-    return result
-
-
-def main_loop(instrs: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
-    """The instructions of the backward-branch loop holding the most HMMA ([] if none)."""
-    best: list[tuple[int, str, str]] = []
-    best_mma = 0
-    for addr, op, args in instrs:
-        if op.split(".")[0] != "BRA":
-            continue
-        target = _TARGET.search(args)
-        if not target or int(target.group(1), 16) >= addr:
-            continue
-        start = int(target.group(1), 16)
-        body = [i for i in instrs if start <= i[0] <= addr]
-        mma = sum(1 for i in body if i[1].startswith("HMMA"))
-        if mma > best_mma:
-            best, best_mma = body, mma
-    return best
-
-
-def loop_mix(cubin: Path, function: str) -> LoopMix:
-    body = main_loop(sass_functions(cubin)[function])
-    kinds = [op.split(".")[0] for _, op, _ in body]
-    hmma_at = [i for i, k in enumerate(kinds) if k == "HMMA"]
-    first, last = (hmma_at[0], hmma_at[-1]) if hmma_at else (0, -1)
-    bars = [i for i, k in enumerate(kinds[:first]) if k == "BAR"]
-    start = bars[-1] + 1 if bars else 0
-    return LoopMix(
-        instructions=len(body),
-        hmma=len(hmma_at),
-        ldsm=kinds.count("LDSM"),
-        ldgsts=kinds.count("LDGSTS"),
-        lead=first - start,
-        ldsm_between_hmma=kinds[first : last + 1].count("LDSM"),
-        gap=max((b - a - 1 for a, b in zip(hmma_at, hmma_at[1:], strict=False)), default=0),
-    )
 
 
 def ensure_built(build_dir: Path, arch: str, patterns: list[str] | None) -> list[BuiltKernel]:
@@ -145,9 +73,9 @@ def report(build_dir: Path, arch: str, patterns: list[str] | None, baseline: Pat
             "other", "lead", "ldsm~", "gap")  # fmt: skip
     rows = [head]
     for k in ensure_built(build_dir, arch, patterns):
-        mix = loop_mix(build_dir / k.cubin, k.function)
+        mix = kbuild.loop_mix(build_dir / k.cubin, k.function)
         before = old.get((k.pattern, k.config))
-        bmix = loop_mix(baseline / before.cubin, before.function) if before else None
+        bmix = kbuild.loop_mix(baseline / before.cubin, before.function) if before else None
 
         spill = k.spill_store_bytes + k.spill_load_bytes
         old_spill = before.spill_store_bytes + before.spill_load_bytes if before else None

@@ -17,6 +17,7 @@ directory and move each finished cubin into place with `os.replace`, so an inter
 build never leaves a half-written cubin; the manifest is written last, the same way.
 
 The SASS helpers at the end (`find_cuda_tool`, `dump_sass`, `sass_opcodes`,
+`sass_functions`, `main_loop` / `loop_mix` (the K loop's instruction mix),
 `resource_usage`) read cubins with `cuobjdump` from the `nvidia-cuda-cuobjdump` PyPI
 package, so the build can be checked on a machine without a GPU.
 """
@@ -513,6 +514,89 @@ def sass_opcodes(cubin: Path | str) -> dict[str, Counter]:
         if m and current is not None:
             current[m.group(1)] += 1
     return result
+
+
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_BRANCH_TARGET = re.compile(r"0x([0-9a-f]+)")
+
+
+def sass_functions(cubin: Path | str) -> dict[str, list[tuple[int, str, str]]]:
+    """Per function: (address, opcode with modifiers, operands) of every instruction."""
+    result: dict[str, list[tuple[int, str, str]]] = {}
+    current: list[tuple[int, str, str]] | None = None
+    for line in dump_sass(cubin).splitlines():
+        hdr = _FUNC_HDR.search(line)
+        if hdr:
+            current = result.setdefault(hdr.group(1), [])
+            continue
+        m = _INSTR.search(line)
+        if m and current is not None:
+            current.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    return result
+
+
+def main_loop(instrs: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The instructions of the backward-branch loop holding the most HMMA ([] if none):
+    the K loop of `pipeline` in common.cuh, every stage body inside it unrolled."""
+    best: list[tuple[int, str, str]] = []
+    best_mma = 0
+    for addr, op, args in instrs:
+        if op.split(".")[0] != "BRA":
+            continue
+        target = _BRANCH_TARGET.search(args)
+        if not target or int(target.group(1), 16) >= addr:
+            continue
+        start = int(target.group(1), 16)
+        body = [i for i in instrs if start <= i[0] <= addr]
+        mma = sum(1 for i in body if i[1].startswith("HMMA"))
+        if mma > best_mma:
+            best, best_mma = body, mma
+    return best
+
+
+@dataclass(frozen=True)
+class LoopMix:
+    """The SASS instruction mix of one kernel's main loop (`main_loop`)."""
+
+    instructions: int
+    hmma: int
+    """Tensor-core mma (HMMA, sparse or dense)."""
+    ldsm: int
+    """ldmatrix (LDSM)."""
+    ldgsts: int
+    """cp.async (LDGSTS)."""
+    lead: int
+    """Instructions from the stage's barrier (BAR; the loop head if none) to the first HMMA."""
+    ldsm_between_hmma: int
+    """LDSM issued between the first and the last HMMA of the loop."""
+    gap: int
+    """The longest run of other instructions between two HMMA."""
+
+    @property
+    def other(self) -> int:
+        return self.instructions - self.hmma - self.ldsm - self.ldgsts
+
+
+def loop_mix(cubin: Path | str, function: str) -> LoopMix:
+    """The main-loop instruction mix of `function` in `cubin` (cuobjdump; no GPU)."""
+    functions = sass_functions(cubin)
+    if function not in functions:
+        raise BuildError(f"{cubin} has no function {function!r} (has {sorted(functions)})")
+    body = main_loop(functions[function])
+    kinds = [op.split(".")[0] for _, op, _ in body]
+    hmma_at = [i for i, k in enumerate(kinds) if k == "HMMA"]
+    first, last = (hmma_at[0], hmma_at[-1]) if hmma_at else (0, -1)
+    bars = [i for i, k in enumerate(kinds[:first]) if k == "BAR"]
+    start = bars[-1] + 1 if bars else 0
+    return LoopMix(
+        instructions=len(body),
+        hmma=len(hmma_at),
+        ldsm=kinds.count("LDSM"),
+        ldgsts=kinds.count("LDGSTS"),
+        lead=first - start,
+        ldsm_between_hmma=kinds[first : last + 1].count("LDSM"),
+        gap=max((b - a - 1 for a, b in zip(hmma_at, hmma_at[1:], strict=False)), default=0),
+    )
 
 
 _RES_LINE = re.compile(r"Function\s+([^:\s]+)\s*:\s*\n\s*(.*)")

@@ -430,3 +430,24 @@ def test_kernels_list(capsys):
     for pattern, configs in kbuild.VARIANTS.items():
         for c in configs:
             assert re.search(rf"^{pattern}\s+{c.name}\s", out, re.M)
+
+
+@needs_nvcc
+def test_kernels_list_reads_a_real_build(tmp_path, capsys):
+    """`kernels list --sass` on one really built variant: the manifest's registers, the
+    h200's CTAs from them, and a main loop of HMMA, LDSM and LDGSTS found in the SASS
+    (the same `loop_mix` as benchmarks/bench_sass.py)."""
+    config = kbuild.VARIANTS["tvw"][0]
+    manifest = kbuild.build(
+        ["sm_90"], tmp_path, variants=[("tvw", config)], jobs=1, probe=False, progress=None
+    )
+    (entry,) = manifest.kernels
+    assert main(["kernels", "list", "--build-dir", str(tmp_path), "--sass", "--json"]) == 0
+    rows = {(r["pattern"], r["config"]): r for r in json.loads(capsys.readouterr().out)}
+    row = rows[("tvw", config.name)]
+    assert row["registers"] == entry.registers and row["shared_bytes"] == config.smem_bytes
+    assert row["ctas_per_sm"]["h200"]["source"] == "manifest"
+    assert row["ctas_per_sm"]["a100"]["source"] == "estimate"
+    mix = row["sass"]
+    assert mix["hmma"] > 0 and mix["ldsm"] > 0 and mix["ldgsts"] > 0 and mix["other"] > 0
+    assert rows[("dense", kbuild.VARIANTS["dense"][0].name)]["sass"] is None

@@ -1,6 +1,7 @@
 """`tvwsim kernels ...`: build the CUDA kernels and check them on a GPU.
 
-    tvwsim kernels list                       # the shipped variants, warp grids, shared memory
+    tvwsim kernels list [--arch sm_90] [--build-dir DIR] [--sass] [--json]
+                                              # the shipped variants, their resources
     tvwsim kernels build [--arch sm_80,sm_90] [--build-dir DIR] [--jobs N]
     tvwsim kernels check [--quick] [--build-dir DIR]
 
@@ -16,9 +17,11 @@ one table row per check.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from tvwsim.cli.args import parse_patterns
 from tvwsim.errors import InputError
@@ -38,9 +41,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the shipped kernel variants",
         description=(
             "Print every shipped (pattern, config) with its threads, warp grid (warps along "
-            "the weight rows x along the tokens) and dynamic shared memory."
+            "the weight rows x along the tokens), warp tile and shared-memory footprint; "
+            "registers per thread, spill bytes and shared memory as compiled for --arch "
+            "(from the manifest of `kernels build`, '-' for a variant not built); and the "
+            "CTAs per SM on the a100 and h200 presets, by the simulator's occupancy rule "
+            "from the kernel the manifest lists for that GPU's arch, else from the "
+            "simulator's estimate (marked '~')."
         ),
     )
+    ls.add_argument(
+        "--arch",
+        default="sm_90",
+        help="whose manifest entries give the compiled columns (default sm_90)",
+    )
+    ls.add_argument(
+        "--build-dir",
+        metavar="DIR",
+        help="a folder of `kernels build --build-dir DIR` (default: the kernel directory, "
+        "$TVWSIM_KERNEL_DIR or ~/.cache/tvwsim/kernels)",
+    )
+    ls.add_argument(
+        "--sass",
+        action="store_true",
+        help="add the main loop's SASS instruction mix (HMMA, LDSM, LDGSTS, other) of each "
+        "built cubin (cuobjdump; no GPU)",
+    )
+    ls.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
     ls.set_defaults(func=run_list)
 
     b = sub.add_parser(
@@ -90,22 +116,155 @@ def _no_action(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def run_list(args: argparse.Namespace) -> int:
-    from tvwsim.kernels.build import VARIANTS
+LIST_PRESETS = ("a100", "h200")
+"""The GPUs whose CTAs per SM `kernels list` shows."""
 
-    print(
-        f"{'pattern':8} {'config':16} {'mma':7} {'threads':>7} {'warp_grid':>9} "
-        f"{'warp_tile':>9} {'smem_bytes':>10}"
-    )
-    for pattern, configs in VARIANTS.items():
-        for c in configs:
-            grid = "{} x {}".format(*c.warp_grid)
-            tile = "{}x{}".format(*c.warp_tile)
-            print(
-                f"{pattern:8} {c.name:16} {c.mma:7} {c.threads:>7} {grid:>9} {tile:>9} "
-                f"{c.smem_bytes:>10}"
+
+def run_list(args: argparse.Namespace) -> int:
+    from tvwsim.kernels import build as kbuild
+    from tvwsim.manifest import MANIFEST_NAME, Manifest, kernel_dir, read_manifest
+    from tvwsim.sim.occupancy import occupancy, resources_for
+    from tvwsim.sim.presets import load_preset
+
+    arch = kbuild.parse_arch_list(args.arch)
+    if len(arch) != 1:
+        raise InputError("--arch", f"one arch, e.g. sm_90, got {args.arch!r}")
+    arch = arch[0]
+    if args.build_dir is not None:
+        directory = Path(args.build_dir).expanduser()
+        if not directory.is_dir():
+            raise InputError("--build-dir", f"{directory} is not a directory")
+        if not (directory / MANIFEST_NAME).is_file():
+            raise InputError(
+                "--build-dir",
+                f"{directory} has no {MANIFEST_NAME}; run `tvwsim kernels build "
+                f"--build-dir {directory}` first",
             )
+    else:
+        directory = kernel_dir()
+    manifest_path = directory / MANIFEST_NAME
+    manifest = (
+        read_manifest(manifest_path, argument="--build-dir")
+        if manifest_path.is_file()
+        else Manifest(nvcc="", kernels=())
+    )
+    presets = {name: load_preset(name) for name in LIST_PRESETS}
+
+    rows = []
+    for pattern, configs in kbuild.VARIANTS.items():
+        for c in configs:
+            entry = manifest.find(pattern, c.name, arch)
+            row: dict = {
+                "pattern": pattern,
+                "config": c.name,
+                "mma": c.mma,
+                "threads": c.threads,
+                "warp_grid": list(c.warp_grid),
+                "warp_tile": list(c.warp_tile),
+                "smem_bytes": c.smem_bytes,
+                "arch": arch,
+                "built": entry is not None,
+                "registers": entry.registers if entry else None,
+                "spill_store_bytes": entry.spill_store_bytes if entry else None,
+                "spill_load_bytes": entry.spill_load_bytes if entry else None,
+                "shared_bytes": (
+                    entry.shared_static_bytes + entry.shared_dynamic_bytes if entry else None
+                ),
+                "ctas_per_sm": {},
+            }
+            for name, hw in presets.items():
+                # The simulator's own rule: the manifest entry a GPU of hw.arch runs, else
+                # the estimate from the KernelConfig.
+                res = resources_for(
+                    hw, pattern, c, manifest_path if manifest_path.is_file() else None
+                )
+                try:
+                    occ = occupancy(hw, res)
+                    ctas, limited_by = occ.ctas_per_sm, occ.limited_by
+                except InputError as err:  # one CTA does not fit at all
+                    ctas, limited_by = 0, f"does not fit: {err.problem}"
+                row["ctas_per_sm"][name] = {
+                    "ctas": ctas,
+                    "limited_by": limited_by,
+                    "source": res.source,
+                    "registers": res.registers_per_thread,
+                }
+            if args.sass:
+                row["sass"] = None
+                cubin = directory / entry.cubin if entry else None
+                if cubin is not None and cubin.is_file():
+                    try:
+                        mix = kbuild.loop_mix(cubin, entry.function)
+                    except kbuild.BuildError as err:
+                        raise InputError("--sass", str(err)) from None
+                    row["sass"] = {
+                        "hmma": mix.hmma,
+                        "ldsm": mix.ldsm,
+                        "ldgsts": mix.ldgsts,
+                        "other": mix.other,
+                        "instructions": mix.instructions,
+                    }
+            rows.append(row)
+
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(_list_table(rows, sass=args.sass))
+    where = manifest_path if manifest_path.is_file() else f"{directory} (no {MANIFEST_NAME})"
+    print(f"\nregs, spill_B, built_smem_B: the {arch} kernels of {where}; '-' = not built.")
+    print(
+        "ctas_<gpu>: CTAs per SM (the simulator's occupancy rule) from the kernel built for "
+        "that GPU's arch;\n'~' = none is built, so from the simulator's estimate."
+    )
     return 0
+
+
+def _list_table(rows: list[dict], *, sass: bool) -> str:
+    """The fixed-width table of `kernels list`: a header, then one line per variant."""
+
+    def dash(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    head = ["pattern", "config", "mma", "threads", "warp_grid", "warp_tile", "smem_B"]
+    head += ["regs", "spill_B", "built_smem_B"]
+    head += [f"ctas_{name}" for name in LIST_PRESETS]
+    if sass:
+        head += ["HMMA", "LDSM", "LDGSTS", "other"]
+    table = [head]
+    for r in rows:
+        spill = None
+        if r["built"]:
+            spill = r["spill_store_bytes"] + r["spill_load_bytes"]
+        cells = [
+            r["pattern"],
+            r["config"],
+            r["mma"],
+            str(r["threads"]),
+            "{} x {}".format(*r["warp_grid"]),
+            "{}x{}".format(*r["warp_tile"]),
+            str(r["smem_bytes"]),
+            dash(r["registers"]),
+            dash(spill),
+            dash(r["shared_bytes"]),
+        ]
+        for name in LIST_PRESETS:
+            occ = r["ctas_per_sm"][name]
+            cells.append(f"{occ['ctas']}{'~' if occ['source'] != 'manifest' else ''}")
+        if sass:
+            mix = r.get("sass")
+            for key in ("hmma", "ldsm", "ldgsts", "other"):
+                cells.append(dash(mix[key] if mix else None))
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    text_columns = 3  # pattern, config, mma: left-aligned; numbers right-aligned
+    lines = []
+    for row in table:
+        parts = [
+            cell.ljust(w) if i < text_columns else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
 
 
 def run_build(args: argparse.Namespace) -> int:
