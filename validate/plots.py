@@ -12,6 +12,7 @@ can show it, save it or inspect it; `write_plots` saves both as PNGs, whole or n
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,15 @@ MARKERS = {"dense": "o", "bw": "s", "vw": "^", "tw": "D", "tvw": "v"}
 OTHER_COLOR = "#9467bd"
 BAND = 1.25
 """The shaded band around y = x: within 25%."""
+
+
+def _minor_label(value: float, _pos: object = None) -> str:
+    """Minor ticks of a log axis labelled at 2 and 5 times a power of ten only: labelling all
+    eight crowds a decade into one unreadable run of digits ('400500600...')."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (2.0, 5.0)) else ""
 
 
 def _which(c: Comparison) -> str:
@@ -73,7 +83,7 @@ def time_scatter(c: Comparison) -> Figure:
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(plain)
-        axis.set_minor_formatter(plain)
+        axis.set_minor_formatter(FuncFormatter(_minor_label))
         axis.set_tick_params(which="minor", labelsize=7)
     ax.set_aspect("equal")
     ax.set_xlabel("measured kernel time (us)")

@@ -233,6 +233,27 @@ def test_time_scatter_shows_every_point_per_pattern(rows, mini):
     lo, hi = ax.get_xlim()
     assert lo < min(min(e) for e in expected) and hi > max(max(e) for e in expected)
     assert f"{c.n} kernels (all rows)" in ax.get_title()
+    # Minor ticks are labelled at 2x and 5x a power of ten only, so a decade stays legible.
+    ax.figure.canvas.draw()
+    minor = [t.get_text() for t in ax.xaxis.get_minorticklabels() if t.get_text()]
+    assert minor and all(label.lstrip("0.")[0] in "25" for label in minor), minor
+
+
+def test_minor_tick_labels_are_the_2s_and_5s():
+    from tvwsim.validate.plots import _minor_label
+
+    assert [_minor_label(v) for v in (2, 3, 5, 7, 20, 40, 50, 400, 500, 0.2)] == [
+        "2",
+        "",
+        "5",
+        "",
+        "20",
+        "",
+        "50",
+        "",
+        "500",
+        "0.2",
+    ]
 
 
 def test_speedup_bars_are_the_geometric_means(rows, mini):
