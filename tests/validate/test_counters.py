@@ -268,3 +268,30 @@ def test_compare_counters_sets_the_model_beside_ncu_for_our_kernels_only():
     assert c.dram_ratio == pytest.approx(c.simulated_dram_mb / 1.0)
     table = counters.comparison_table([c])
     assert key[:40] in table and f"{c.simulated_us:8.1f}" in table
+
+
+def test_committed_counters_are_the_counters_sweep_measured():
+    """Every counters.jsonl under traces/measured/ holds rows of the counters sweep's
+    points only, each of our points with its GEMM kernel, with a positive duration and DRAM
+    traffic (the L2 was flushed before each profiled launch)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    files = sorted((repo / "traces" / "measured").glob("*/counters.jsonl"))
+    keys = {p.key for p in parse_spec_file("counters")}
+    for path in files:
+        rows = counters._load_counter_rows(str(path))
+        assert rows and {r.point for r in rows} <= keys, path
+        for key in {r.point for r in rows if r.point.startswith("tvwsim/")}:
+            pattern = key.split("/")[1]
+            gemm = [r for r in rows if r.point == key and r.kernel == f"{pattern}_gemm"]
+            assert len(gemm) == 1, (path, key)
+            v = gemm[0].values
+            assert v["duration_ns"] > 0 and v["dram_read_bytes"] > 0, (path, key)
+            assert 0 <= v["l2_hit_rate_pct"] <= 100
+
+
+def parse_spec_file(name):
+    from tvwsim.validate.spec import load_spec
+
+    return load_spec(name).points()
