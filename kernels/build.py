@@ -1,12 +1,14 @@
 """Build the CUDA kernels with nvcc and record what each one costs the SM.
 
 One cubin per (pattern, KernelConfig, arch), named `<pattern>-<config>-<arch>.cubin`
-(`tvw-128x128x64s3w4-sm_90.cubin`). The config becomes compile-time constants
-(`-DBM -DBN -DBK -DWARPS -DWARPS_M -DSTAGES`), the warp split included, so the kernel that
-runs is exactly the `KernelConfig` the simulator models. ptxas reports, per kernel, the
-registers, shared memory, stack frame and spill bytes (`-Xptxas -v`); they go into the
-manifest (`tvwsim.manifest`, which documents the format and where the kernel directory
-is), from which the simulator takes occupancy instead of guessing.
+(`tvw-128x128x64s3w4-sm_90.cubin`); bw has one per block side as well,
+`bw-<config>-b<block>-<arch>.cubin` (`BW_BLOCKS`). The config becomes compile-time constants
+(`-DBM -DBN -DBK -DWARPS -DWARPS_M -DSTAGES`, and `-DTVWSIM_BW_BLOCK` for bw), the warp
+split included, so the kernel that runs is exactly the `KernelConfig` the simulator models.
+ptxas reports, per kernel, the registers, shared memory, stack frame and spill bytes
+(`-Xptxas -v`); they go into the manifest (`tvwsim.manifest`, which documents the format
+and where the kernel directory is), from which the simulator takes occupancy instead of
+guessing.
 
 The launch's dynamic shared memory is `KernelConfig.smem_bytes`; the build passes it as
 `-DTVW_SMEM_BYTES` and the kernel sources `static_assert` that their own layout needs
@@ -125,6 +127,37 @@ VARIANTS: dict[str, list[KernelConfig]] = {
     ],
 }
 
+BW_BLOCKS: tuple[int, ...] = (32, 64, 128)
+"""The bw block sides compiled, one cubin each per (config, arch): the block is a
+compile-time constant of bw.cu (-DTVWSIM_BW_BLOCK), so the loader's divisions by it are
+shifts. They are every block `formats.bw_block_problem` allows for the shipped bw configs
+(bm = 128, bk = 32: a multiple of bk dividing bm), so an encoding the spec and the encoder
+accept always has a kernel; 32 is the sweeps' default. Any other block is refused before
+launch (`check_block`)."""
+
+
+def variant_blocks(pattern: str) -> tuple[int | None, ...]:
+    """The compiled block sides of `pattern`: BW_BLOCKS for bw, (None,) for the others."""
+    return BW_BLOCKS if pattern == "bw" else (None,)
+
+
+def check_block(pattern: str, block: object, argument: str = "block") -> int | None:
+    """`block` as the int a bw kernel is compiled for (None for other patterns), or
+    InputError(`argument`) when no kernel is compiled for it."""
+    if pattern != "bw":
+        if block is not None:
+            raise InputError(argument, f"only bw kernels take a block, got {block!r} for {pattern}")
+        return None
+    allowed = ", ".join(map(str, BW_BLOCKS))
+    if isinstance(block, bool) or not isinstance(block, int) or block not in BW_BLOCKS:
+        raise InputError(
+            argument,
+            f"got {block!r}; bw kernels are compiled for blocks {allowed} "
+            "(kernels/build.py BW_BLOCKS): encode the weight with one of them",
+        )
+    return int(block)
+
+
 NVCC_MISSING = (
     "not found: install the CUDA toolkit (nvcc 12.5+ for mma.sp::ordered_metadata) "
     "or put it on PATH"
@@ -149,8 +182,11 @@ class PtxasReport:
     spill_load_bytes: int
 
 
-def cubin_name(pattern: str, config: KernelConfig, arch: str) -> str:
-    return f"{pattern}-{config.name}-{arch}.cubin"
+def cubin_name(pattern: str, config: KernelConfig, arch: str, block: int | None = None) -> str:
+    """`<pattern>-<config>-<arch>.cubin`; bw: `bw-<config>-b<block>-<arch>.cubin`."""
+    if check_block(pattern, block) is None:
+        return f"{pattern}-{config.name}-{arch}.cubin"
+    return f"{pattern}-{config.name}-b{block}-{arch}.cubin"
 
 
 def probe_cubin_name(arch: str) -> str:
@@ -241,8 +277,10 @@ def nvcc_version(nvcc: str | None = None) -> str:
     return lines[-1]
 
 
-def config_defines(config: KernelConfig) -> list[str]:
-    """The -D flags that make a kernel source into the `config` variant."""
+def config_defines(config: KernelConfig, block: int | None = None) -> list[str]:
+    """The -D flags that make a kernel source into the `config` variant (and, for bw, the
+    `block` one)."""
+    block_define = [f"-DTVWSIM_BW_BLOCK={block}"] if block is not None else []
     return [
         f"-DBM={config.bm}",
         f"-DBN={config.bn}",
@@ -251,6 +289,7 @@ def config_defines(config: KernelConfig) -> list[str]:
         f"-DWARPS_M={config.warp_grid[0]}",
         f"-DSTAGES={config.stages}",
         f"-DTVW_SMEM_BYTES={config.smem_bytes}",
+        *block_define,
     ]
 
 
@@ -312,18 +351,29 @@ def _run_nvcc(cmd: list[str]) -> str:
 
 
 def compile_kernel(
-    pattern: str, config: KernelConfig, arch: str, out_dir: Path, nvcc: str | None = None
+    pattern: str,
+    config: KernelConfig,
+    arch: str,
+    out_dir: Path,
+    nvcc: str | None = None,
+    block: int | None = None,
 ) -> BuiltKernel:
-    """Compile one variant into `out_dir` and return its manifest entry.
+    """Compile one variant (bw: for one of BW_BLOCKS) into `out_dir` and return its
+    manifest entry.
 
     The cubin is written directly by nvcc; callers that need atomicity pass a temporary
     `out_dir` (as `build` does).
     """
     check_pattern_config(pattern, config)
+    block = check_block(pattern, block)
     nvcc = nvcc or find_nvcc()
-    name = cubin_name(pattern, config, arch)
+    name = cubin_name(pattern, config, arch, block)
     cmd = nvcc_command(
-        nvcc, CUDA_DIR / f"{pattern}.cu", arch, Path(out_dir) / name, config_defines(config)
+        nvcc,
+        CUDA_DIR / f"{pattern}.cu",
+        arch,
+        Path(out_dir) / name,
+        config_defines(config, block),
     )
     report = parse_ptxas(_run_nvcc(cmd))
     function = KERNEL_FUNCTIONS[pattern]
@@ -342,6 +392,7 @@ def compile_kernel(
         stack_frame_bytes=res.stack_frame_bytes,
         spill_store_bytes=res.spill_store_bytes,
         spill_load_bytes=res.spill_load_bytes,
+        block=block or 0,
     )
 
 
@@ -377,8 +428,8 @@ def build(
     probe: bool = True,
     progress: Callable[[str], None] | None = print,
 ) -> Manifest:
-    """Compile `variants` (default: every shipped variant) for each arch into `out_dir`
-    (default: the kernel directory, `tvwsim.manifest.kernel_dir`).
+    """Compile `variants` (default: every shipped variant; bw once per BW_BLOCKS) for each
+    arch into `out_dir` (default: the kernel directory, `tvwsim.manifest.kernel_dir`).
 
     Returns the manifest that was written to `out_dir/manifest.json`. Entries from an
     earlier build with the same nvcc whose cubins are still present are kept, so building
@@ -394,18 +445,20 @@ def build(
     version = nvcc_version(nvcc)
     jobs = max(1, jobs or os.cpu_count() or 1)
 
-    jobs_list: list[tuple[str, KernelConfig | None, str]] = [
-        (p, c, a) for a in archs for (p, c) in variants
+    jobs_list: list[tuple[str, KernelConfig | None, str, int | None]] = [
+        (p, c, a, b) for a in archs for (p, c) in variants for b in variant_blocks(p)
     ]
     if probe:
-        jobs_list += [("probe", None, a) for a in archs]
+        jobs_list += [("probe", None, a, None) for a in archs]
     total = len(jobs_list)
     built: list[BuiltKernel] = []
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out))
     try:
 
-        def one(job: tuple[str, KernelConfig | None, str]) -> tuple[str, BuiltKernel | None]:
-            pattern, config, arch = job
+        def one(
+            job: tuple[str, KernelConfig | None, str, int | None],
+        ) -> tuple[str, BuiltKernel | None]:
+            pattern, config, arch, block = job
             start = time.perf_counter()
             if config is None:
                 res = compile_probe(arch, tmp, nvcc)
@@ -413,11 +466,12 @@ def build(
                 os.replace(tmp / name, out / name)
                 regs = max(r.registers for r in res.values())
                 return f"probe {arch}: {regs} regs ({time.perf_counter() - start:.1f} s)", None
-            k = compile_kernel(pattern, config, arch, tmp, nvcc)
+            k = compile_kernel(pattern, config, arch, tmp, nvcc, block)
             os.replace(tmp / k.cubin, out / k.cubin)
             spill = k.spill_store_bytes + k.spill_load_bytes
+            variant = f"{k.config} b{block}" if block is not None else k.config
             line = (
-                f"{pattern} {k.config} {arch}: {k.registers} regs, "
+                f"{pattern} {variant} {arch}: {k.registers} regs, "
                 f"{k.shared_dynamic_bytes} B smem, {spill} B spill "
                 f"({time.perf_counter() - start:.1f} s)"
             )
@@ -439,7 +493,7 @@ def build(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    keys = {(k.pattern, k.config, k.arch) for k in built}
+    keys = {k.key for k in built}
     kept: list[BuiltKernel] = []
     manifest_path = out / MANIFEST_NAME
     if manifest_path.exists():
@@ -448,12 +502,16 @@ def build(
         except InputError:
             old = None
         if old is not None and old.nvcc == version:
+            # An entry of a block-less bw build (before BW_BLOCKS) is dropped: no
+            # launcher loads its cubin any more.
             kept = [
                 k
                 for k in old.kernels
-                if (k.pattern, k.config, k.arch) not in keys and (out / k.cubin).exists()
+                if k.key not in keys
+                and (out / k.cubin).exists()
+                and (k.pattern == "bw") == (k.block != 0)
             ]
-    entries = sorted(kept + built, key=lambda k: (k.pattern, k.config, k.arch))
+    entries = sorted(kept + built, key=lambda k: k.key)
     manifest = Manifest(nvcc=version, kernels=tuple(entries))
     write_manifest(manifest, out)
     return manifest

@@ -53,10 +53,18 @@ class CheckCase:
     seed: int = 0
     edge: bool = False
     """tw/tvw only: a hand-made layout with an empty tile and pruned rows."""
+    block: int | None = None
+    """bw only: the block side, one of `build.BW_BLOCKS` (each has its own cubin)."""
 
     @property
     def shape(self) -> str:
         return f"{self.m}x{self.n}x{self.k}" + (" edge" if self.edge else "")
+
+    @property
+    def name(self) -> str:
+        """'pattern config', and ' b<block>' for bw."""
+        block = f" b{self.block}" if self.block is not None else ""
+        return f"{self.pattern} {self.config.name}{block}"
 
 
 @dataclass(frozen=True)
@@ -85,11 +93,15 @@ def check_cases(quick: bool = False) -> list[CheckCase]:
     add a hand-made edge layout. `split` cuts only tiles longer than the median, which a
     pattern with equal tiles (dense, vw) never has; `forced-split` (natural order, every
     task cut into up to three K pieces) makes every variant run its split-K path.
-    Quick: the first variant of each pattern only.
+    Quick: the first variant of each pattern only. bw runs all of this once per compiled
+    block side (`build.BW_BLOCKS`), the quick check included.
     """
     cases = []
     for pattern, configs in kbuild.VARIANTS.items():
-        for i, config in enumerate(configs[:1] if quick else configs):
+        variants = [(c, b) for c in configs for b in kbuild.variant_blocks(pattern)]
+        if quick:
+            variants = [(c, b) for c, b in variants if c == configs[0]]
+        for i, (config, block) in enumerate(variants):
             plan = [
                 (CHECK_SHAPES[0], "natural"),
                 (CHECK_SHAPES[1], "longest-first"),
@@ -98,7 +110,9 @@ def check_cases(quick: bool = False) -> list[CheckCase]:
                 (CHECK_SHAPES[2], "split"),
             ]
             for j, ((m, n, k), policy) in enumerate(plan):
-                cases.append(CheckCase(pattern, config, m, n, k, policy, seed=100 * i + j))
+                cases.append(
+                    CheckCase(pattern, config, m, n, k, policy, seed=100 * i + j, block=block)
+                )
             if pattern_spec(pattern).tiled:
                 cases.append(CheckCase(pattern, config, 70, 300, 300, "split", seed=7, edge=True))
     return cases
@@ -160,7 +174,8 @@ def make_case_inputs(case: CheckCase):
         work = tile_work(encoded)
     else:
         sparsity = pattern_spec(case.pattern).sparsity_for(CHECK_SPARSITY)
-        prepared = prepare_weight(weight, case.pattern, sparsity, case.config, block=32)
+        block = case.block if case.block is not None else 32
+        prepared = prepare_weight(weight, case.pattern, sparsity, case.config, block=block)
         encoded, work = prepared.encoded, prepared.work
     # Another stream than the weight's: X must not repeat W's first draws.
     x = np.random.default_rng([case.seed, 1]).standard_normal((case.m, case.k))
@@ -214,7 +229,7 @@ def run_check(case: CheckCase, build_dir: Path | str | None = None) -> CheckResu
     whole = tile_lengths(encoded)[tasks[:, 0]]
     split = " (split tasks)" if ((tasks[:, 2] != 0) | (tasks[:, 3] != whole)).any() else ""
     return CheckResult(
-        f"{case.pattern} {case.config.name}",
+        case.name,
         case.shape,
         case.policy + split,
         err,
@@ -311,7 +326,7 @@ def run_all_checks(
             result = run_check(case, build_dir)
         except KernelError as err:  # a crashed kernel is a failed check, with its reason
             result = CheckResult(
-                f"{case.pattern} {case.config.name}",
+                case.name,
                 case.shape,
                 case.policy,
                 float("inf"),

@@ -35,6 +35,8 @@ class LoadedKernel:
     gemm: Any
     finalize: Any
     smem_bytes: int
+    block: int | None = None
+    """bw: the block side compiled into the cubin (None for the other patterns)."""
 
 
 def _sources(pattern: str) -> list[Path]:
@@ -64,17 +66,23 @@ def _jit_dir() -> Path:
 
 
 def find_cubin(
-    pattern: str, config: KernelConfig | None, arch: str, build_dir: Path | str | None = None
+    pattern: str,
+    config: KernelConfig | None,
+    arch: str,
+    build_dir: Path | str | None = None,
+    block: int | None = None,
 ) -> Path:
-    """The cubin for (pattern, config, arch): from the build directory if present and up
-    to date, else compiled now into a per-source-version cache (pattern 'probe' for the
+    """The cubin for (pattern, config, arch) - and for bw, the encoding's `block`, one of
+    `build.BW_BLOCKS` (else InputError('block')): from the build directory if present and
+    up to date, else compiled now into a per-source-version cache (pattern 'probe' for the
     one-warp probes, config None)."""
     directory = Path(build_dir) if build_dir else kernel_dir()
     if pattern == "probe":
         name = kbuild.probe_cubin_name(arch)
     else:
         kbuild.check_pattern_config(pattern, config)
-        name = kbuild.cubin_name(pattern, config, arch)
+        block = kbuild.check_block(pattern, block)
+        name = kbuild.cubin_name(pattern, config, arch, block)
     candidate = directory / name
     if _fresh(candidate, pattern):
         return candidate
@@ -90,7 +98,7 @@ def find_cubin(
         if pattern == "probe":
             kbuild.compile_probe(arch, tmp)
         else:
-            kbuild.compile_kernel(pattern, config, arch, tmp)
+            kbuild.compile_kernel(pattern, config, arch, tmp, block=block)
         os.replace(tmp / name, cached)
     finally:
         for leftover in tmp.glob("*"):
@@ -100,12 +108,16 @@ def find_cubin(
 
 
 def load_kernel(
-    pattern: str, config: KernelConfig, build_dir: Path | str | None = None
+    pattern: str,
+    config: KernelConfig,
+    build_dir: Path | str | None = None,
+    block: int | None = None,
 ) -> LoadedKernel:
-    """Load (building if needed) the `pattern` kernel for `config` on the current device,
-    after checking that its shared memory fits the device."""
-    s = session()
+    """Load (building if needed) the `pattern` kernel for `config` (bw: and `block`) on
+    the current device, after checking that its shared memory fits the device."""
     kbuild.check_pattern_config(pattern, config)
+    block = kbuild.check_block(pattern, block)
+    s = session()
     smem = config.smem_bytes
     limit = s.info.smem_per_block_optin_bytes
     if smem > limit:
@@ -115,7 +127,7 @@ def load_kernel(
             f"{s.info.name} allows {limit}. Use fewer stages or a smaller tile "
             f"(shipped: {', '.join(c.name for c in kbuild.VARIANTS.get(pattern, []))})",
         )
-    cubin = find_cubin(pattern, config, s.info.arch, build_dir)
+    cubin = find_cubin(pattern, config, s.info.arch, build_dir, block)
     module = s.module(cubin)
     gemm = s.call(
         f"finding {kbuild.KERNEL_FUNCTIONS[pattern]}",
@@ -129,4 +141,4 @@ def load_kernel(
             raise KernelError("this pycuda cannot opt in to more than 48 KiB of shared memory")
         # Above 48 KiB a kernel must opt in explicitly (cuFuncSetAttribute).
         s.call("setting the shared memory size", gemm.set_attribute, attr, smem)
-    return LoadedKernel(pattern, config, cubin, gemm, finalize, smem)
+    return LoadedKernel(pattern, config, cubin, gemm, finalize, smem, block)

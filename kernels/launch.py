@@ -206,7 +206,9 @@ def prepare(
     plan = plan_launch(encoded, m, schedule, pattern=pattern)
     pattern, config, m = plan.pattern, plan.config, plan.m
     tasks, regions, needs_ws = plan.tasks, plan.regions, plan.needs_workspace
-    kernel = load_kernel(pattern, config, build_dir)  # after host checks: no device work yet
+    # After the host checks (no device work yet); bw: the cubin compiled for the block.
+    block = int(encoded.block) if pattern == "bw" else None
+    kernel = load_kernel(pattern, config, build_dir, block)
     s = session()
     g = PreparedGemm(kernel, encoded, m, tasks, regions, needs_ws)
     m8, n, k = g.m8, encoded.n, encoded.k
@@ -247,11 +249,11 @@ def prepare(
         args += [dev("row_map", encoded.row_map, i32), dev("k_ptr", encoded.k_ptr, i32)]
         args += [dev("k_index", encoded.k_index, i32), xt_p, m8, yt_p, ws]
     else:  # bw
-        sig = "PPPPPiiiPiiPP"
+        sig = "PPPPPiiPiiPP"
         args = [tasks_p, dev("values", encoded.values, np.float16)]
         args += [dev("tile_col_ptr", encoded.tile_col_ptr, i32)]
         args += [dev("tile_col", encoded.tile_col, i32), dev("tile_block", encoded.tile_block, i32)]
-        args += [int(encoded.block), encoded.n_pad // int(encoded.block), n]
+        args += [encoded.n_pad // int(encoded.block), n]  # the block is the cubin's
         args += [xt_p, k, m8, yt_p, ws]
     kernel.gemm.prepare(sig)
     kernel.finalize.prepare("PPiiPP")

@@ -7,7 +7,7 @@ fp32 split-K workspace is needed. Every mistake is an `InputError` naming `encod
 `x` or `schedule`, never a crash inside the driver:
 
 - the encoding is one the kernels read (dense, bw, vw, tw, tvw) and its buffers have
-  the sizes the kernel will index;
+  the sizes the kernel will index; a bw block is one a kernel is compiled for;
 - the schedule was built for this pattern, shape and config (bm, bk and mma agree);
 - every task names an existing tile and token block, its K range lies inside the tile
   in whole stages, and together the tasks cover every (tile, block) exactly once.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tvwsim.kernels.build import BW_BLOCKS
 from tvwsim.kernels.formats import ENCODINGS, activations_fp16, bw_block_problem
 
 from tvwsim.config import KernelConfig
@@ -204,6 +205,12 @@ def _check_buffers(encoded: Any, config: KernelConfig) -> None:
         problem = bw_block_problem(int(encoded.block), config)
         if problem is not None:
             raise InputError("encoded", f"block: {problem}")
+        if int(encoded.block) not in BW_BLOCKS:
+            raise InputError(
+                "encoded",
+                f"block: {int(encoded.block)} has no compiled bw kernel; bw is compiled for "
+                f"blocks {', '.join(map(str, BW_BLOCKS))} (kernels/build.py BW_BLOCKS)",
+            )
         if np.asarray(encoded.values).size >= 2**31:
             raise InputError("encoded", "bw values beyond 2^31 elements are not supported")
     elif p == "vw":

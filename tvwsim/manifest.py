@@ -25,7 +25,11 @@ manifest at all) gets estimated resources, and every result says which it used.
                   "cubin": "tvw-128x128x64s3w4-sm_90.cubin", "function": "tvw_gemm",
                   "registers": 248, "shared_static_bytes": 0,
                   "shared_dynamic_bytes": 76800, "stack_frame_bytes": 0,
-                  "spill_store_bytes": 0, "spill_load_bytes": 0}, ...]}
+                  "spill_store_bytes": 0, "spill_load_bytes": 0, "block": 0}, ...]}
+
+`block` is the bw block side a bw cubin was compiled for (one entry per block,
+`tvwsim.kernels.build.BW_BLOCKS`), 0 for the other patterns; an entry without it (a
+manifest written before bw had per-block cubins) reads as 0.
 """
 
 from __future__ import annotations
@@ -86,6 +90,13 @@ class BuiltKernel:
     stack_frame_bytes: int
     spill_store_bytes: int
     spill_load_bytes: int
+    block: int = 0
+    """bw: the block side compiled in (-DTVWSIM_BW_BLOCK); 0 for the other patterns."""
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """(pattern, config, arch, block): what one cubin is built for."""
+        return (self.pattern, self.config, self.arch, self.block)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -115,18 +126,26 @@ class Manifest:
             "kernels": [k.to_json() for k in self.kernels],
         }
 
-    def find(self, pattern: str, config: str, arch: str) -> BuiltKernel | None:
-        """The entry compiled for exactly this arch, or None."""
-        for k in self.kernels:
-            if (k.pattern, k.config, k.arch) == (pattern, config, arch):
-                return k
-        return None
+    def find(
+        self, pattern: str, config: str, arch: str, block: int | None = None
+    ) -> BuiltKernel | None:
+        """The entry compiled for exactly this arch (and bw `block`), or None. Without a
+        block, a bw config's entry of the smallest block (32, the sweeps' default)."""
+        found = [
+            k
+            for k in self.kernels
+            if (k.pattern, k.config, k.arch) == (pattern, config, arch)
+            and (block is None or k.block == block)
+        ]
+        return min(found, key=lambda k: k.block) if found else None
 
-    def find_for_device(self, pattern: str, config: str, arch: str) -> BuiltKernel | None:
+    def find_for_device(
+        self, pattern: str, config: str, arch: str, block: int | None = None
+    ) -> BuiltKernel | None:
         """The entry a GPU of `arch` would run: its own arch first, then a cubin of the same
         major version and a lower minor (an sm_80 cubin runs on sm_86), nearest first."""
         for candidate in compatible_archs(arch):
-            found = self.find(pattern, config, candidate)
+            found = self.find(pattern, config, candidate, block)
             if found is not None:
                 return found
         return None
@@ -174,6 +193,8 @@ def default_manifest_path() -> Path:
 # -- reading and writing -------------------------------------------------------------
 _INT_FIELDS = {f.name for f in fields(BuiltKernel) if f.type in ("int", int)}
 _ENTRY_FIELDS = {f.name for f in fields(BuiltKernel)}
+_OPTIONAL_FIELDS = {"block"}
+"""Keys an entry may lack (a manifest from before they existed): their default applies."""
 
 
 def read_manifest(path: Path | str, *, argument: str = "--manifest") -> Manifest:
@@ -211,7 +232,9 @@ def _read(path: str, _mtime_ns: int, _size: int, argument: str) -> Manifest:
         raise InputError(argument, f"{path}: 'kernels' must be a list")
     kernels = []
     for entry in entries:
-        if not isinstance(entry, dict) or set(entry) != _ENTRY_FIELDS:
+        if not isinstance(entry, dict) or not (
+            _ENTRY_FIELDS - _OPTIONAL_FIELDS <= set(entry) <= _ENTRY_FIELDS
+        ):
             raise InputError(argument, f"{path}: malformed kernel entry {entry!r}")
         for key, value in entry.items():
             if key in _INT_FIELDS:
@@ -232,12 +255,17 @@ def write_manifest(manifest: Manifest, directory: Path | str) -> Path:
 
 
 def load_resources(
-    path: Path | str, pattern: str, config: KernelConfig, arch: str | None
+    path: Path | str,
+    pattern: str,
+    config: KernelConfig,
+    arch: str | None,
+    block: int | None = None,
 ) -> KernelResources | None:
     """The compiled kernel's resources from the manifest at `path`, if it lists one a GPU
-    of `arch` runs (`Manifest.find_for_device`); None when `path` does not exist or `arch`
-    is None (a hypothetical GPU). A file that is not a manifest raises InputError."""
+    of `arch` runs (`Manifest.find_for_device`; bw: of `block`, else the smallest block's);
+    None when `path` does not exist or `arch` is None (a hypothetical GPU). A file that is
+    not a manifest raises InputError."""
     if arch is None or not Path(path).is_file():
         return None
-    entry = read_manifest(path).find_for_device(pattern, config.name, arch)
+    entry = read_manifest(path).find_for_device(pattern, config.name, arch, block)
     return entry.resources() if entry is not None else None

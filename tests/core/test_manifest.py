@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -178,3 +179,32 @@ def test_simulate_gives_the_same_result_from_any_working_directory(tmp_path, mon
     assert results[0]["occupancy_limited_by"] == "registers"
     assert built[0]["occupancy_limited_by"] == "shared memory"
     assert Path(os.getcwd()) == there
+
+
+def test_bw_entries_are_per_block_and_old_entries_without_a_block_still_read(tmp_path):
+    """One bw entry per compiled block: `find` picks the block asked for, else the
+    smallest (32, the sweeps' default); an entry written before the field existed reads
+    as block 0."""
+    bw = KernelConfig.from_name("128x128x32s3w4", mma="dense")
+
+    def bw_entry(block: int, registers: int) -> BuiltKernel:
+        return dataclasses.replace(
+            _entry(config=bw.name, registers=registers),
+            pattern="bw",
+            function="bw_gemm",
+            cubin=f"bw-{bw.name}-b{block}-sm_80.cubin",
+            block=block,
+        )
+
+    manifest = Manifest(nvcc="x", kernels=(bw_entry(64, 230), bw_entry(32, 236)))
+    assert manifest.find("bw", bw.name, "sm_80", 64).registers == 230
+    assert manifest.find("bw", bw.name, "sm_80").registers == 236  # no block: the smallest
+    assert manifest.find("bw", bw.name, "sm_80", 128) is None
+    assert manifest.find_for_device("bw", bw.name, "sm_86", 64).registers == 230
+    assert load_resources(write_manifest(manifest, tmp_path), "bw", bw, "sm_80", 64) is not None
+    legacy = _entry().to_json()
+    del legacy["block"]
+    (tmp_path / MANIFEST_NAME).write_text(
+        json.dumps({"schema": 1, "nvcc": "x", "kernels": [legacy]})
+    )
+    assert read_manifest(tmp_path).kernels == (_entry(),)

@@ -168,8 +168,12 @@ class FakeModule:
         if path.name.startswith("mma_sp_probe-"):
             self.pattern, self.config = "probe", None
             return
-        pattern, name, _arch = path.stem.rsplit("-", 2)
+        pattern, name, *block, _arch = path.stem.split("-")
         self.pattern = pattern
+        # bw cubins are per block side (bw-<config>-b<block>-<arch>): the kernel has it
+        # compiled in, not as an argument.
+        self.block = int(block[0].removeprefix("b")) if block else None
+        assert (pattern == "bw") == (self.block is not None), path.name
         mma = mma_kind(pattern)
         self.config = KernelConfig.from_name(name, mma=mma)
 
@@ -215,10 +219,12 @@ class FakeFunction:
         assert shared_size == cfg.smem_bytes
         if shared_size > 48 * 1024:
             assert self.attrs.get("dyn") == shared_size
-        _fake_gemm(drv, self.module.pattern, cfg, a, grid[0])
+        _fake_gemm(drv, self.module.pattern, cfg, a, grid[0], self.module.block)
 
 
-def _fake_gemm(drv: FakeDriver, pattern: str, cfg: KernelConfig, a: dict, n_tasks: int):
+def _fake_gemm(
+    drv: FakeDriver, pattern: str, cfg: KernelConfig, a: dict, n_tasks: int, block: int | None
+):
     """What each .cu kernel computes, restated in numpy from its raw arguments."""
     from tvwsim.kernels.reference import expand_sparse_block
 
@@ -279,7 +285,7 @@ def _fake_gemm(drv: FakeDriver, pattern: str, cfg: KernelConfig, a: dict, n_task
             xrows = drv.view(a["k_index"], np.int32)[kp + kb : kp + ke]
             out_rows = drv.view(a["row_map"], np.int32)[tile * bm : (tile + 1) * bm]
         else:  # bw
-            b = a["b"]
+            b = block
             col_ptr = drv.view(a["tile_col_ptr"], np.int32)
             u0, nu = int(col_ptr[tile]), int(col_ptr[tile + 1] - col_ptr[tile])
             cols = drv.view(a["tile_col"], np.int32)
@@ -380,8 +386,8 @@ def install(monkeypatch, tmp_path: Path, driver: FakeDriver | None = None) -> Fa
     monkeypatch.setattr(
         kbuild,
         "compile_kernel",
-        lambda pattern, config, arch, out_dir, nvcc=None: fake_compile(
-            out_dir, kbuild.cubin_name(pattern, config, arch)
+        lambda pattern, config, arch, out_dir, nvcc=None, block=None: fake_compile(
+            out_dir, kbuild.cubin_name(pattern, config, arch, block)
         ),
     )
     monkeypatch.setattr(

@@ -84,16 +84,18 @@ def _config_of(entry: BuiltKernel) -> KernelConfig:
 def test_every_variant_is_built_for_every_arch(built):
     manifest, out = built
     want = {
-        (p, c.name, a)
+        (p, c.name, a, b or 0)
         for p, configs in kbuild.VARIANTS.items()
         for c in configs
         for a in kbuild.ARCHS
+        for b in kbuild.variant_blocks(p)
     }
-    got = {(k.pattern, k.config, k.arch) for k in manifest.kernels}
+    got = {k.key for k in manifest.kernels}
     assert got == want
     assert len(manifest.kernels) == len(want)  # no duplicates
     for k in manifest.kernels:
-        assert k.cubin == f"{k.pattern}-{k.config}-{k.arch}.cubin"
+        block = f"-b{k.block}" if k.pattern == "bw" else ""
+        assert k.cubin == f"{k.pattern}-{k.config}{block}-{k.arch}.cubin"
         assert (out / k.cubin).is_file() and (out / k.cubin).stat().st_size > 0
         assert k.function == kbuild.KERNEL_FUNCTIONS[k.pattern]
     for arch in kbuild.ARCHS:
@@ -112,7 +114,7 @@ def test_manifest_has_exactly_the_documented_format(built):
     keys = {
         "pattern", "config", "arch", "cubin", "function", "registers",
         "shared_static_bytes", "shared_dynamic_bytes", "stack_frame_bytes",
-        "spill_store_bytes", "spill_load_bytes",
+        "spill_store_bytes", "spill_load_bytes", "block",
     }  # fmt: skip
     for entry in data["kernels"]:
         assert set(entry) == keys
@@ -320,10 +322,35 @@ def test_cli_build_writes_cubins_and_manifest(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert rc == 0
-    n = len(kbuild.VARIANTS["bw"])
+    n = len(kbuild.VARIANTS["bw"]) * len(kbuild.BW_BLOCKS)  # one cubin per config and block
     assert len(re.findall(r"^\[\s*\d+/\d+\] bw ", out, re.M)) == n  # one line per kernel
+    assert f"built {n} kernels for sm_90" in out
     manifest = read_manifest(tmp_path)
     assert [k.pattern for k in manifest.kernels] == ["bw"] * n
+    assert sorted({k.block for k in manifest.kernels}) == list(kbuild.BW_BLOCKS)
+
+
+# What nvcc emits for an integer division or modulo by a value it does not know: a float
+# reciprocal (I2F.U32.RP, MUFU.RCP, F2I) once, then IMAD.HI multiplies and fix-ups per use.
+# With the bw block a kernel argument, the loader did that for every chunk of every stage.
+DIVISION_OPCODES = ("I2F", "MUFU.RCP", "F2I", "IMAD.HI")
+
+
+@needs_nvcc
+def test_the_bw_loader_divides_by_a_compile_time_block(built):
+    """Per shipped block: the bw main loop (and the whole kernel) has no integer-division
+    sequence - the block is -DTVWSIM_BW_BLOCK, a power of two, so / and % are shifts and
+    masks."""
+    manifest, out = built
+    entries = [k for k in manifest.kernels if k.pattern == "bw"]
+    assert {k.block for k in entries} == set(kbuild.BW_BLOCKS)
+    for entry in entries:
+        instrs = kbuild.sass_functions(out / entry.cubin)[entry.function]
+        loop = kbuild.main_loop(instrs)
+        assert sum(op.startswith("HMMA") for _, op, _ in loop) > 0, entry.cubin
+        for where, body in (("main loop", loop), ("kernel", instrs)):
+            division = [op for _, op, _ in body if op.startswith(DIVISION_OPCODES)]
+            assert not division, f"{entry.cubin}: division in the {where}: {division}"
 
 
 # =====================================================================================

@@ -23,7 +23,8 @@ from tvwsim.errors import InputError
 
 def test_kernel_parameter_parsing_knows_the_argument_sizes():
     params = dict(kernel_params(kbuild.CUDA_DIR / "bw.cu", "bw_gemm"))
-    assert params["values"] == params["tasks"] == "P" and params["b"] == params["K"] == "i"
+    assert params["values"] == params["tasks"] == "P" and params["n_block_rows"] == "i"
+    assert "b" not in params  # the block is compiled in (-DTVWSIM_BW_BLOCK), one cubin each
     assert dict(kernel_params(kbuild.CUDA_DIR / "common.cuh", "finalize_rows")) == {
         "regions": "P", "row_map": "P", "n": "i", "m8": "i", "ws": "P", "yt": "P",
     }  # fmt: skip
@@ -113,7 +114,7 @@ def test_every_kernel_parameter_receives_its_own_buffer_or_value(fake_gpu, patte
             tile_col=encoded.tile_col,
             tile_block=encoded.tile_block,
         )
-        ints.update(b=encoded.block, n_block_rows=encoded.n_pad // encoded.block)
+        ints.update(n_block_rows=encoded.n_pad // encoded.block)
 
     (gemm_args,) = [a for name, a in fake_gpu.arguments if name == f"{pattern}_gemm"]
     assert set(gemm_args) == set(buffers) | set(ints) | {"yt", "ws"}
@@ -198,3 +199,38 @@ def test_gemm_rejects_bad_x_and_encodings(tw_case):
     assert err.value.argument == "encoded"
     with pytest.raises(InputError, match="runs vw"):
         launch.gemm_vw(encoded, x, schedule)
+
+
+@pytest.mark.parametrize("block", kbuild.BW_BLOCKS)
+def test_bw_launch_loads_the_cubin_compiled_for_the_encodings_block(fake_gpu, block):
+    from tvwsim.kernels.reference import matmul
+
+    config = kbuild.VARIANTS["bw"][0]
+    case = checks.CheckCase("bw", config, 70, 256, 300, "natural", seed=4, block=block)
+    encoded, x, schedule = checks.make_case_inputs(case)
+    assert encoded.block == block
+    y = launch.gemm(encoded, x, schedule)
+    assert fake_gpu.compiled == [kbuild.cubin_name("bw", config, "sm_90", block)]
+    assert fake_gpu.compiled[0] == f"bw-{config.name}-b{block}-sm_90.cubin"
+    np.testing.assert_allclose(y, matmul(x, encoded), rtol=1e-2, atol=1e-2)
+
+
+def test_a_bw_block_with_no_compiled_kernel_is_refused_before_the_device(fake_gpu):
+    from tvwsim.kernels.formats import encode
+
+    config = KernelConfig(bm=64, bn=64, bk=16, warps=4)  # allows block 16 (bk = 16)
+    w = np.ones((64, 64), np.float32)
+    encoded = encode(w, np.ones(w.shape, bool), "bw", config, block=16)
+    with pytest.raises(InputError) as err:
+        launch.gemm(encoded, np.ones((8, 64), np.float32))
+    assert err.value.argument == "encoded"
+    assert "16 has no compiled bw kernel" in err.value.problem
+    assert "32, 64, 128" in err.value.problem
+    assert not fake_gpu.compiled and not fake_gpu.launches
+    with pytest.raises(InputError) as err:
+        kbuild.cubin_name("bw", config, "sm_90", 16)
+    assert err.value.argument == "block" and "32, 64, 128" in err.value.problem
+    with pytest.raises(InputError, match="block"):
+        kbuild.cubin_name("bw", config, "sm_90")  # a bw cubin always names its block
+    with pytest.raises(InputError, match="only bw"):
+        kbuild.cubin_name("tw", config, "sm_90", 32)

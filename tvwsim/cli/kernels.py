@@ -298,12 +298,15 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"tvwsim kernels build: error: {err}", file=sys.stderr)
         return 1
     spilling = [k for k in manifest.kernels if k.spill_store_bytes or k.spill_load_bytes]
+    count = sum(len(kbuild.variant_blocks(p)) for p, _ in variants) * len(archs)
     print(
-        f"built {len(variants) * len(archs)} kernels for {', '.join(archs)} in "
+        f"built {count} kernels for {', '.join(archs)} in "
         f"{time.perf_counter() - start:.1f} s -> {os.path.join(out, kbuild.MANIFEST_NAME)}"
     )
     if spilling:
-        names = ", ".join(f"{k.pattern} {k.config} {k.arch}" for k in spilling)
+        names = ", ".join(
+            f"{k.pattern} {k.config}{f' b{k.block}' if k.block else ''} {k.arch}" for k in spilling
+        )
         print(f"warning: these kernels spill to local memory: {names}", file=sys.stderr)
     return 0
 
