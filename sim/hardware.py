@@ -68,7 +68,9 @@ class Hardware:
     """L2 cache capacity."""
     l2_policy: str = "lru"
     """The L2 residency model that decides hits (`tvwsim.sim.memory.L2_POLICIES`); 'lru':
-    least recently used chunks, with per-row residency of activation chunks."""
+    least recently used chunks, with per-row residency of activation chunks, outputs
+    written through to DRAM; 'lru-writeback': the same, outputs kept in L2 as dirty lines
+    until evicted."""
     l2_bandwidth_gbps: float = 5400.0
     """L2 bandwidth, GB/s (10^9 bytes/s)."""
     dram_bandwidth_gbps: float = 1555.0
