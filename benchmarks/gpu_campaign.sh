@@ -8,7 +8,8 @@
 #   2. build the kernels (sm_90)
 #   3. one-warp mma / mma.sp probes, then every kernel variant against its CPU twin
 #   4. the quick sweep (our kernels, cuBLAS, cuSPARSELt, cuSPARSE)
-#   5. the targets sweep (8192^3: dense vs cuBLAS, tw/tvw vs dense, tvw vs cuSPARSELt)
+#   5. the targets sweep (8192^3: dense vs cuBLAS, tw/tvw vs dense, tvw vs cuSPARSELt),
+#      then grouped (natural vs grouped CTA order) and variants (8-warp tiles)
 #   6. hardware counters of a few points under Nsight Compute (DRAM and L2 bytes, L2 hit
 #      rate, tensor-pipe activity, occupancy), as rows beside the model's
 #   7. as much of the full sweep as is left, resumable from the last file
@@ -41,8 +42,8 @@
 #   ARCH         nvcc target (default sm_90)
 #   TAG          suffix of the measurement file's name (<device>-<date>-<TAG>.jsonl), for a
 #                second campaign on the same day
-#   SWEEPS       the sweeps before the counters (default "quick targets"); the full sweep
-#                always comes last, with what is left
+#   SWEEPS       the sweeps before the counters (default "quick targets grouped
+#                variants"); the full sweep always comes last, with what is left
 #
 # Every step is tolerant: a failed step is logged and the script goes on to the next one
 # that can still run, and always ends with nvidia-smi -q and a summary.
@@ -81,7 +82,7 @@ if [ "$DRY_RUN" = 1 ]; then
     echo "  1. wheels from .whl; PyCUDA built on the machine   $PYCUDA_BUILD_S (only if its wheel fails)"
     echo "  2. tvwsim kernels build --arch $ARCH               $BUILD_S"
     echo "  3. tvwsim kernels check (probes first)             $CHECK_S"
-    for name in ${SWEEPS:-quick targets}; do
+    for name in ${SWEEPS:-quick targets grouped variants}; do
         [ "$name" = quick ] && limit=$QUICK_S || limit=$TARGETS_S
         printf '  4. tvwsim validate --sweep %-22s %s\n' "$name" "$limit"
     done
@@ -176,7 +177,7 @@ sweep() { # sweep NAME CEILING RESERVE
 }
 # Each named sweep gets its ceiling (quick: QUICK_S, others: TARGETS_S) and leaves the
 # counters and the tail their time.
-for name in ${SWEEPS:-quick targets}; do
+for name in ${SWEEPS:-quick targets grouped variants}; do
     if [ "$name" = quick ]; then
         sweep quick $QUICK_S $((TARGETS_S + COUNTERS_S + TAIL_S))
     else

@@ -310,9 +310,15 @@ class SweepGroup:
         for m, n, k in self.shapes:
             for seed in self.seeds:
                 for pattern in self.patterns:
-                    # Every tile of a regular pattern walks the same K: every policy
-                    # yields the natural schedule, so it runs once.
-                    policies = ("natural",) if pattern in REGULAR_PATTERNS else self.policies
+                    # Every tile of a regular pattern walks the same K: longest-first and
+                    # split yield the natural schedule, so it runs once; grouped is
+                    # another order of the same tiles and runs as itself.
+                    policies = self.policies
+                    if pattern in REGULAR_PATTERNS:
+                        same = ("longest-first", "split")
+                        policies = tuple(
+                            dict.fromkeys("natural" if p in same else p for p in policies)
+                        )
                     for s in PATTERNS[pattern].sparsities_for(self.sparsities):
                         for config in self.configs[pattern]:
                             for policy in policies:

@@ -61,7 +61,9 @@ sparsity_lists = st.lists(
     shapes=shapes,
     patterns=st.lists(st.sampled_from(["dense", "bw", "vw", "tw", "tvw"]), min_size=1),
     sparsities=sparsity_lists,
-    policies=st.lists(st.sampled_from(["natural", "longest-first", "split"]), min_size=1),
+    policies=st.lists(
+        st.sampled_from(["natural", "longest-first", "split", "grouped"]), min_size=1
+    ),
     baselines=st.lists(st.sampled_from(list(BASELINES))),
 )
 def test_point_rules_hold_for_any_spec(shapes, patterns, sparsities, policies, baselines):
@@ -95,10 +97,13 @@ def test_point_rules_hold_for_any_spec(shapes, patterns, sparsities, policies, b
         else:
             assert p.sparsity in sparsities
             assert p.pattern != "tvw" or p.sparsity >= 0.5
-    # dense and vw run once per shape (every policy would give the natural schedule)
+    # dense and vw run once per shape and order: longest-first and split would give the
+    # natural schedule, grouped is an order of its own
+    orders = {"natural" if p in ("longest-first", "split") else p for p in policies}
     for pattern in set(patterns) & set(REGULAR_PATTERNS):
         ours = [p for p in points if p.pattern == pattern and p.implementation == "tvwsim"]
-        assert len(ours) == len(shapes)
+        assert len(ours) == len(shapes) * len(orders)
+        assert {p.policy for p in ours} == orders
 
 
 @pytest.mark.parametrize(
