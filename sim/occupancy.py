@@ -100,18 +100,23 @@ def estimate_resources(config: KernelConfig) -> KernelResources:
 
 
 def resources_for(
-    hw: Hardware, pattern: str, config: KernelConfig, manifest_path: str | Path | None = None
+    hw: Hardware,
+    pattern: str,
+    config: KernelConfig,
+    manifest_path: str | Path | None = None,
+    block: int | None = None,
 ) -> KernelResources:
-    """The compiled kernel's resources when a manifest lists it for `hw.arch`, else the
-    estimate. `manifest_path` None means the kernel directory's manifest, which may be
-    absent; a path that is given must exist."""
+    """The compiled kernel's resources when a manifest lists it for `hw.arch` (bw: of
+    `block`, else of the smallest compiled block), else the estimate. `manifest_path` None
+    means the kernel directory's manifest, which may be absent; a path that is given must
+    exist."""
     if manifest_path is None:
         path = default_manifest_path()
     else:
         path = Path(manifest_path)
         if not path.is_file():
             raise InputError("--manifest", f"{path}: no such file")
-    found = load_resources(path, pattern, config, hw.arch or None)
+    found = load_resources(path, pattern, config, hw.arch or None, block)
     return found if found is not None else estimate_resources(config)
 
 

@@ -122,7 +122,13 @@ def test_kernels_list_default_is_the_kernel_directory(capsys):
 def test_kernels_list_json(tmp_path, capsys):
     build_dir = _fake_build(tmp_path / "kb", _entry(TVW_128, "sm_90", 238))
     rows = json.loads(_list(capsys, "--build-dir", str(build_dir), "--json"))
-    assert len(rows) == sum(len(c) for c in kbuild.VARIANTS.values())
+    # one row per compiled variant: bw once per block side it is compiled for
+    assert len(rows) == sum(
+        len(c) * len(kbuild.variant_blocks(p)) for p, c in kbuild.VARIANTS.items()
+    )
+    bw = [r for r in rows if r["pattern"] == "bw"]
+    assert {r["block"] for r in bw} == set(kbuild.BW_BLOCKS)
+    assert all(r["block"] is None for r in rows if r["pattern"] != "bw")
     by_key = {(r["pattern"], r["config"]): r for r in rows}
     built = by_key[("tvw", TVW_128)]
     assert built["built"] and built["registers"] == 238 and built["shared_bytes"] == 76800

@@ -152,11 +152,12 @@ def run_list(args: argparse.Namespace) -> int:
 
     rows = []
     for pattern, configs in kbuild.VARIANTS.items():
-        for c in configs:
-            entry = manifest.find(pattern, c.name, arch)
+        for c, block in ((c, b) for c in configs for b in kbuild.variant_blocks(pattern)):
+            entry = manifest.find(pattern, c.name, arch, block)
             row: dict = {
                 "pattern": pattern,
                 "config": c.name,
+                "block": block,
                 "mma": c.mma,
                 "threads": c.threads,
                 "warp_grid": list(c.warp_grid),
@@ -176,7 +177,7 @@ def run_list(args: argparse.Namespace) -> int:
                 # The simulator's own rule: the manifest entry a GPU of hw.arch runs, else
                 # the estimate from the KernelConfig.
                 res = resources_for(
-                    hw, pattern, c, manifest_path if manifest_path.is_file() else None
+                    hw, pattern, c, manifest_path if manifest_path.is_file() else None, block
                 )
                 try:
                     occ = occupancy(hw, res)
@@ -237,7 +238,7 @@ def _list_table(rows: list[dict], *, sass: bool) -> str:
             spill = r["spill_store_bytes"] + r["spill_load_bytes"]
         cells = [
             r["pattern"],
-            r["config"],
+            r["config"] if r["block"] is None else f"{r['config']} b{r['block']}",
             r["mma"],
             str(r["threads"]),
             "{} x {}".format(*r["warp_grid"]),
