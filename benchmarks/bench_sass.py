@@ -37,27 +37,34 @@ from tvwsim.kernels import build as kbuild
 from tvwsim.manifest import MANIFEST_NAME, BuiltKernel, read_manifest
 
 
+def _key(k: BuiltKernel) -> tuple[str, str, int]:
+    """(pattern, config, bw block or 0): one compiled cubin of an arch."""
+    return (k.pattern, k.config, k.block)
+
+
 def ensure_built(build_dir: Path, arch: str, patterns: list[str] | None) -> list[BuiltKernel]:
-    """Manifest entries of every selected variant for `arch` in `build_dir`, building the
-    ones that are missing."""
+    """Manifest entries of every selected variant for `arch` in `build_dir` (bw: one per
+    compiled block side), building the ones that are missing."""
     wanted = kbuild.selected_variants(patterns)
-    have: dict[tuple[str, str], BuiltKernel] = {}
+    keys = [(p, c.name, b or 0) for p, c in wanted for b in kbuild.variant_blocks(p)]
+    have: dict[tuple[str, str, int], BuiltKernel] = {}
     if (build_dir / MANIFEST_NAME).exists():
         for k in read_manifest(build_dir).kernels:
             if k.arch == arch and (build_dir / k.cubin).exists():
-                have[(k.pattern, k.config)] = k
-    missing = [(p, c) for p, c in wanted if (p, c.name) not in have]
+                have[_key(k)] = k
+    missing = [(p, c) for p, c in wanted if any(key[:2] == (p, c.name) and key not in have
+                                                 for key in keys)]  # fmt: skip
     if missing:
         manifest = kbuild.build([arch], build_dir, variants=missing, probe=False, progress=None)
-        have.update({(k.pattern, k.config): k for k in manifest.kernels if k.arch == arch})
-    return [have[(p, c.name)] for p, c in wanted]
+        have.update({_key(k): k for k in manifest.kernels if k.arch == arch})
+    return [have[key] for key in keys]
 
 
-def _baseline(build_dir: Path | None, arch: str) -> dict[tuple[str, str], BuiltKernel]:
+def _baseline(build_dir: Path | None, arch: str) -> dict[tuple[str, str, int], BuiltKernel]:
     if build_dir is None:
         return {}
     return {
-        (k.pattern, k.config): k
+        _key(k): k
         for k in read_manifest(build_dir).kernels
         if k.arch == arch and (build_dir / k.cubin).exists()
     }
@@ -74,7 +81,8 @@ def report(build_dir: Path, arch: str, patterns: list[str] | None, baseline: Pat
     rows = [head]
     for k in ensure_built(build_dir, arch, patterns):
         mix = kbuild.loop_mix(build_dir / k.cubin, k.function)
-        before = old.get((k.pattern, k.config))
+        # A baseline built before bw had per-block cubins holds bw entries of block 0.
+        before = old.get(_key(k)) or old.get((k.pattern, k.config, 0))
         bmix = kbuild.loop_mix(baseline / before.cubin, before.function) if before else None
 
         spill = k.spill_store_bytes + k.spill_load_bytes
@@ -82,7 +90,7 @@ def report(build_dir: Path, arch: str, patterns: list[str] | None, baseline: Pat
         rows.append(
             (
                 k.pattern,
-                k.config,
+                k.config if not k.block else f"{k.config} b{k.block}",
                 _cell(k.registers, before.registers if before else None),
                 str(k.shared_dynamic_bytes),
                 _cell(spill, old_spill),
