@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from tvwsim.cli.args import parse_patterns
+from tvwsim.cli.args import parse_int, parse_patterns
 from tvwsim.errors import InputError
 
 
@@ -273,14 +273,7 @@ def run_build(args: argparse.Namespace) -> int:
     from tvwsim.manifest import kernel_dir
 
     archs = kbuild.parse_arch_list(args.arch)
-    jobs = None
-    if args.jobs is not None:
-        try:
-            jobs = int(args.jobs)
-        except ValueError:
-            jobs = 0
-        if jobs < 1:
-            raise InputError("--jobs", f"must be a positive integer, got {args.jobs!r}")
+    jobs = None if args.jobs is None else parse_int("--jobs", args.jobs)
     patterns = None
     if args.pattern is not None:
         patterns = parse_patterns("--pattern", args.pattern, allowed=tuple(kbuild.VARIANTS))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tvwsim.cli.args import parse_patterns
+from tvwsim.cli.args import parse_int, parse_patterns
 from tvwsim.errors import InputError
 
 DEFAULT_SHAPE = (3072, 768)
@@ -88,8 +88,8 @@ def _run_prune(args: argparse.Namespace) -> int:
     from tvwsim.pattern_spec import pattern_spec
 
     sparsity = _parse_float("sparsity", args.sparsity)
-    tile = _parse_int("tile", args.tile)
-    block = _parse_int("block", args.block)
+    tile = parse_int("tile", args.tile)
+    block = parse_int("block", args.block)
     row_fraction = (
         None if args.row_fraction is None else _parse_float("row_fraction", args.row_fraction)
     )
@@ -107,7 +107,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         source = args.weights
     else:
         n_rows, n_cols = _parse_shape(args.shape) if args.shape is not None else DEFAULT_SHAPE
-        seed = 0 if args.seed is None else _parse_int("seed", args.seed, minimum=0)
+        seed = 0 if args.seed is None else parse_int("seed", args.seed, minimum=0)
         weight = synthetic_weight(n_rows, n_cols, seed=seed)
         source = f"synthetic, seed {seed}"
     importance = None
@@ -220,21 +220,11 @@ def _parse_float(name: str, text: str) -> float:
         raise InputError(name, f"must be a number, got {text!r}") from None
 
 
-def _parse_int(name: str, text: str, *, minimum: int = 1) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise InputError(name, f"must be an integer, got {text!r}") from None
-    if value < minimum:
-        raise InputError(name, f"must be an integer >= {minimum}, got {value}")
-    return value
-
-
 def _parse_shape(text: str) -> tuple[int, int]:
     parts = text.split(",")
     if len(parts) != 2:
         raise InputError("shape", f"must be N,K (two positive integers), got {text!r}")
-    return _parse_int("shape", parts[0].strip()), _parse_int("shape", parts[1].strip())
+    return parse_int("shape", parts[0].strip()), parse_int("shape", parts[1].strip())
 
 
 def _load_matrix(name: str, path: str):

@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from tvwsim.cli.args import parse_int
 from tvwsim.cli.progress import add_progress_argument
 
 
@@ -261,22 +262,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     names = DEFAULT_FIT
     if args.fit:
         names = check_fit_names([n.strip() for n in args.fit.split(",") if n.strip()])
-    max_nfev = MAX_NFEV
-    if args.max_nfev is not None:
-        try:
-            max_nfev = int(args.max_nfev)
-        except ValueError:
-            raise InputError("--max-nfev", f"must be an integer, got {args.max_nfev!r}") from None
-        if max_nfev < 1:
-            raise InputError("--max-nfev", f"must be >= 1, got {max_nfev}")
-    jobs = os.cpu_count() or 1
-    if args.jobs is not None:
-        try:
-            jobs = int(args.jobs)
-        except ValueError:
-            raise InputError("--jobs", f"must be an integer, got {args.jobs!r}") from None
-        if jobs < 1:
-            raise InputError("--jobs", f"must be >= 1, got {jobs}")
+    max_nfev = MAX_NFEV if args.max_nfev is None else parse_int("--max-nfev", args.max_nfev)
+    jobs = (os.cpu_count() or 1) if args.jobs is None else parse_int("--jobs", args.jobs)
     base = load_preset(args.hw, argument="--hw")
     quiet = args.json
 
