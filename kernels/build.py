@@ -150,9 +150,14 @@ def check_block(pattern: str, block: object, argument: str = "block") -> int | N
         return None
     allowed = ", ".join(map(str, BW_BLOCKS))
     if isinstance(block, bool) or not isinstance(block, int) or block not in BW_BLOCKS:
+        what = (
+            "a bw kernel needs its block"
+            if block is None
+            else f"{block!r} has no compiled bw kernel"
+        )
         raise InputError(
             argument,
-            f"got {block!r}; bw kernels are compiled for blocks {allowed} "
+            f"{what}; bw kernels are compiled for blocks {allowed} "
             "(kernels/build.py BW_BLOCKS): encode the weight with one of them",
         )
     return int(block)

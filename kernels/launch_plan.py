@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tvwsim.kernels.build import BW_BLOCKS
+from tvwsim.kernels.build import check_block
 from tvwsim.kernels.formats import ENCODINGS, activations_fp16, bw_block_problem
 
 from tvwsim.config import KernelConfig
@@ -205,12 +205,7 @@ def _check_buffers(encoded: Any, config: KernelConfig) -> None:
         problem = bw_block_problem(int(encoded.block), config)
         if problem is not None:
             raise InputError("encoded", f"block: {problem}")
-        if int(encoded.block) not in BW_BLOCKS:
-            raise InputError(
-                "encoded",
-                f"block: {int(encoded.block)} has no compiled bw kernel; bw is compiled for "
-                f"blocks {', '.join(map(str, BW_BLOCKS))} (kernels/build.py BW_BLOCKS)",
-            )
+        check_block("bw", int(encoded.block), argument="encoded")
         if np.asarray(encoded.values).size >= 2**31:
             raise InputError("encoded", "bw values beyond 2^31 elements are not supported")
     elif p == "vw":
