@@ -138,15 +138,10 @@ class GpuExecutor:
     def prepared_launch(self, point: SweepPoint) -> Callable[[], Any]:
         """The point's whole operation ready to enqueue again and again (inputs resident)."""
         if point.implementation == "tvwsim":
-            inputs = kernel_inputs(point, self._weight(point))
-            prepared = self._launch.prepare(
-                inputs.encoded, point.m, inputs.schedule, build_dir=self.build_dir
-            )
-            return prepared.launch
+            return self._prepare_ours(point)[1].launch
         if self.baselines is None:
             raise PointSkipped("torch is not importable here, so no vendor baselines")
-        x16, w16, _ = baseline_inputs(point, self._weight(point))
-        return self.baselines.prepare(point.implementation, x16, w16, block=point.block).launch
+        return self._prepare_baseline(point)[1].launch
 
     def profile_once(self, point: SweepPoint) -> None:
         """Launch the point once warm, then once more inside a profiler range.
@@ -195,10 +190,23 @@ class GpuExecutor:
             "host_bound_runs": runs.host_bound_runs,
         }
 
-    def _measure_ours(self, point: SweepPoint, timing: TimingPlan) -> Measurement:
+    def _prepare_ours(self, point: SweepPoint) -> tuple[Any, Any]:
+        """(inputs, PreparedGemm): the point's encoding and schedule, resident on the GPU."""
         inputs = kernel_inputs(point, self._weight(point))
+        prepared = self._launch.prepare(
+            inputs.encoded, point.m, inputs.schedule, build_dir=self.build_dir
+        )
+        return inputs, prepared
+
+    def _prepare_baseline(self, point: SweepPoint) -> tuple[tuple, Any]:
+        """((x16, w16, achieved sparsity), the library call ready to launch)."""
+        x16, w16, achieved = baseline_inputs(point, self._weight(point))
+        prepared = self.baselines.prepare(point.implementation, x16, w16, block=point.block)
+        return (x16, w16, achieved), prepared
+
+    def _measure_ours(self, point: SweepPoint, timing: TimingPlan) -> Measurement:
+        inputs, prepared = self._prepare_ours(point)
         schedule = inputs.schedule
-        prepared = self._launch.prepare(inputs.encoded, point.m, schedule, build_dir=self.build_dir)
         y = prepared.run(inputs.x, poison=True)
         err, checked = check_kernel_output(y, inputs)
         session = self._session
@@ -230,8 +238,7 @@ class GpuExecutor:
         )
 
     def _measure_baseline(self, point: SweepPoint, timing: TimingPlan) -> Measurement:
-        x16, w16, achieved = baseline_inputs(point, self._weight(point))
-        prepared = self.baselines.prepare(point.implementation, x16, w16, block=point.block)
+        (x16, w16, achieved), prepared = self._prepare_baseline(point)
         err, checked = check_baseline_output(prepared.run(), x16, w16)
         times, how = self._time(prepared.launch, timing)
         return Measurement(
