@@ -146,7 +146,8 @@ class LruL2(L2Policy):
     def __init__(self, capacity_bytes: float):
         super().__init__(capacity_bytes)
         self.lines: OrderedDict[int, list] = OrderedDict()
-        """chunk key -> [row mask, resident bytes], least recently used first."""
+        """chunk key -> [row mask, resident bytes, dirty bytes], least recently used first
+        (dirty: a written-back output tile not yet in DRAM; 0 for loaded data)."""
         self.resident_bytes = 0.0
 
     def access(self, key: int, mask: int, row_bytes: float) -> float:
@@ -163,24 +164,24 @@ class LruL2(L2Policy):
                 return 0.0
         missed = missing.bit_count() * row_bytes
         if entry is None:
-            lines[key] = [mask, missed]
+            lines[key] = [mask, missed, 0.0]
         else:
             entry[0] |= mask
             entry[1] += missed
         self.resident_bytes += missed
         self.miss_bytes += missed
-        self._evict()
+        if self.resident_bytes > self.capacity_bytes:  # hot path: no call while L2 has room
+            self._evict()
         return missed
 
     def _evict(self) -> None:
         """Evict least recently used chunks down to capacity; never the one just touched.
-        A dirty line (a written-back output, third element) leaves its bytes to DRAM."""
+        A dirty line (a written-back output) leaves its dirty bytes to DRAM."""
         lines = self.lines
         while self.resident_bytes > self.capacity_bytes and len(lines) > 1:
             _, old = lines.popitem(last=False)
             self.resident_bytes -= old[1]
-            if len(old) > 2:
-                self.pending_writeback += old[2]
+            self.pending_writeback += old[2]
 
 
 class WriteBackLruL2(LruL2):
