@@ -5,6 +5,8 @@ docs/validation.md): every row a sweep writes is checked against it before it is
 appended, and every row read back is checked again, so calibration and comparison can
 rely on each field's type. A bad row is one InputError naming file, line and field.
 Rows stay plain dicts in memory: the JSON line is the data, the model only its rules.
+A row tvwsim did not measure itself (a published timing, traces/published/) carries
+`origin` and `provenance`; both are optional, so every earlier row still reads.
 """
 
 from __future__ import annotations
@@ -97,6 +99,14 @@ class MeasurementRow(BaseModel):
     tolerance: PositiveFloat | None = None
     correct: StrictBool | None = None
     extra: dict[str, Any] = Field({}, description="Checked tokens, baseline dtype, ...")
+    # Rows converted from someone else's published timings (traces/published/) say so;
+    # a row without `origin` was measured by tvwsim itself.
+    origin: Literal["measured", "published"] | None = Field(
+        None, description="'published': converted from a public source; null: measured here."
+    )
+    provenance: dict[str, Any] = Field(
+        {}, description="Where a published row came from: repository, commit, file, row, ..."
+    )
 
     @field_validator("schema_version", mode="before")
     @classmethod
