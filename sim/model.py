@@ -175,6 +175,14 @@ class LayerResult:
     random weight); each is simulated once."""
     bottleneck: str = ""
     """Bottleneck of the instance that takes the most time in total."""
+    compute_utilisation: float = 0.0
+    """Compute share of the launches (`SimResult.compute_utilisation`), weighted by time."""
+    l2_utilisation: float = 0.0
+    """L2 bandwidth share of the launches, weighted by time."""
+    dram_utilisation: float = 0.0
+    """DRAM bandwidth share of the launches, weighted by time."""
+    dram_bytes: float = 0.0
+    """DRAM bytes of all launches."""
 
     @property
     def uses_trace(self) -> bool:
@@ -362,6 +370,7 @@ def _simulate_gemm(
             kept_weights=0,
             structure=STRUCTURE_DENSE,
             bottleneck=result.bottleneck,
+            **_utilisations([(launches, result)]),
         )
 
     config = config_for(run.pattern)
@@ -390,12 +399,13 @@ def _simulate_gemm(
         else:
             structure = "seeded random weights"
 
-    time_us, kept, slowest = 0.0, 0, (-1.0, "")
+    time_us, kept, slowest, launched = 0.0, 0, (-1.0, ""), []
     for work, times in groups.values():
         result = sim.run(work, gemm.m)
         time_us += times * result.time_us
         kept += times * work.kept_weights
         slowest = max(slowest, (times * result.time_us, result.bottleneck))
+        launched.append((times, result))
     sources = tuple(key for key in groups if key is not None)
     return LayerResult(
         **base,
@@ -407,7 +417,19 @@ def _simulate_gemm(
         sources=sources,
         distinct=len(groups),
         bottleneck=slowest[1],
+        **_utilisations(launched),
     )
+
+
+def _utilisations(launched: Sequence[tuple[int, SimResult]]) -> dict[str, float]:
+    """Time-weighted compute, L2 and DRAM shares and the DRAM bytes of (launches, result)
+    pairs: what a design-space exploration (`tvwsim.explore`) reports for a whole model."""
+    total = sum(times * r.time_us for times, r in launched)
+    out = {"dram_bytes": float(sum(times * r.dram_bytes for times, r in launched))}
+    for name in ("compute_utilisation", "l2_utilisation", "dram_utilisation"):
+        weighted = sum(times * r.time_us * getattr(r, name) for times, r in launched)
+        out[name] = float(weighted / total) if total else 0.0
+    return out
 
 
 def simulate_pruned_layers(

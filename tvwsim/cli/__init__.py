@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "tvwsim.cli.simulate",  # simulate, timeline
     "tvwsim.cli.hw",  # hw list / show
     "tvwsim.cli.model",  # model
+    "tvwsim.cli.explore",  # explore, explore report
     "tvwsim.cli.kernels",  # kernels build / check / list
     "tvwsim.cli.validate",  # validate, calibrate, compare
     "tvwsim.cli.traces",  # traces build, quality

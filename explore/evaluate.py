@@ -1,0 +1,212 @@
+"""One batch of design points, simulated in one process: what a Dask task runs.
+
+The unit of work is a `Unit`: one hardware point x one workload, with every run (pattern,
+sparsity, config, policy) of that workload. A unit's runs stay together because each
+row's speedup divides by the dense run of the same point, workload and policy. A batch
+is a list of units; `evaluate_batch` returns their rows as plain dicts (the store's
+columns, `tvwsim.explore.store`) and touches no file, so a worker on another machine
+needs tvwsim installed and nothing else.
+
+What stays warm in a worker process between batches:
+
+- schedules of GEMM workloads (`_schedule`), keyed on everything that builds them and
+  nothing about the hardware: the same GEMM on 500 hardware points is pruned, encoded
+  and scheduled once per worker;
+- the engine's result cache (`tvwsim.sim.engine.simulate`) and, inside one whole-model
+  run, `simulate_model`'s reuse of identical layers;
+- trace mappings of model workloads (`_mapping`).
+
+Nothing here depends on which worker runs a unit or in what order: a unit's rows are a
+function of the unit alone, so a serial run and a Dask run give equal rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tvwsim.explore.design import HardwarePoint
+from tvwsim.explore.spec import ExploreSpec, Run, WorkloadSpec, kernel_config
+
+from tvwsim.pattern_spec import BASELINE_PATTERN
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One hardware point x one workload, with all its runs: the smallest piece of work."""
+
+    point: HardwarePoint
+    workload: WorkloadSpec
+    runs: tuple[Run, ...]
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """'<point id>|<workload label>': what the store records as done."""
+        return f"{self.point.id}|{self.workload.label}"
+
+
+def units(spec: ExploreSpec) -> list[Unit]:
+    """Every unit of `spec`, workload-major: consecutive units share a workload, so a
+    batch reuses its schedules and trace mapping."""
+    return [
+        Unit(point, workload, tuple(spec.runs(workload)), spec.seed)
+        for workload in spec.workloads
+        for point in spec.points
+    ]
+
+
+def row_key(unit: Unit, run: Run) -> str:
+    """Identity of one row: unit, pattern, sparsity, config, policy."""
+    return f"{unit.key}|{run.pattern}|{run.sparsity:.6g}|{run.config}|{run.policy}"
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule(
+    m: int, n: int, k: int, pattern: str, sparsity: float, config: str, policy: str, seed: int
+):
+    from tvwsim.kernels.prepare import schedule_for_shape
+
+    return schedule_for_shape(
+        m, n, k, pattern, sparsity, config=kernel_config(pattern, config), policy=policy, seed=seed
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _workload(model: str, batch: int, seq: int):
+    from tvwsim.traces.catalog import load_workload
+
+    return load_workload(model, batch=batch, seq=seq)
+
+
+@functools.lru_cache(maxsize=16)
+def _mapping(model: str, batch: int, seq: int, trace: str):
+    from tvwsim.sim.model_traces import load_mapping
+
+    return load_mapping(_workload(model, batch, seq), trace)
+
+
+def _measure(result) -> dict:
+    """The figures of one simulated GEMM that every row carries."""
+    return {
+        "time_us": float(result.time_us),
+        "achieved_sparsity": float(result.achieved_sparsity),
+        "bottleneck": result.bottleneck,
+        "compute_utilisation": float(result.compute_utilisation),
+        "l2_utilisation": float(result.l2_utilisation),
+        "dram_utilisation": float(result.dram_utilisation),
+        "l2_hit_rate": float(result.l2_hit_rate),
+        "dram_bytes": float(result.dram_bytes),
+    }
+
+
+def _gemm_figures(unit: Unit) -> list[dict]:
+    from tvwsim.sim.engine import simulate
+
+    w, hw = unit.workload, unit.point.hardware
+    out = []
+    for run in unit.runs:
+        schedule = _schedule(
+            w.m, w.n, w.k, run.pattern, run.sparsity, run.config, run.policy, unit.seed
+        )
+        out.append(_measure(simulate(schedule, hw)))
+    return out
+
+
+def _model_figures(unit: Unit) -> list[dict]:
+    from tvwsim.sim.model import model_runs, simulate_model
+
+    w, hw = unit.workload, unit.point.hardware
+    workload = _workload(w.model, w.batch, w.seq)
+    mapping = _mapping(w.model, w.batch, w.seq, w.trace)
+    figures: dict[tuple[str, float, str], dict] = {}
+    for policy in dict.fromkeys(run.policy for run in unit.runs):
+        patterns = [run.pattern for run in unit.runs if run.policy == policy]
+        sparsities = [run.sparsity for run in unit.runs if run.sparsity > 0]
+        runs = model_runs(patterns, sparsities or [0.5])
+        result = simulate_model(
+            workload,
+            hw,
+            runs,
+            policy=policy,
+            seed=unit.seed,
+            profiles=mapping.profile if mapping is not None else None,
+        )
+        for run in runs:
+            layers = result.of(run)
+            total = result.total_us(run)
+            by_bottleneck: dict[str, float] = {}
+            for layer in layers:
+                by_bottleneck[layer.bottleneck] = (
+                    by_bottleneck.get(layer.bottleneck, 0.0) + layer.time_us
+                )
+
+            def weighted(name: str, layers=layers, total=total) -> float:
+                return float(sum(getattr(x, name) * x.time_us for x in layers) / total)
+
+            figures[(run.pattern, run.sparsity, policy)] = {
+                "time_us": float(total),
+                "achieved_sparsity": float(result.achieved_sparsity(run)),
+                # The bottleneck that holds the most of the end-to-end time.
+                "bottleneck": max(by_bottleneck, key=lambda b: (by_bottleneck[b], b)),
+                "compute_utilisation": weighted("compute_utilisation"),
+                "l2_utilisation": weighted("l2_utilisation"),
+                "dram_utilisation": weighted("dram_utilisation"),
+                "l2_hit_rate": None,
+                "dram_bytes": float(sum(x.dram_bytes for x in layers)),
+            }
+    return [figures[(run.pattern, run.sparsity, run.policy)] for run in unit.runs]
+
+
+def evaluate_unit(unit: Unit) -> list[dict]:
+    """The rows of one unit, in run order."""
+    from tvwsim.sim.presets import hardware_fields
+
+    w, point, hw = unit.workload, unit.point, unit.point.hardware
+    figures = _gemm_figures(unit) if w.kind == "gemm" else _model_figures(unit)
+    # The baseline of every row: the first dense run of its policy (dense's first config).
+    dense: dict[str, float] = {}
+    for run, fig in zip(unit.runs, figures, strict=True):
+        if run.pattern == BASELINE_PATTERN:
+            dense.setdefault(run.policy, fig["time_us"])
+    head = {
+        "unit": unit.key,
+        "point": point.id,
+        "point_index": point.index,
+        **{name: value for name, value in point.values},
+        "workload": w.label,
+        "workload_kind": w.kind,
+        "model": w.model,
+        "batch": w.batch,
+        "seq": w.seq,
+        "m": w.m,
+        "n": w.n,
+        "k": w.k,
+    }
+    hw_columns = {f"hw_{name}": getattr(hw, name) for name in hardware_fields()}
+    rows = []
+    for run, fig in zip(unit.runs, figures, strict=True):
+        base_time = dense[run.policy]
+        rows.append(
+            {
+                "key": row_key(unit, run),
+                **head,
+                "pattern": run.pattern,
+                "sparsity": run.sparsity,
+                "config": run.config,
+                "policy": run.policy,
+                "time_us": fig["time_us"],
+                "dense_time_us": base_time,
+                "speedup": base_time / fig["time_us"],
+                **{k: v for k, v in fig.items() if k != "time_us"},
+                "hardware": hw.label,
+                **hw_columns,
+            }
+        )
+    return rows
+
+
+def evaluate_batch(batch: Sequence[Unit]) -> list[dict]:
+    """The rows of every unit of a batch (the Dask task; also the serial path)."""
+    return [row for unit in batch for row in evaluate_unit(unit)]

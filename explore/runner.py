@@ -1,0 +1,179 @@
+"""Run an exploration on Dask: batches of units out, Parquet files in.
+
+    run_exploration(spec, Store(DIR, spec))                          # local cluster
+    run_exploration(spec, store, scheduler="tcp://10.0.0.5:8786")    # an existing one
+
+By default a `dask.distributed.LocalCluster` starts with one worker process per core and
+one thread each (the engine is pure Python: threads would share one GIL), no dashboard,
+and stops when the run ends. `scheduler` (an address) or `scheduler_file` (the file
+`dask scheduler --scheduler-file` writes) runs the same spec on an existing cluster
+instead; its workers need tvwsim installed, nothing else (they read no file of the
+store: `tvwsim.explore.evaluate` returns rows, and only this process writes them).
+`workers=0` runs the batches here, in order, without Dask (debugging, profiling, and the
+reference the tests compare a cluster run with).
+
+Units (one hardware point x one workload) are grouped into batches so that the
+scheduler sees a few tasks per worker rather than one per point: about four batches per
+worker, at most `MAX_BATCH_UNITS` units each, consecutive units of one workload
+together, so a worker's schedule and trace caches serve the whole batch. A finished
+batch is written at once as its own file (`Store.write_batch`); a Ctrl-C, an error or
+`max_batches` cancels what is still in flight and keeps every file written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tvwsim.explore.evaluate import Unit, evaluate_batch, units
+from tvwsim.explore.spec import ExploreSpec
+from tvwsim.explore.store import Store
+
+from tvwsim.errors import InputError
+
+MAX_BATCH_UNITS = 16
+"""Largest default batch: a Ctrl-C loses at most this many units per worker."""
+BATCHES_PER_WORKER = 4
+"""Default batches per worker: enough to balance uneven units, few enough to schedule."""
+
+BatchFn = Callable[[int, str], None]
+"""Called after each batch is written: (rows written, a short label)."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one `run_exploration` call did."""
+
+    units: int
+    """Units of the spec."""
+    skipped: int
+    """Units already in the store before this run."""
+    done: int
+    """Units written by this run."""
+    batches: int
+    """Batch files written by this run."""
+    rows: int
+    """Rows written by this run."""
+    workers: int
+    """Dask workers that ran it (0: in this process)."""
+    seconds: float
+    complete: bool
+    """Every unit of the spec is in the store."""
+
+
+def plan_batches(
+    todo: Sequence[Unit], workers: int, batch_size: int | None = None
+) -> list[list[Unit]]:
+    """Consecutive units in batches of `batch_size` (default: the module docstring's rule)."""
+    if batch_size is None:
+        share = math.ceil(len(todo) / (max(1, workers) * BATCHES_PER_WORKER))
+        batch_size = min(MAX_BATCH_UNITS, max(1, share))
+    return [list(todo[i : i + batch_size]) for i in range(0, len(todo), batch_size)]
+
+
+def default_workers() -> int:
+    """One local worker process per core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def dask_client(
+    *, scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None
+) -> Iterator:
+    """A `dask.distributed.Client`: to `scheduler` / `scheduler_file`, else to a new
+    LocalCluster of `workers` processes that is shut down on exit."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None or scheduler_file is not None:
+        try:
+            client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s")
+        except (OSError, TimeoutError) as err:
+            where = scheduler or scheduler_file
+            what = "--scheduler" if scheduler else "--scheduler-file"
+            raise InputError(what, f"cannot reach the Dask scheduler at {where}: {err}") from None
+        with client:
+            client.wait_for_workers(1, timeout=120)
+            yield client
+        return
+    cluster = LocalCluster(
+        n_workers=workers or default_workers(),
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def run_exploration(
+    spec: ExploreSpec,
+    store: Store,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    on_batch: BatchFn | None = None,
+) -> RunSummary:
+    """Simulate every unit of `spec` not yet in `store`, writing each batch as it ends.
+
+    `workers`: local worker processes (default one per core; 0 runs here, without Dask);
+    ignored with `scheduler` / `scheduler_file`. `max_batches` stops after writing that
+    many batches (a run in slices); the next run resumes.
+    """
+    start = time.perf_counter()
+    every = units(spec)
+    done_before = store.done_units()
+    todo = [u for u in every if u.key not in done_before]
+    written = {"batches": 0, "rows": 0, "units": 0}
+
+    def finish(rows: list[dict], batch: Sequence[Unit]) -> None:
+        store.write_batch(rows)
+        written["batches"] += 1
+        written["rows"] += len(rows)
+        written["units"] += len(batch)
+        if on_batch is not None:
+            on_batch(len(rows), batch[-1].workload.label)
+
+    remote = scheduler is not None or scheduler_file is not None
+    if workers == 0 and not remote:
+        used = 0
+        batches = plan_batches(todo, 1, batch_size)[:max_batches]
+        for batch in batches:
+            finish(evaluate_batch(batch), batch)
+    else:
+        with dask_client(
+            scheduler=scheduler, scheduler_file=scheduler_file, workers=workers
+        ) as client:
+            from dask.distributed import as_completed
+
+            used = len(client.nthreads())
+            batches = plan_batches(todo, used, batch_size)[:max_batches]
+            futures = client.map(evaluate_batch, batches, pure=False)
+            batch_of = {future.key: batch for future, batch in zip(futures, batches, strict=True)}
+            try:
+                for future in as_completed(futures):
+                    finish(future.result(), batch_of[future.key])
+            finally:
+                client.cancel([f for f in futures if not f.done()])
+    complete = len(done_before) + written["units"] >= len(every)
+    return RunSummary(
+        units=len(every),
+        skipped=len(every) - len(todo),
+        done=written["units"],
+        batches=written["batches"],
+        rows=written["rows"],
+        workers=used,
+        seconds=time.perf_counter() - start,
+        complete=complete,
+    )
