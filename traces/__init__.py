@@ -2,6 +2,7 @@
 
 Workload catalogs (`catalog`, data in `workloads/`), real trained weights
 (`real_weights`), the pruned traces built from them (`trace_files`, data in `pruned/`),
-the MiniLM pruning-quality table (`quality`) and measured silicon rows (`measured/`).
+the MiniLM pruning-quality table (`quality`), measured silicon rows (`measured/`) and
+rows converted from published silicon timings (`published/`).
 All data files ship inside the package and are read through `importlib.resources`.
 """
