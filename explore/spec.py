@@ -268,7 +268,10 @@ def _workloads(tables: list[WorkloadTable], label: str) -> tuple[WorkloadSpec, .
                 try:
                     workload = load_workload(table.model, batch=batch, seq=seq)
                 except InputError as err:
-                    raise InputError(f"{entry}.{err.argument.lstrip('-')}", err.problem) from None
+                    arg = err.argument.lstrip("-")
+                    if arg in ("model", "batch", "seq"):
+                        raise InputError(f"{entry}.{arg}", err.problem) from None
+                    raise InputError(f"{entry}.model: {err.argument}", err.problem) from None
                 out.append(
                     WorkloadSpec(
                         f"{workload.name} b{batch} s{seq}",
@@ -285,7 +288,7 @@ def _workloads(tables: list[WorkloadTable], label: str) -> tuple[WorkloadSpec, .
     return tuple(out)
 
 
-def _check_kernels_fit(spec: ExploreSpec, label: str) -> None:
+def _check_kernels_fit(spec: ExploreSpec, label: str, given: set[str]) -> None:
     """Every pattern's kernel fits an SM of every hardware point (occupancy > 0)."""
     from tvwsim.sim.occupancy import occupancy, resources_for
 
@@ -306,7 +309,7 @@ def _check_kernels_fit(spec: ExploreSpec, label: str) -> None:
                 try:
                     occupancy(hw, resources_for(hw, pattern, config))
                 except InputError as err:
-                    entry = f"configs.{pattern}" if pattern in spec.configs else "patterns"
+                    entry = f"configs.{pattern}" if pattern in given else "patterns"
                     raise InputError(
                         f"{label}: {entry}",
                         f"{pattern} {name} does not fit on {point.describe()}: {err.problem}",
@@ -328,7 +331,13 @@ def parse_spec(data: dict[str, Any], *, label: str = "spec", source: str = "") -
     points = hardware_points(base, checked.hardware, checked.sample, label=label)
     patterns = list(dict.fromkeys([BASELINE_PATTERN, *checked.patterns]))
     configs = {
-        p: tuple(dict.fromkeys(checked.configs.get(p, [default_config(p).name]))) for p in patterns
+        p: tuple(
+            dict.fromkeys(
+                kernel_config(p, name).name
+                for name in checked.configs.get(p, [default_config(p).name])
+            )
+        )
+        for p in patterns
     }
     workloads = _workloads(checked.workload, label)
     if any(w.kind == "model" for w in workloads):
@@ -357,7 +366,7 @@ def parse_spec(data: dict[str, Any], *, label: str = "spec", source: str = "") -
         digest=_digest(checked, base_fields),
         source=source,
     )
-    _check_kernels_fit(spec, label)
+    _check_kernels_fit(spec, label, set(checked.configs))
     return spec
 
 

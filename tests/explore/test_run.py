@@ -1,0 +1,182 @@
+"""Running an exploration: a Dask cluster gives the serial rows exactly, a stopped run
+resumes to every point exactly once, and the store refuses to mix specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tvwsim.explore.evaluate import evaluate_unit, units
+from tvwsim.explore.runner import plan_batches, run_exploration
+from tvwsim.explore.spec import load_spec
+from tvwsim.explore.store import MANIFEST, Store, read_rows
+
+from tests.explore.conftest import TINY, write_spec
+from tvwsim.errors import InputError
+
+
+def _rows(directory: Path) -> pd.DataFrame:
+    return read_rows(directory).sort_values("key").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def serial_store(tmp_path_factory) -> Path:
+    """The tiny spec run in this process: the reference rows."""
+    root = tmp_path_factory.mktemp("serial")
+    spec = load_spec(write_spec(root, TINY))
+    summary = run_exploration(spec, Store(root / "store", spec), workers=0)
+    assert summary.complete and summary.rows == 36 and summary.workers == 0
+    return root / "store"
+
+
+def test_two_dask_workers_give_the_serial_rows_exactly(serial_store, tmp_path):
+    spec = load_spec(write_spec(tmp_path, TINY))
+    seen: list[int] = []
+    summary = run_exploration(
+        spec, Store(tmp_path / "dask", spec), workers=2, on_batch=lambda n, _: seen.append(n)
+    )
+    assert summary.workers == 2 and summary.complete
+    assert summary.batches > 2  # really spread over tasks, not one batch
+    assert sum(seen) == summary.rows == 36
+    serial, dask = _rows(serial_store), _rows(tmp_path / "dask")
+    pd.testing.assert_frame_equal(serial, dask, check_exact=True)
+
+
+def test_rows_are_what_the_engine_says(serial_store):
+    from tvwsim.kernels.prepare import schedule_for_shape
+    from tvwsim.sim.engine import simulate
+    from tvwsim.sim.presets import load_preset
+
+    rows = _rows(serial_store)
+    assert len(rows) == 36 and rows["key"].is_unique
+    row = rows[
+        (rows.pattern == "tw") & (rows.sm_count == 2) & (rows.workload == "small 256x512x512")
+    ]
+    row = row.sort_values("l2_bandwidth_gbps").iloc[0]
+    hw = load_preset("a100", {"sm_count": 2, "l2_bandwidth_gbps": row.l2_bandwidth_gbps})
+    result = simulate(schedule_for_shape(256, 512, 512, "tw", 0.75), hw)
+    assert row.time_us == result.time_us
+    assert row.bottleneck == result.bottleneck
+    assert row.compute_utilisation == result.compute_utilisation
+    assert row.hw_sm_count == 2 and row.hw_dram_bandwidth_gbps == hw.dram_bandwidth_gbps
+    assert row.hardware == hw.label
+    # Speedup over the dense row of the same point and workload.
+    same = rows[(rows.unit == row.unit) & (rows.pattern == "dense")].iloc[0]
+    assert row.dense_time_us == same.time_us
+    assert row.speedup == same.time_us / row.time_us
+    assert (rows[rows.pattern == "dense"].speedup == 1.0).all()
+    # The SM count matters on these few-tile GEMMs: the design really varies something.
+    assert rows.groupby("sm_count").time_us.mean().nunique() == 2
+
+
+def test_a_stopped_run_resumes_to_every_point_exactly_once(serial_store, tmp_path):
+    spec = load_spec(write_spec(tmp_path, TINY))
+    store = Store(tmp_path / "run", spec)
+    first = run_exploration(spec, store, workers=0, batch_size=2, max_batches=2)
+    assert (first.batches, first.done, first.complete) == (2, 4, False)
+    assert len(store.batch_files()) == 2
+    kept = _rows(tmp_path / "run")
+    # A temporary file of a batch that was in flight when the run died.
+    (tmp_path / "run" / ".batch-dead.x.parquet").write_bytes(b"PAR1 torn")
+    again = run_exploration(spec, Store(tmp_path / "run", spec), workers=0, batch_size=3)
+    assert (again.skipped, again.done, again.complete) == (4, 8, True)
+    rows = _rows(tmp_path / "run")
+    assert rows["key"].is_unique and len(rows) == 36
+    assert not list((tmp_path / "run").glob(".batch-*"))
+    # Rows written before the stop are untouched, and the whole equals one serial run.
+    pd.testing.assert_frame_equal(rows[rows.key.isin(kept.key)].reset_index(drop=True), kept)
+    pd.testing.assert_frame_equal(rows, _rows(serial_store), check_exact=True)
+    assert run_exploration(spec, Store(tmp_path / "run", spec), workers=0).done == 0
+
+
+def test_an_interrupted_dask_run_keeps_its_written_batches(serial_store, tmp_path):
+    spec = load_spec(write_spec(tmp_path, TINY))
+    store = Store(tmp_path / "run", spec)
+
+    def ctrl_c(rows: int, label: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_exploration(spec, store, workers=2, batch_size=1, on_batch=ctrl_c)
+    assert len(store.batch_files()) == 1  # written before the interrupt; the rest cancelled
+    assert len(store.done_units()) == 1
+    done = run_exploration(spec, Store(tmp_path / "run", spec), workers=0)
+    assert done.skipped == 1 and done.complete
+    pd.testing.assert_frame_equal(_rows(tmp_path / "run"), _rows(serial_store), check_exact=True)
+
+
+def test_the_store_refuses_another_spec_and_foreign_folders(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TINY))
+    Store(tmp_path / "store", spec)
+    assert (tmp_path / "store" / MANIFEST).is_file()
+    other = load_spec(write_spec(tmp_path, TINY.replace("[2, 4]", "[2, 8]"), "other.toml"))
+    with pytest.raises(InputError, match=r"^--store: .* holds the rows of another spec"):
+        Store(tmp_path / "store", other)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty and not an exploration store"):
+        Store(tmp_path / "busy", spec)
+    with pytest.raises(InputError, match="holds no rows yet"):
+        read_rows(tmp_path / "store")
+
+
+def test_batches_keep_a_workload_together_and_stay_small(tmp_path):
+    text = TINY.replace("[2, 4]", "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]")
+    spec = load_spec(write_spec(tmp_path, text))
+    every = units(spec)
+    assert len(every) == 60
+    assert [u.workload.label for u in every[:30]] == ["small 256x512x512"] * 30
+    batches = plan_batches(every, workers=2)
+    assert len(batches) == 8 and max(map(len, batches)) == 8
+    assert [u for b in batches for u in b] == every
+    assert max(map(len, plan_batches(every * 10, workers=1))) == 16
+
+
+MODEL = """
+description = "two GEMMs of a layer, one of them run four times"
+source = "a test"
+[[gemm]]
+name = "proj"
+m = "batch * seq"
+n = 256
+k = 256
+count = 4
+[[gemm]]
+name = "scores"
+m = "seq"
+n = "seq"
+k = 64
+count = 8
+prunable = false
+"""
+
+
+def test_a_model_workload_is_its_end_to_end_time(tmp_path):
+    from tvwsim.sim.model import model_runs, simulate_model
+    from tvwsim.sim.presets import load_preset
+    from tvwsim.traces.catalog import load_workload
+
+    catalog = tmp_path / "toy.toml"
+    catalog.write_text(MODEL)
+    text = (
+        'base = "a100"\npatterns = ["tw"]\nsparsities = [0.75]\n[hardware]\nsm_count = [4]\n'
+        f'[[workload]]\nmodel = "{catalog}"\nbatch = [1, 2]\nseq = 64\ntrace = "none"\n'
+    )
+    spec = load_spec(write_spec(tmp_path, text, "toy-space.toml"))
+    assert [w.label for w in spec.workloads] == ["toy b1 s64", "toy b2 s64"]
+    unit = units(spec)[1]
+    rows = {r["pattern"]: r for r in evaluate_unit(unit)}
+    hw = load_preset("a100", {"sm_count": 4})
+    result = simulate_model(
+        load_workload(str(catalog), batch=2, seq=64), hw, model_runs(["tw"], [0.75])
+    )
+    tw = result.runs[1]
+    assert rows["tw"]["time_us"] == result.total_us(tw)
+    assert rows["tw"]["speedup"] == result.speedup(tw)
+    assert rows["tw"]["m"] is None and rows["tw"]["batch"] == 2
+    layers = result.of(tw)
+    weighted = sum(x.compute_utilisation * x.time_us for x in layers) / result.total_us(tw)
+    assert rows["tw"]["compute_utilisation"] == pytest.approx(weighted)
+    assert 0 < rows["tw"]["compute_utilisation"] <= 1
+    assert rows["tw"]["bottleneck"] in {x.bottleneck for x in layers}
