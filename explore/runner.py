@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +104,9 @@ def dask_client(
             client.wait_for_workers(1, timeout=120)
             yield client
         return
+    # The scheduler's HTTP endpoint moves to a free port when 8787 is taken (another
+    # cluster, a parallel run): nothing the user needs to act on.
+    warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
     cluster = LocalCluster(
         n_workers=workers or default_workers(),
         threads_per_worker=1,
