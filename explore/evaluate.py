@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from tvwsim.explore.design import HardwarePoint
 from tvwsim.explore.spec import ExploreSpec, Run, WorkloadSpec, kernel_config
 
-from tvwsim.pattern_spec import BASELINE_PATTERN
+from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERNS, VW_SPARSITY
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,10 @@ def _model_figures(unit: Unit) -> list[dict]:
     figures: dict[tuple[str, float, str], dict] = {}
     for policy in dict.fromkeys(run.policy for run in unit.runs):
         patterns = [run.pattern for run in unit.runs if run.policy == policy]
-        sparsities = [run.sparsity for run in unit.runs if run.sparsity > 0]
-        runs = model_runs(patterns, sparsities or [0.5])
+        # The spec's target sparsities: those of the patterns that take one (vw's fixed
+        # 0.5 is not a target - passed on, it would run tw at 0.5 too).
+        targets = [r.sparsity for r in unit.runs if PATTERNS[r.pattern].fixed_sparsity is None]
+        runs = model_runs(patterns, targets or [VW_SPARSITY])
         result = simulate_model(
             workload,
             hw,

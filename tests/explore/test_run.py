@@ -180,3 +180,31 @@ def test_a_model_workload_is_its_end_to_end_time(tmp_path):
     assert rows["tw"]["compute_utilisation"] == pytest.approx(weighted)
     assert 0 < rows["tw"]["compute_utilisation"] <= 1
     assert rows["tw"]["bottleneck"] in {x.bottleneck for x in layers}
+
+
+def test_a_model_unit_simulates_only_the_spec_runs(tmp_path, monkeypatch):
+    import tvwsim.sim.model as sim_model
+
+    catalog = tmp_path / "toy.toml"
+    catalog.write_text(MODEL)
+    text = (
+        'base = "a100"\npatterns = ["tw", "vw"]\nsparsities = [0.75]\n'
+        f'[[workload]]\nmodel = "{catalog}"\nseq = 64\ntrace = "none"\n'
+    )
+    spec = load_spec(write_spec(tmp_path, text, "toy-space.toml"))
+    asked = []
+    real = sim_model.simulate_model
+
+    def spy(workload, hw, runs, **kwargs):
+        asked.append([(r.pattern, r.sparsity) for r in runs])
+        return real(workload, hw, runs, **kwargs)
+
+    monkeypatch.setattr(sim_model, "simulate_model", spy)
+    rows = evaluate_unit(units(spec)[0])
+    # vw's fixed 0.5 is not a target: no tw at 0.5.
+    assert asked == [[("dense", 0.0), ("tw", 0.75), ("vw", 0.5)]]
+    assert [(r["pattern"], r["sparsity"]) for r in rows] == [
+        ("dense", 0.0),
+        ("tw", 0.75),
+        ("vw", 0.5),
+    ]

@@ -125,16 +125,24 @@ def run_explore(args: argparse.Namespace) -> int:
             for _ in range(rows):
                 step(label)
 
-        summary = run_exploration(
-            spec,
-            store,
-            workers=workers,
-            scheduler=args.scheduler,
-            scheduler_file=args.scheduler_file,
-            batch_size=batch_size,
-            max_batches=max_batches,
-            on_batch=on_batch,
-        )
+        try:
+            summary = run_exploration(
+                spec,
+                store,
+                workers=workers,
+                scheduler=args.scheduler,
+                scheduler_file=args.scheduler_file,
+                batch_size=batch_size,
+                max_batches=max_batches,
+                on_batch=on_batch,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"{spec.name}: stopped; {len(store.done_units())} of {len(every)} units are in "
+                f"{args.store}, the batches in flight are lost; run the same command to resume",
+                file=sys.stderr,
+            )
+            raise
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     state = "complete" if summary.complete else "incomplete: run the same command to resume"
     print(
