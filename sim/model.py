@@ -252,12 +252,12 @@ def batched_launches(workload: Workload, gemm: Gemm) -> tuple[int, int]:
 class _Simulator:
     """The caches of one `simulate_model` call (work per structure, the last weight)."""
 
-    def __init__(self, hw: Hardware, policy: str, seed: int, manifest):
+    def __init__(self, hw: Hardware, policy: str, seed: int, manifest, works=None):
         from tvwsim.sim.engine import simulate
 
         self.hw, self.policy, self.seed, self.manifest = hw, policy, seed, manifest
         self._simulate = simulate
-        self.works: dict[tuple, TileWork] = {}
+        self.works: dict[tuple, TileWork] = {} if works is None else works
         self.weight_key: tuple | None = None
         self.weight: np.ndarray | None = None
         self.digests: set[tuple] = set()
@@ -311,12 +311,18 @@ def simulate_model(
     manifest: str | Path | None = None,
     trace_label: str | None = None,
     notes: Sequence[str] = (),
+    works: dict | None = None,
 ) -> ModelResult:
     """Simulate every GEMM of `workload` in every run (dense must be the first run).
 
     `profiles` gives real-weight structure per GEMM instance (see ProfileFn); `seed` is
     the seed of the random weights of the GEMMs it has none for, and of the positions
     drawn for the traced ones. `on_step` is called after each (run, GEMM) pair.
+
+    `works`: a dict that keeps the TileWorks built here for the next call. The work does
+    not depend on the hardware, so a caller simulating one workload on many hardware
+    points (`tvwsim.explore`) passes the same dict every time - with the same `seed` and
+    `profiles`, which its keys do not include - and builds each work once.
     """
     if not runs or runs[0].pattern != BASELINE_PATTERN:
         raise InputError("runs", f"the first run must be {BASELINE_PATTERN} (the baseline)")
@@ -324,7 +330,7 @@ def simulate_model(
         raise InputError("--policy", f"got {policy!r}; allowed: {', '.join(POLICIES)}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise InputError("--seed", f"must be a non-negative integer, got {seed!r}")
-    sim = _Simulator(hw, policy, int(seed), manifest)
+    sim = _Simulator(hw, policy, int(seed), manifest, works)
     per_gemm: dict[tuple[str, ModelRun], LayerResult] = {}
     # GEMM-major, so that one random weight serves all runs before the next is drawn.
     for gemm in workload.gemms:

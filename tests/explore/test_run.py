@@ -208,3 +208,30 @@ def test_a_model_unit_simulates_only_the_spec_runs(tmp_path, monkeypatch):
         ("tw", 0.75),
         ("vw", 0.5),
     ]
+
+
+def test_a_model_builds_its_work_once_for_every_hardware_point(tmp_path, monkeypatch):
+    import tvwsim.sim.model as sim_model
+    from tvwsim.sim.presets import load_preset
+    from tvwsim.traces.catalog import load_workload
+
+    catalog = tmp_path / "toy2.toml"
+    catalog.write_text(MODEL.replace("k = 256", "k = 384"))  # a workload no other test ran
+    text = (
+        'base = "a100"\npatterns = ["tw"]\nsparsities = [0.75]\n[hardware]\nsm_count = [1, 4]\n'
+        f'[[workload]]\nmodel = "{catalog}"\nseq = 64\ntrace = "none"\n'
+    )
+    spec = load_spec(write_spec(tmp_path, text, "toy2-space.toml"))
+    built = []
+    real = sim_model.prepare_weight
+    monkeypatch.setattr(
+        sim_model, "prepare_weight", lambda *a, **k: built.append(a[1]) or real(*a, **k)
+    )
+    first, second = (evaluate_unit(u) for u in units(spec))
+    assert built == ["tw"]  # the second point reused the first one's work
+    hw = load_preset("a100", {"sm_count": 4})
+    fresh = sim_model.simulate_model(
+        load_workload(str(catalog), seq=64), hw, sim_model.model_runs(["tw"], [0.75])
+    )
+    assert [r["time_us"] for r in second] == [fresh.total_us(run) for run in fresh.runs]
+    assert first[1]["time_us"] != second[1]["time_us"]
