@@ -107,6 +107,12 @@ def simulate(
         raise InputError("schedule", f"must be a tvwsim.schedule.Schedule, got {type(schedule)}")
     if not isinstance(hw, Hardware):
         raise InputError("hw", f"must be a tvwsim.sim.hardware.Hardware, got {type(hw)}")
+    if schedule.config.mma_class == "wgmma" and not hw.has_warpgroup_mma:
+        raise InputError(
+            "config",
+            f"{schedule.config.name} is a warpgroup-MMA (wgmma) kernel and {hw.label} has no "
+            "warpgroup MMA (has_warpgroup_mma = false); use an mma.sync config",
+        )
     if resources is None:
         resources = resources_for(hw, schedule.pattern, schedule.config, manifest)
     occ = occupancy(hw, resources)

@@ -62,6 +62,10 @@ class Hardware:
     has_cp_async: bool = True
     """Asynchronous global->shared copies (sm_80+); without it loads stage through
     registers and overlap less."""
+    has_warpgroup_mma: bool = False
+    """Hopper's warpgroup MMA (wgmma, sm_90a): the tensor core reads its operands from
+    shared memory. Only vendor libraries use it here (`tvwsim.sim.library`); this
+    project's kernels are mma.sync class."""
 
     # -- memory system ------------------------------------------------------------------
     l2_bytes: int = 41943040
@@ -91,6 +95,11 @@ class Hardware:
     """Achieved fraction of the dense tensor-core rate in a main loop."""
     mma_efficiency_sparse: float = 0.85
     """Achieved fraction of the sparse tensor-core rate in a main loop."""
+    wgmma_efficiency_dense: float = 0.78
+    """Achieved fraction of the dense tensor-core rate by warpgroup-MMA (library) kernels;
+    used only where `has_warpgroup_mma`."""
+    wgmma_efficiency_sparse: float = 0.6
+    """Achieved fraction of the sparse tensor-core rate by wgmma.sp (library) kernels."""
     cuda_core_efficiency: float = 0.85
     """Achieved fraction of the CUDA-core FMA rate in ew's CSR SpMM main loop."""
     cta_fixed_cycles: float = 500.0
@@ -135,7 +144,7 @@ class Hardware:
             if f.name == "sparse_tflop_ratio":
                 if value != 0 and not 1.0 <= value <= 16.0:
                     raise InputError(f.name, f"must be 0 (none) or in [1, 16], got {value!r}")
-            elif f.name.endswith("_efficiency"):
+            elif "_efficiency" in f.name:
                 if not 0.0 < value <= 1.0:
                     raise InputError(f.name, f"must be in (0, 1], got {value!r}")
             elif f.name in ("cta_fixed_cycles", "launch_overhead_us"):

@@ -79,7 +79,8 @@ def estimate_resources(config: KernelConfig) -> KernelResources:
       + overhead      32                           (addresses, counters, predicates)
 
     with warp_m x warp_n the warp tile of `config.warp_grid` (the split the kernel is
-    compiled with), rounded up to a multiple of 8. For 128x128x32 with 4 warps (2 x 2
+    compiled with), rounded up to a multiple of 8; a warpgroup-MMA config has no A or B
+    fragments (its operands stay in shared memory). For 128x128x32 with 4 warps (2 x 2
     warps of 64 x 64) that is 128 + 16 + 16 + 32 = 192; the sparse 128x128x64 variant
     216. Real kernels land within a few tens of registers of this depending on how far
     the compiler double-buffers fragments, which is why a compiled kernel's report wins.
@@ -89,6 +90,11 @@ def estimate_resources(config: KernelConfig) -> KernelResources:
     sparse = config.mma == "sparse"
     a_fragments = (warp_m // MMA_M) * (5 if sparse else 4)
     b_fragments = (warp_n // MMA_N) * (4 if sparse else 2)
+    if config.mma_class == "wgmma":
+        # Warpgroup MMA reads both operands from shared memory: no fragment registers
+        # (the sparse metadata word stays in a register).
+        a_fragments = (warp_m // MMA_M) if sparse else 0
+        b_fragments = 0
     registers = accumulators + a_fragments + b_fragments + REGISTER_OVERHEAD
     registers = -(-registers // 8) * 8
     return KernelResources(

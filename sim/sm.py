@@ -3,7 +3,8 @@
 Covers
 ------
 `Sm` (one SM: its slots and its pipe) and the math pipes: `TensorCoreMma` (mma.sync /
-mma.sp, the tiled kernels) and `CudaCores` (ew's CSR SpMM). A pipe answers two questions:
+mma.sp, the tiled kernels), `WarpgroupMma` (Hopper's wgmma, what vendor libraries run on
+sm_90) and `CudaCores` (ew's CSR SpMM). A pipe answers two questions:
 how long does a stage hold me (`stage_cycles`, for every stage of a schedule at once), and
 when is a stage queued now done (`reserve`).
 
@@ -85,6 +86,32 @@ class TensorCoreMma(MathPipe):
         return np.maximum(flops / rate, smem / hw.smem_bytes_per_clk_per_sm)
 
 
+class WarpgroupMma(MathPipe):
+    """Hopper's warpgroup MMA (wgmma / wgmma.sp), the class vendor libraries run on sm_90.
+
+    The tensor core reads both operands from shared memory itself, so no warp loads
+    fragments into registers: a stage's shared-memory traffic is the fill plus one read
+    of the weight slice by the warpgroup that owns it and one read of the activation
+    stage by every warpgroup (each covers its own rows of the weight side and every
+    token of the tile). Its rate is the preset's `wgmma_efficiency_*` share of the peak.
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
+        c = schedule.config
+        flops = schedule.work.stage_flops
+        if c.mma == "sparse" and hw.has_sparse_tensor_cores:
+            rate = hw.sparse_flops_per_clk_per_sm * hw.wgmma_efficiency_sparse
+        else:
+            rate = hw.dense_flops_per_clk_per_sm * hw.wgmma_efficiency_dense
+        warpgroups = max(1, c.warps // 4)
+        fill = c.weight_stage_bytes + c.activation_stage_bytes
+        smem = fill + c.weight_stage_bytes + warpgroups * c.activation_stage_bytes
+        return np.maximum(flops / rate, np.full(flops.shape, smem / hw.smem_bytes_per_clk_per_sm))
+
+
 class CudaCores(MathPipe):
     """The fp32 FMA lanes, running ew's CSR SpMM (one FMA per kept weight and token)."""
 
@@ -101,8 +128,11 @@ class CudaCores(MathPipe):
 
 
 def math_pipe_for(schedule: Schedule) -> type[MathPipe]:
-    """The pipe a schedule's kernel computes on: CUDA cores for ew, else tensor cores."""
-    return CudaCores if schedule.work.compute_unit == "cuda" else TensorCoreMma
+    """The pipe a schedule's kernel computes on: CUDA cores for ew, else the tensor cores
+    driven the way its config says (mma.sync or warpgroup MMA)."""
+    if schedule.work.compute_unit == "cuda":
+        return CudaCores
+    return WarpgroupMma if schedule.config.mma_class == "wgmma" else TensorCoreMma
 
 
 class Sm:

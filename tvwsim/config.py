@@ -26,6 +26,13 @@ from tvwsim.pattern_spec import pattern_spec
 
 MMA_KINDS = ("dense", "sparse")
 DTYPES = ("fp16",)
+MMA_CLASSES = ("mma.sync", "wgmma")
+"""How the kernel drives the tensor cores. 'mma.sync': per-warp mma.sync / mma.sp with
+operands in registers (loaded by ldmatrix), the class of this project's kernels and of
+every library on Volta, Turing and Ampere. 'wgmma': Hopper's warpgroup MMA
+(wgmma.mma_async / wgmma.sp), operands read from shared memory by the tensor core itself,
+the class vendor libraries use on sm_90. The model gives each class its own pipe and
+efficiency (docs/model.md 5.3)."""
 
 # Instruction shapes (PTX ISA): dense mma.sync m16n8k16, sparse mma.sp m16n8k32.
 MMA_M, MMA_N = 16, 8
@@ -37,7 +44,9 @@ SPARSE_K_GRANULE = 64
 EPILOGUE_ROW_PAD = 8
 """fp16 elements of padding per row of the epilogue's staging tile (common.cuh)."""
 
-_NAME = re.compile(r"^(\d+)x(\d+)x(\d+)s(\d+)w(\d+)$")
+_NAME = re.compile(r"^(\d+)x(\d+)x(\d+)s(\d+)w(\d+)(-wgmma)?$")
+WGMMA_SUFFIX = "-wgmma"
+"""Appended to the name of a warpgroup-MMA config: '128x256x64s4w8-wgmma'."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,17 @@ class KernelConfig:
     """'dense' (mma.sync m16n8k16) or 'sparse' (mma.sp m16n8k32, 2:4 weight)."""
     dtype: str = "fp16"
     """Input and output element type; accumulation is always fp32."""
+    mma_class: str = "mma.sync"
+    """'mma.sync' (this project's kernels) or 'wgmma' (Hopper warpgroup MMA, what vendor
+    libraries run on sm_90; MMA_CLASSES)."""
 
     def __post_init__(self) -> None:
         if self.mma not in MMA_KINDS:
             raise InputError("mma", f"got {self.mma!r}; allowed: {', '.join(MMA_KINDS)}")
+        if self.mma_class not in MMA_CLASSES:
+            raise InputError(
+                "mma_class", f"got {self.mma_class!r}; allowed: {', '.join(MMA_CLASSES)}"
+            )
         if self.dtype not in DTYPES:
             raise InputError("dtype", f"got {self.dtype!r}; allowed: {', '.join(DTYPES)}")
         for field in ("bm", "bn", "bk", "warps", "stages"):
@@ -86,28 +102,50 @@ class KernelConfig:
                 f"no split of {self.warps} warps over a {self.bm} x {self.bn} tile gives warp "
                 f"tiles whose sides are multiples of {MMA_M}; use fewer warps or a larger tile",
             )
+        if self.mma_class == "wgmma" and (self.warps % 4 or self.bm % 64):
+            # A warpgroup is 4 warps, and one wgmma covers 64 rows of the mma's M side
+            # (the weight rows, bm).
+            raise InputError(
+                "mma_class",
+                f"wgmma needs whole warpgroups (warps a multiple of 4) and bm a multiple of "
+                f"64, got {self.warps} warps and bm={self.bm}",
+            )
         if not 2 <= self.stages <= 8:
             raise InputError("stages", f"must be between 2 and 8, got {self.stages}")
 
     # -- names -------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        """Short name used in cubin file names and measurements: '128x128x32s3w4'."""
-        return f"{self.bm}x{self.bn}x{self.bk}s{self.stages}w{self.warps}"
+        """Short name used in cubin file names and measurements: '128x128x32s3w4'
+        ('128x256x64s4w8-wgmma' for a warpgroup-MMA config)."""
+        suffix = WGMMA_SUFFIX if self.mma_class == "wgmma" else ""
+        return f"{self.bm}x{self.bn}x{self.bk}s{self.stages}w{self.warps}{suffix}"
 
     @classmethod
     def from_name(cls, name: str, *, mma: str = "dense", dtype: str = "fp16") -> KernelConfig:
-        """Parse '128x128x32s3w4' (stages and warps optional: '128x128x32')."""
+        """Parse '128x128x32s3w4' (stages and warps optional: '128x128x32'; a '-wgmma'
+        suffix names the warpgroup-MMA class)."""
         text = name.strip()
         if re.fullmatch(r"\d+x\d+x\d+", text):
             text += "s3w4"
         m = _NAME.match(text)
         if not m:
             raise InputError(
-                "tile", f"got {name!r}; expected BMxBNxBK[sSTAGESwWARPS], e.g. 128x128x32s3w4"
+                "tile",
+                f"got {name!r}; expected BMxBNxBK[sSTAGESwWARPS][-wgmma], e.g. 128x128x32s3w4",
             )
-        bm, bn, bk, stages, warps = (int(g) for g in m.groups())
-        return cls(bm=bm, bn=bn, bk=bk, stages=stages, warps=warps, mma=mma, dtype=dtype)
+        bm, bn, bk, stages, warps = (int(g) for g in m.groups()[:5])
+        mma_class = "wgmma" if m.group(6) else "mma.sync"
+        return cls(
+            bm=bm,
+            bn=bn,
+            bk=bk,
+            stages=stages,
+            warps=warps,
+            mma=mma,
+            dtype=dtype,
+            mma_class=mma_class,
+        )
 
     # -- derived sizes -----------------------------------------------------------------
     @property

@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 from dataclasses import dataclass
+from dataclasses import replace as _dataclass_replace
 
 import numpy as np
 
@@ -219,14 +220,49 @@ def split_length(work: TileWork) -> int:
     return max(bk, _roundup(int(np.ceil(median)), bk))
 
 
-def build_schedule(work: TileWork, m: int, policy: str = "natural") -> Schedule:
+def build_schedule(
+    work: TileWork, m: int, policy: str = "natural", *, split_k: int = 1
+) -> Schedule:
     """The schedule of a GEMM with `m` tokens over a weight's tile work
-    (`tvwsim.kernels.tile_work.tile_work` makes it from an encoded weight)."""
+    (`tvwsim.kernels.tile_work.tile_work` makes it from an encoded weight).
+
+    `split_k` > 1 cuts every task of the policy's order along K into that many pieces of
+    whole stages (fewer when a tile has fewer stages), adjacent in the order: the uniform
+    split-K of dense GEMM libraries, for GEMMs with too few output tiles to fill the GPU.
+    The pieces add fp32 partial sums like the `split` policy's (which instead cuts only
+    heavy tiles, and takes no `split_k`).
+    """
     if not isinstance(work, TileWork):
         raise InputError("work", f"must be a TileWork, got {type(work).__name__}")
     m = check_positive_int("m", m)
     if policy not in POLICIES:
         raise InputError("--policy", f"got {policy!r}; allowed: {', '.join(POLICIES)}")
+    split_k = check_positive_int("split_k", split_k)
+    if split_k > 1 and policy == "split":
+        raise InputError("split_k", "the split policy chooses its own pieces; use split_k=1")
+    schedule = _build(work, m, policy)
+    if split_k == 1:
+        return schedule
+    return _dataclass_replace(schedule, tasks=_split_tasks(schedule.tasks, split_k, work))
+
+
+def _split_tasks(tasks: np.ndarray, split_k: int, work: TileWork) -> np.ndarray:
+    """Every task cut into up to `split_k` K pieces of whole stages, pieces adjacent."""
+    bk = work.config.bk
+    rows = []
+    for tile, block, lo, hi in tasks.tolist():
+        n_stages = (hi - lo) // bk
+        pieces = max(1, min(split_k, n_stages))
+        base, extra = divmod(n_stages, pieces)
+        begin = lo
+        for p in range(pieces):
+            end = begin + (base + (1 if p < extra else 0)) * bk
+            rows.append((tile, block, begin, end))
+            begin = end
+    return np.array(rows, dtype=np.int32).reshape(-1, 4)
+
+
+def _build(work: TileWork, m: int, policy: str) -> Schedule:
     blocks = -(-m // work.config.bn)
     bk = work.config.bk
     order = _longest_first_tiles(work) if policy == "longest-first" else _natural_tiles(work)

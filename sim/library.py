@@ -1,0 +1,278 @@
+"""What a vendor GEMM library would run for one GEMM on one GPU (`--config auto`).
+
+A user exploring hardware compares against what cuBLAS or cuSPARSELt does on it, not
+against this project's fixed 128 x 128 kernels. Libraries differ from a single kernel in
+four ways that matter to the model (docs/model.md 5.6):
+
+1. *A menu of tiles.* From 256-wide tiles for large GEMMs down to 16-token tiles for a
+   handful of tokens, where most of a 128 x 128 tile would be padding.
+2. *Split-K.* When the output has too few tiles to fill the GPU (a long K with few
+   tokens), K is cut into pieces that run on different SMs and add fp32 partial sums.
+3. *Rasterised CTA order.* Tiles are issued in groups (the `grouped` schedule policy) so
+   that the CTAs resident at one moment share operand panels in L2.
+4. *The MMA class.* On Hopper the libraries use warpgroup MMA (`wgmma`, operands read
+   from shared memory by the tensor core; `tvwsim.sim.sm.WarpgroupMma`) with its own
+   efficiency fields; elsewhere mma.sync, like our kernels.
+
+The choice works like a library's heuristic: every candidate of the menu (tile x split
+factor) that fits on the SM is estimated in closed form (`estimate_cycles`: waves of
+compute, compulsory DRAM bytes, L2 fill bytes, per-CTA fixed cost), the SHORTLIST best
+are simulated by the engine, and the fastest simulated one is the choice. Only the
+patterns a vendor library multiplies are covered: dense (cuBLAS) and vw (2:4,
+cuSPARSELt).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from tvwsim.kernels.tile_work import regular_tile_work
+from tvwsim.sim.hardware import Hardware
+from tvwsim.sim.occupancy import estimate_resources, occupancy
+from tvwsim.sim.result import SimResult
+from tvwsim.sim.sm import math_pipe_for
+
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
+from tvwsim.schedule import ELEMENT_BYTES, Schedule, build_schedule
+
+LIBRARIES = {"dense": "cuBLAS", "vw": "cuSPARSELt"}
+"""The pattern each modelled library multiplies, and the library's name."""
+
+LIBRARY_POLICY = "grouped"
+"""CTA order of every library kernel: rasterised in groups (tvwsim.schedule)."""
+
+SHORTLIST = 3
+"""Candidates (best by closed-form estimate) that the engine simulates."""
+
+# (bm, bn, bk_dense, warps, stages): the tile menu. bm is the weight side (output
+# features), bn the tokens. Larger tiles reuse operands more; smaller ones waste less on
+# padding and make more CTAs. The sizes are the usual ones of CUTLASS's and cuBLAS's
+# kernel names (256x128, 128x256, 128x128, 128x64, 64x64, and narrow-token tiles down to
+# 16 tokens); stages are reduced below when shared memory does not hold them.
+MMA_SYNC_TILES = (
+    (256, 128, 32, 8, 3),
+    (128, 256, 32, 8, 3),
+    (128, 128, 32, 4, 4),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 32, 4, 5),
+    (128, 32, 32, 4, 5),
+    (128, 16, 32, 4, 5),
+)
+WGMMA_TILES = (
+    (128, 256, 64, 8, 4),
+    (256, 128, 64, 8, 4),
+    (128, 128, 64, 4, 5),
+    (128, 64, 64, 4, 6),
+    (64, 128, 64, 4, 6),
+    (64, 64, 64, 4, 6),
+    (128, 32, 64, 4, 6),
+    (64, 16, 64, 4, 6),
+)
+SPLIT_FACTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+"""Split-K factors a library may pick (only while the split output stays under about
+two waves and every piece keeps at least two stages)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One kernel a library could run: a tile, a split factor, and what it would cost."""
+
+    config: KernelConfig
+    split_k: int
+    estimate_us: float
+    """Closed-form estimate (`estimate_cycles`) used to shortlist."""
+    simulated_us: float | None
+    """The engine's time, for the shortlisted candidates; None for the others."""
+
+
+@dataclass(frozen=True)
+class LibraryChoice:
+    """The kernel a library's heuristic picks for one GEMM, and its simulated run."""
+
+    library: str
+    """'cuBLAS' or 'cuSPARSELt' (LIBRARIES)."""
+    config: KernelConfig
+    split_k: int
+    schedule: Schedule
+    result: SimResult
+    candidates: tuple[Candidate, ...]
+    """Every candidate considered, best estimate first."""
+
+    def describe(self) -> str:
+        split = f", split-K {self.split_k}" if self.split_k > 1 else ""
+        return f"{self.library}-like {self.config.name} ({self.config.mma_class}{split})"
+
+    def to_dict(self) -> dict:
+        return {
+            "library": self.library,
+            "config": self.config.name,
+            "mma_class": self.config.mma_class,
+            "split_k": self.split_k,
+            "policy": LIBRARY_POLICY,
+            "candidates": [
+                {
+                    "config": c.config.name,
+                    "split_k": c.split_k,
+                    "estimate_us": c.estimate_us,
+                    "simulated_us": c.simulated_us,
+                }
+                for c in self.candidates
+            ],
+        }
+
+
+def library_for(pattern: str, *, argument: str = "--config") -> str:
+    """The library that multiplies `pattern`; InputError for patterns no library has."""
+    if pattern not in LIBRARIES:
+        raise InputError(
+            argument,
+            f"auto picks what a vendor library runs, and libraries multiply "
+            f"{', '.join(f'{p} ({lib})' for p, lib in LIBRARIES.items())}; {pattern} has no "
+            "library model: name a config of ours instead",
+        )
+    return LIBRARIES[pattern]
+
+
+def menu(hw: Hardware, pattern: str) -> list[KernelConfig]:
+    """The tile configs a library could run for `pattern` on `hw` that fit on an SM."""
+    library_for(pattern)
+    mma = "sparse" if pattern == "vw" else "dense"
+    wgmma = hw.has_warpgroup_mma
+    tiles = WGMMA_TILES if wgmma else MMA_SYNC_TILES
+    out = []
+    for bm, bn, bk, warps, stages in tiles:
+        if mma == "sparse":
+            bk = max(bk, 64)  # mma.sp steps K by 64 (tvwsim.config.SPARSE_K_GRANULE)
+        for s in range(stages, 1, -1):
+            config = KernelConfig(
+                bm=bm,
+                bn=bn,
+                bk=bk,
+                warps=warps,
+                stages=s,
+                mma=mma,
+                mma_class="wgmma" if wgmma else "mma.sync",
+            )
+            if _fits(hw, config):
+                out.append(config)
+                break
+    return out
+
+
+def _fits(hw: Hardware, config: KernelConfig) -> bool:
+    try:
+        occupancy(hw, estimate_resources(config))
+    except InputError:
+        return False
+    return True
+
+
+def split_factors(hw: Hardware, m: int, n: int, k: int, config: KernelConfig) -> list[int]:
+    """Split-K factors worth trying: 1, and more while the pieces stay under about two
+    waves of one CTA per SM and each keeps at least two stages."""
+    tiles = -(-n // config.bm) * -(-m // config.bn)
+    stages = -(-k // config.bk)
+    return [
+        s for s in SPLIT_FACTORS if s == 1 or (tiles * s <= 2 * hw.sm_count and stages >= 2 * s)
+    ]
+
+
+def estimate_cycles(hw: Hardware, schedule: Schedule) -> float:
+    """Closed-form cycles of a launch, for ranking candidates (not a prediction).
+
+    The largest of: the busiest SM's math (its CTAs' stages one after another: resident
+    CTAs share the pipe), the compulsory DRAM bytes (each operand and the output once,
+    plus the split-K workspace), and the L2 fill bytes (every stage's operands); plus the
+    per-CTA fixed cost per wave, a DRAM latency for the pipeline to fill, and the launch.
+    """
+    config, work = schedule.config, schedule.work
+    res = estimate_resources(config)
+    per_sm = occupancy(hw, res).ctas_per_sm
+    stage = math_pipe_for(schedule).stage_cycles(schedule, hw)
+    stages = schedule.task_stages()
+    ctas = schedule.n_tasks
+    busiest = -(-ctas // hw.sm_count)
+    math_cycles = busiest * float(stages.mean() if ctas else 0.0) * float(stage.mean())
+    out_bytes = schedule.m * schedule.n * ELEMENT_BYTES
+    split_bytes = 2 * 4 * schedule.m * schedule.n if schedule.has_split_tasks else 0
+    dram_bytes = work.weight_bytes + schedule.m * schedule.k * ELEMENT_BYTES + out_bytes
+    dram_cycles = (dram_bytes + split_bytes) / (hw.dram_bytes_per_cycle * hw.dram_efficiency)
+    fill = config.weight_stage_bytes + config.activation_stage_bytes
+    l2_cycles = float(stages.sum()) * fill / (hw.l2_bytes_per_cycle * hw.l2_efficiency)
+    waves = -(-ctas // (hw.sm_count * per_sm))
+    launch = hw.launch_overhead_us * hw.clock_mhz
+    return (
+        launch
+        + max(math_cycles, dram_cycles, l2_cycles)
+        + waves * hw.cta_fixed_cycles
+        + hw.dram_latency_cycles
+    )
+
+
+def library_schedule(m: int, n: int, k: int, pattern: str, config: KernelConfig, split_k: int):
+    """The schedule a library kernel runs: regular tile work, grouped order, split-K."""
+    work = regular_tile_work(pattern, n, k, config)
+    return build_schedule(work, m, LIBRARY_POLICY, split_k=split_k)
+
+
+_CACHE_SIZE = 512
+_cache: OrderedDict[tuple, LibraryChoice] = OrderedDict()
+
+
+def choose(
+    hw: Hardware, m: int, n: int, k: int, pattern: str = "dense", *, shortlist: int = SHORTLIST
+) -> LibraryChoice:
+    """The kernel a library would run for an M x N x K GEMM of `pattern` on `hw`, with its
+    simulated result (module docstring). Cached per (hw, shape, pattern, shortlist)."""
+    from tvwsim.sim.engine import simulate
+
+    library = library_for(pattern)
+    key = (hw, m, n, k, pattern, shortlist)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    ranked: list[tuple[float, KernelConfig, int, Schedule]] = []
+    for config in menu(hw, pattern):
+        for split in split_factors(hw, m, n, k, config):
+            schedule = library_schedule(m, n, k, pattern, config, split)
+            cycles = estimate_cycles(hw, schedule)
+            ranked.append((cycles / hw.clock_mhz, config, split, schedule))
+    if not ranked:
+        raise InputError("--hw", f"no library tile fits on an SM of {hw.label}")
+    ranked.sort(key=lambda c: c[0])
+    best: tuple[float, int, SimResult] | None = None
+    simulated: dict[int, float] = {}
+    for i, (_, config, _, schedule) in enumerate(ranked[: max(1, shortlist)]):
+        result = simulate(schedule, hw, estimate_resources(config))
+        simulated[i] = result.time_us
+        if best is None or result.time_us < best[0] - 1e-9:
+            best = (result.time_us, i, result)
+    assert best is not None
+    _, index, result = best
+    _, config, split, schedule = ranked[index]
+    candidates = tuple(
+        Candidate(config=c, split_k=s, estimate_us=e, simulated_us=simulated.get(i))
+        for i, (e, c, s, _) in enumerate(ranked)
+    )
+    choice = LibraryChoice(
+        library=library,
+        config=config,
+        split_k=split,
+        schedule=schedule,
+        result=result,
+        candidates=candidates,
+    )
+    _cache[key] = choice
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+    return choice
+
+
+def library_tflops(choice: LibraryChoice) -> float:
+    """Dense-equivalent TFLOP/s of the chosen kernel (2 M N K / time)."""
+    r = choice.result
+    return 2.0 * r.m * r.n * r.k / (r.time_us * 1e-6) / 1e12 if r.time_us > 0 else math.nan
