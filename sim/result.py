@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from tvwsim.config import WGMMA_SUFFIX
 from tvwsim.pattern_spec import pattern_spec
 
 BOUND_SHARE = 0.75
@@ -207,6 +208,9 @@ class SimResult:
         """Where the math ran, in words: 'dense mma.sync on tensor cores', ..."""
         if self.compute_unit == "cuda":
             return "CSR SpMM on CUDA cores, no tensor cores"
+        if self.config.endswith(WGMMA_SUFFIX):
+            kind = "sparse wgmma.sp" if self.mma == "sparse" else "dense wgmma"
+            return f"{kind} (warpgroup MMA) on tensor cores"
         return f"{'sparse mma.sp' if self.mma == 'sparse' else 'dense mma.sync'} on tensor cores"
 
     @property

@@ -159,6 +159,12 @@ def test_config_warps_stages_and_policy_reach_the_kernel(capsys):
         (["--config", "256x256x32"], "registers"),
         (["--warps", "3"], "--warps"),
         (["--manifest", "missing.json"], "--manifest"),
+        (["--config", "auto"], "libraries multiply dense (cuBLAS), vw (cuSPARSELt)"),
+        (
+            ["--config", "auto", "--pattern", "dense", "--sparsity", "0", "--stages", "3"],
+            "--stages",
+        ),
+        (["--config", "128x128x64s3w4-wgmma", "--pattern", "vw", "--sparsity", "0.5"], "wgmma"),
     ],
 )
 def test_bad_input_is_one_clear_error(capsys, extra, needle):
@@ -354,3 +360,22 @@ def test_timeline_takes_exactly_one_pattern(capsys, tmp_path, pattern):
     assert code == 2 and err.startswith("tvwsim timeline: error: --pattern: ")
     assert "one of dense, ew, bw, vw, tw, tvw" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_config_auto_reports_the_library_kernel_in_json_and_text(capsys):
+    # 16 tokens, K = 65536 on a Hopper GPU shrunk to 16 SMs: a narrow tile, warpgroup MMA
+    # and split-K (4 output tiles cannot fill 16 SMs).
+    argv = ["simulate", "--hw", "h100", "--set", "sm_count=16", "--shape", "16,512,65536"]
+    code, out, _ = run(capsys, *argv, "--pattern", "dense", "--config", "auto", "--json")
+    assert code == 0
+    record = json.loads(out)
+    lib = record["library"]
+    assert lib["library"] == "cuBLAS" and lib["mma_class"] == "wgmma"
+    assert lib["split_k"] > 1 and lib["policy"] == "grouped"
+    assert record["config"] == lib["config"] and record["config"].endswith("-wgmma")
+    simulated = [c["simulated_us"] for c in lib["candidates"] if c["simulated_us"] is not None]
+    assert record["time_us"] == pytest.approx(min(simulated))
+    code, out, _ = run(capsys, *argv, "--pattern", "dense", "--config", "auto")
+    assert code == 0
+    assert "warpgroup MMA" in out and f"split-K {lib['split_k']}" in out
+    assert "cuBLAS-like" in out

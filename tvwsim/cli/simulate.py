@@ -89,7 +89,9 @@ def _add_gemm_arguments(p: argparse.ArgumentParser, *, several: bool) -> None:
         "--config",
         metavar="BMxBNxBK[sSwW]",
         help="kernel config: CTA tile (BM = the tw/tvw tile width), stages, warps, e.g. "
-        "128x128x32 or 128x64x32s4w4 (default: the pattern's shipped kernel)",
+        "128x128x32 or 128x64x32s4w4 (default: the pattern's shipped kernel); 'auto': what a "
+        "vendor library would run (dense: cuBLAS, vw: cuSPARSELt): its tile, split-K, grouped "
+        "order and, on Hopper, warpgroup MMA",
     )
     p.add_argument("--warps", metavar="W", help="warps per CTA (default: the config's)")
     p.add_argument("--stages", metavar="S", help="pipeline stages (default: the config's)")
@@ -157,13 +159,26 @@ def _parse_int(name: str, text: str | None, *, minimum: int = 0) -> int | None:
     return None if text is None else parse_int(name, text, minimum=minimum)
 
 
+AUTO = "auto"
+"""--config value: the kernel a vendor library would pick (tvwsim.sim.library)."""
+
+
 def _config(args: argparse.Namespace, pattern: str):
-    """The kernel config for `pattern` from --config/--warps/--stages (else its default)."""
+    """The kernel config for `pattern` from --config/--warps/--stages (else its default);
+    AUTO when --config auto names a library's choice."""
     from tvwsim.config import KernelConfig, default_config
 
     mma = pattern_spec(pattern).mma
     warps = _parse_int("--warps", args.warps, minimum=1)
     stages = _parse_int("--stages", args.stages, minimum=1)
+    if args.config is not None and args.config.strip() == AUTO:
+        from tvwsim.sim.library import library_for
+
+        library_for(pattern)  # InputError('--config') for a pattern no library multiplies
+        if warps is not None or stages is not None:
+            what = "--warps" if warps is not None else "--stages"
+            raise InputError(what, "the library picks its own kernel with --config auto")
+        return AUTO
     try:
         config = default_config(pattern)
         if args.config is not None:
@@ -236,6 +251,12 @@ def _check_fits(hw, pattern: str, config, manifest: str | None):
     """The kernel's resources, checked against the SM before any work (--config)."""
     from tvwsim.sim.occupancy import occupancy, resources_for
 
+    if config.mma_class == "wgmma" and not hw.has_warpgroup_mma:
+        raise InputError(
+            "--config",
+            f"{config.name} is a warpgroup-MMA kernel and {hw.label} has no warpgroup MMA "
+            "(has_warpgroup_mma = false)",
+        )
     resources = resources_for(hw, pattern, config, manifest)
     try:
         occupancy(hw, resources)
@@ -247,8 +268,16 @@ def _check_fits(hw, pattern: str, config, manifest: str | None):
 
 
 def _simulate_all(args: argparse.Namespace, *, several: bool = True, progress: bool = False):
+    """(hw, [(sparsity, schedule, result)]) of every run (`_simulate_runs`)."""
+    hw, results, _ = _simulate_runs(args, several=several, progress=progress)
+    return hw, results
+
+
+def _simulate_runs(args: argparse.Namespace, *, several: bool = True, progress: bool = False):
     """Parse everything and estimate the cost first (bad input fails before any work),
-    then simulate each run."""
+    then simulate each run. Returns hw, [(sparsity, schedule, result)] and the
+    `LibraryChoice` of each pattern run with --config auto."""
+    from tvwsim.config import default_config
     from tvwsim.kernels.prepare import schedule_for_shape
     from tvwsim.sim.cost import check_cost, gemm_cost, total_cost
     from tvwsim.sim.engine import simulate
@@ -264,11 +293,24 @@ def _simulate_all(args: argparse.Namespace, *, several: bool = True, progress: b
     hw = hardware_of(args)
     element_bytes = _weights_header(args.weights, n, k)
     configs = {pattern: _config(args, pattern) for pattern, _ in runs}
-    resources = {p: _check_fits(hw, p, c, args.manifest) for p, c in configs.items()}
+    resources = {p: _check_fits(hw, p, c, args.manifest) for p, c in configs.items() if c != AUTO}
     if not args.force:
+        # A library's kernels cost about what the pattern's own kernel costs to simulate;
+        # it simulates a few of them (SHORTLIST), so the estimate counts that many.
+        from tvwsim.sim.library import SHORTLIST
+
         cost = total_cost(
-            gemm_cost(m, n, k, p, s, configs[p], weight_bytes_per_element=element_bytes)
+            gemm_cost(
+                m,
+                n,
+                k,
+                p,
+                s,
+                default_config(p) if configs[p] == AUTO else configs[p],
+                weight_bytes_per_element=element_bytes,
+            )
             for p, s in runs
+            for _ in range(SHORTLIST if configs[p] == AUTO else 1)
         )
         patterns = ", ".join(p for p, _ in runs)
         check_cost(cost, argument="--shape", what=f"M,N,K = {m},{n},{k} ({patterns})")
@@ -279,8 +321,16 @@ def _simulate_all(args: argparse.Namespace, *, several: bool = True, progress: b
         weights = np.load(args.weights, allow_pickle=False)
 
     results = []
+    choices = {}
     with progress_bar(len(runs), "pattern", enabled=progress and len(runs) > 1) as step:
         for pattern, sparsity in runs:
+            if configs[pattern] == AUTO:
+                from tvwsim.sim.library import choose
+
+                choice = choices[pattern] = choose(hw, m, n, k, pattern)
+                results.append((sparsity, choice.schedule, choice.result))
+                step(pattern)
+                continue
             schedule = schedule_for_shape(
                 m,
                 n,
@@ -295,7 +345,7 @@ def _simulate_all(args: argparse.Namespace, *, several: bool = True, progress: b
             )
             results.append((sparsity, schedule, simulate(schedule, hw, resources[pattern])))
             step(pattern)
-    return hw, results
+    return hw, results, choices
 
 
 # -- output ------------------------------------------------------------------------------
@@ -394,13 +444,16 @@ def _text_table(hw, results, m: int, n: int, k: int) -> str:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    hw, results = _simulate_all(args, progress=not args.no_progress)
+    hw, results, choices = _simulate_runs(args, progress=not args.no_progress)
     m, n, k = parse_shape(args.shape)
     several = len(results) > 1
     if args.json:
         from tvwsim.sim.presets import hardware_record
 
         records = [result_record(hw, s, r) for s, _, r in results]
+        for rec, (_, _, r) in zip(records, results, strict=True):
+            if r.pattern in choices:
+                rec["library"] = choices[r.pattern].to_dict()
         if several:
             dense = next((r for _, _, r in results if r.pattern == BASELINE_PATTERN), None)
             for rec, (_, _, r) in zip(records, results, strict=True):
@@ -420,10 +473,23 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(payload, sort_keys=False))
     elif several:
         print(_text_table(hw, results, m, n, k))
+        for choice in choices.values():
+            print(f"{choice.result.pattern}: {_library_line(choice)}")
     else:
         sparsity, _, r = results[0]
         print(_text_single(hw, sparsity, r))
+        if r.pattern in choices:
+            print(f"library       {_library_line(choices[r.pattern])}")
     return 0
+
+
+def _library_line(choice) -> str:
+    """What --config auto picked, and out of how many candidates."""
+    simulated = sum(1 for c in choice.candidates if c.simulated_us is not None)
+    return (
+        f"{choice.describe()}, {choice.schedule.policy} order; best of {simulated} simulated "
+        f"from {len(choice.candidates)} candidates (tile x split-K) ranked in closed form"
+    )
 
 
 def run_timeline(args: argparse.Namespace) -> int:
