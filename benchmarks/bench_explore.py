@@ -22,6 +22,7 @@ import logging
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2", help="worker counts to time (0,1,2)")
     args = parser.parse_args()
     spec = small_spec(args.points)
+    warnings.filterwarnings("ignore", message="Port .* is already in use")
     print(
         f"spec: {len(spec.points)} hardware points x {SHAPE} GEMM, "
         f"{spec.rows_per_point} rows per point (dense, vw, tw, tvw 0.75) on a100"

@@ -228,7 +228,7 @@ def fastest_figure(table: pd.DataFrame, x: str, y: str, title: str) -> Figure:
     ax.set_yticks(range(data.shape[0]), [_tick(v) for v in table.index])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -320,7 +320,7 @@ def report(
             winners = fastest_table(chosen, x, y)
             written.append(
                 _save(
-                    fastest_figure(winners, x, y, f"fastest pattern - {title}"),
+                    fastest_figure(winners, x, y, f"fastest pattern\n{title}"),
                     out_dir / f"fastest-{name}.png",
                 )
             )

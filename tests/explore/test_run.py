@@ -30,12 +30,25 @@ def serial_store(tmp_path_factory) -> Path:
     return root / "store"
 
 
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
 def test_two_dask_workers_give_the_serial_rows_exactly(serial_store, tmp_path):
+    """On an existing two-worker LocalCluster, reached by its address like a remote one
+    (the test below runs the runner's own local cluster)."""
+    import logging
+
+    from dask.distributed import LocalCluster
+
     spec = load_spec(write_spec(tmp_path, TINY))
     seen: list[int] = []
-    summary = run_exploration(
-        spec, Store(tmp_path / "dask", spec), workers=2, on_batch=lambda n, _: seen.append(n)
-    )
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster:
+        summary = run_exploration(
+            spec,
+            Store(tmp_path / "dask", spec),
+            scheduler=cluster.scheduler_address,
+            on_batch=lambda n, _: seen.append(n),
+        )
     assert summary.workers == 2 and summary.complete
     assert summary.batches > 2  # really spread over tasks, not one batch
     assert sum(seen) == summary.rows == 36
