@@ -30,10 +30,13 @@ so a fitted value can be read ("our sparse main loop issues mma.sp at 41% of pea
 
 Method, one module per step
 ---------------------------
-1. Rows and split (`tvwsim.validate.split`): our correct kernels from one device that
-   matches the base preset; a deterministic shape-disjoint split by sha256 of the shape.
+1. Rows and split (`tvwsim.validate.split`): our correct kernels (or, `kind` 'library',
+   the cuBLAS / cuSPARSELt rows, published or measured) from one device that matches the
+   base preset; a deterministic shape-disjoint split by sha256 of the shape.
 2. Replay (`tvwsim.validate.replay`): each training row's schedule is rebuilt exactly as
-   the GPU sweep built it, its digest checked, and simulated with the row's resources.
+   the GPU sweep built it, its digest checked, and simulated with the row's resources; a
+   library row is replayed as the kernel `tvwsim.sim.library` picks for it on the base
+   preset (warpgroup MMA on Hopper: then the `wgmma_efficiency_*` fields are fitted).
 3. Fit (`tvwsim.validate.fit`): least squares on log(simulated / measured) over the
    fitted fields, as logarithms within bounds, with error bars from the Jacobian.
 4. The calibrated preset (`calibrated_hardware`, written by
@@ -54,15 +57,25 @@ from pathlib import Path
 from tvwsim.sim.hardware import Hardware
 from tvwsim.validate.dataset import load_rows
 from tvwsim.validate.fit import (
-    DEFAULT_FIT,
     MAX_NFEV,
     MIN_EXTRA_ROWS,
     FitResult,
     check_fit_names,
+    default_fit,
     fit_parameters,
 )
 from tvwsim.validate.replay import row_case
-from tvwsim.validate.split import Split, check_device, model_rows, split_shapes
+from tvwsim.validate.split import (
+    MAX_TRAIN_STAGES,
+    Split,
+    check_device,
+    check_kind,
+    default_kind,
+    fitted_to,
+    model_rows,
+    row_stages,
+    split_shapes,
+)
 
 from tvwsim.errors import InputError
 
@@ -79,40 +92,61 @@ class Calibration:
     digest_mismatches: int
     """Training rows whose rebuilt schedule differs from the one measured."""
     skipped_rows: int
-    """Rows not used: vendor baselines, incorrect results, held-out shapes."""
+    """Rows not used: the other kind of rows, incorrect results, held-out shapes."""
+    kind: str = "tvwsim"
+    """'tvwsim' (our kernels) or 'library' (vendor library rows)."""
+    fitted_to: str = ""
+    """What the fit saw, in words (`tvwsim.validate.split.fitted_to`)."""
+    too_large_rows: int = 0
+    """Training-shape rows left out for their size (`max_stages`)."""
+    max_stages: int | None = None
 
 
 def calibrate(
     paths: Sequence[str | Path],
     base: Hardware,
-    names: Sequence[str] = DEFAULT_FIT,
+    names: Sequence[str] | None = None,
     *,
+    kind: str | None = None,
+    max_stages: int | None = MAX_TRAIN_STAGES,
     max_nfev: int = MAX_NFEV,
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Calibration:
-    """Read the measurement files, split, rebuild schedules and fit (module docstring)."""
-    names = check_fit_names(names)
+    """Read the measurement files, split, rebuild schedules and fit (module docstring).
+
+    `kind` 'tvwsim' fits to our kernels' rows, 'library' to the vendor library rows
+    (default: ours when the files hold any); `names` default to `default_fit(kind)`.
+    Training rows over `max_stages` (`row_stages`; None: no limit) are left out."""
     rows, files = load_rows(paths)
+    kind = default_kind(rows) if kind is None else check_kind(kind)
     device = check_device(rows, base)
-    usable = model_rows(rows)
+    usable = model_rows(rows, kind)
     if not usable:
-        raise InputError(
-            "--measured", "no correct rows of tvwsim kernels (vendor baselines are not fitted)"
-        )
+        what = "tvwsim kernels" if kind == "tvwsim" else "cuBLAS or cuSPARSELt"
+        raise InputError("--measured", f"no correct rows of {what} (--rows {kind})")
+    names = check_fit_names(default_fit(kind, base, usable) if names is None else names)
     split = split_shapes((r["M"], r["N"], r["K"]) for r in usable)
     train = [r for r in usable if not split.is_held_out(r)]
+    too_large = [r for r in train if max_stages is not None and row_stages(r) > max_stages]
+    if too_large and progress:
+        progress(
+            f"leaving {len(too_large)} training rows over {max_stages} CTA stages out of the "
+            "fit (--max-stages)"
+        )
+    train = [r for r in train if max_stages is None or row_stages(r) <= max_stages]
     need = len(names) + MIN_EXTRA_ROWS
     if len(train) < need:
         raise InputError(
             "--measured",
-            f"{len(train)} training rows ({len(usable)} usable, {len(usable) - len(train)} on "
-            f"held-out shapes) for {len(names)} parameters; need at least {need}. Measure "
-            "more shapes or fit fewer parameters (--fit)",
+            f"{len(train)} training rows ({len(usable)} usable, "
+            f"{len(usable) - len(train) - len(too_large)} on held-out shapes, "
+            f"{len(too_large)} over --max-stages) for {len(names)} parameters; need at least "
+            f"{need}. Measure more shapes or fit fewer parameters (--fit)",
         )
     if progress:
         progress(f"rebuilding {len(train)} schedules")
-    cases = [row_case(r) for r in train]
+    cases = [row_case(r, base) for r in train]
     mismatches = sum(1 for c in cases if c.digest_matches is False)
     if progress and mismatches:
         progress(
@@ -137,6 +171,10 @@ def calibrate(
         base=base,
         digest_mismatches=mismatches,
         skipped_rows=len(rows) - len(train),
+        kind=kind,
+        fitted_to=fitted_to(train, kind),
+        too_large_rows=len(too_large),
+        max_stages=max_stages,
     )
 
 
@@ -157,15 +195,29 @@ def calibrated_hardware(cal: Calibration, name: str, *, date: str) -> Hardware:
         "parameters": {p.name: p.to_dict() for p in fit.parameters},
         "residuals": fit.summary(),
         "schedule_digest_mismatches": cal.digest_mismatches,
+        "rows": cal.kind,
+        "fitted_to": cal.fitted_to,
+        "max_stages": cal.max_stages if cal.max_stages is not None else "none",
+        "rows_left_out_for_size": cal.too_large_rows,
     }
     return dataclasses.replace(
         fit.hardware,
         name=name,
         description=f"{cal.base.description or cal.base.name}, calibrated on {cal.device_name}",
         source=f"{cal.base.name} preset with {', '.join(fit.values)} fitted by tvwsim "
-        f"calibrate to {fit.n_rows} measured kernels from {files}",
+        f"calibrate to {fit.n_rows} rows of {cal.fitted_to} from {files}",
         extra=extra,
     )
+
+
+def default_preset_name(base: str, kind: str, rows: Sequence) -> str:
+    """The calibrated preset's name says what it was fitted to: 'h200-calibrated' (our
+    kernels), 'h200-library-calibrated' (library rows we measured),
+    'v100-published-calibrated' (published library rows)."""
+    if kind == "tvwsim":
+        return f"{base}-calibrated"
+    published = rows and all(r.get("origin") == "published" for r in rows)
+    return f"{base}-{'published' if published else 'library'}-calibrated"
 
 
 def preset_comments(cal: Calibration) -> dict[str, str]:

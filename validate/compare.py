@@ -38,7 +38,15 @@ import numpy as np
 from tvwsim.sim.hardware import Hardware
 from tvwsim.validate.dataset import load_rows
 from tvwsim.validate.replay import RowCase, row_case
-from tvwsim.validate.split import Split, check_device, model_rows, shape_name, split_shapes
+from tvwsim.validate.split import (
+    Split,
+    check_device,
+    check_kind,
+    default_kind,
+    model_rows,
+    shape_name,
+    split_shapes,
+)
 
 from tvwsim.errors import InputError
 from tvwsim.pattern_spec import PATTERN_NAMES
@@ -182,19 +190,23 @@ def compare_rows(
     *,
     all_rows: bool = False,
     any_device: bool = False,
+    kind: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
-    """Simulate the held-out (or all) rows of our kernels on `hw` (module docstring)."""
+    """Simulate the held-out (or all) rows of our kernels (or, `kind` 'library', of the
+    vendor libraries the model has: cuBLAS, cuSPARSELt) on `hw` (module docstring)."""
     if not rows:
         raise InputError("--measured", "no rows to compare")
+    kind = default_kind(rows) if kind is None else check_kind(kind)
     if any_device:
         names = sorted({str(r["device"]["name"]) for r in rows})
         device = ", ".join(names)
     else:
         device = check_device(rows, hw)
-    ours = model_rows(rows)
+    ours = model_rows(rows, kind)
     if not ours:
-        raise InputError("--measured", "no correct rows of tvwsim kernels to compare")
+        what = "tvwsim kernels" if kind == "tvwsim" else "cuBLAS or cuSPARSELt"
+        raise InputError("--measured", f"no correct rows of {what} to compare (--rows {kind})")
     split = split_shapes(_shape(r) for r in ours)
     chosen = ours if all_rows else [r for r in ours if split.is_held_out(r)]
     if not chosen:
@@ -212,7 +224,7 @@ def compare_rows(
             if best is None or r["median_us"] < best["median_us"]:
                 dense_ref[_shape(r)] = r
     cublas: dict[tuple, float] = {}
-    for r in rows:
+    for r in rows if kind == "tvwsim" else ():  # library rows: the dense reference is cuBLAS
         if r["implementation"] == "cublas" and r.get("correct") is not False:
             cublas[_shape(r)] = min(cublas.get(_shape(r), math.inf), float(r["median_us"]))
 
@@ -222,7 +234,7 @@ def compare_rows(
     def sim(row: Mapping) -> float:
         key = row["point"]
         if key not in simulated:
-            cases[key] = row_case(row)
+            cases[key] = row_case(row, hw)
             simulated[key] = cases[key].simulate_us(hw)
         return simulated[key]
 
@@ -261,7 +273,7 @@ def compare_rows(
     return Comparison(
         hardware=hw.label,
         device=device,
-        rows="all" if all_rows else "held-out",
+        rows=("all" if all_rows else "held-out") + ("" if kind == "tvwsim" else " library"),
         split=split,
         points=tuple(points),
         per_pattern=_per_pattern(points),
@@ -301,10 +313,13 @@ def compare_files(
     *,
     all_rows: bool = False,
     any_device: bool = False,
+    kind: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
     rows, _ = load_rows(paths)
-    return compare_rows(rows, hw, all_rows=all_rows, any_device=any_device, progress=progress)
+    return compare_rows(
+        rows, hw, all_rows=all_rows, any_device=any_device, kind=kind, progress=progress
+    )
 
 
 # =====================================================================================

@@ -25,7 +25,7 @@ from tvwsim.validate.replay import RowCase, RowSimulator
 
 from tvwsim.errors import InputError
 
-FITTABLE = (
+DEFAULT_FIT = (
     "mma_efficiency_dense",
     "mma_efficiency_sparse",
     "dram_efficiency",
@@ -33,8 +33,10 @@ FITTABLE = (
     "cta_fixed_cycles",
     "launch_overhead_us",
 )
-DEFAULT_FIT = FITTABLE
-"""All six by default; `--fit` narrows the set when the data cannot see some of them."""
+"""What a fit to our own kernels fits by default; `--fit` narrows the set when the data
+cannot see some of them."""
+FITTABLE = (*DEFAULT_FIT, "wgmma_efficiency_dense", "wgmma_efficiency_sparse")
+"""Every field a fit may change: the warpgroup-MMA ones only describe library kernels."""
 
 BOUNDS: dict[str, tuple[float, float]] = {
     "mma_efficiency_dense": (0.02, 1.0),
@@ -43,6 +45,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "l2_efficiency": (0.05, 1.0),
     "cta_fixed_cycles": (1.0, 50_000.0),
     "launch_overhead_us": (0.01, 100.0),
+    "wgmma_efficiency_dense": (0.02, 1.0),
+    "wgmma_efficiency_sparse": (0.02, 1.0),
 }
 """Search ranges: efficiencies are fractions of a peak (`Hardware` refuses 0 and > 1);
 the fixed costs are positive and far below any kernel of interest at the top."""
@@ -114,6 +118,21 @@ class FitResult:
             "status": self.status,
             "message": self.message,
         }
+
+
+def default_fit(kind: str, hw: Hardware, rows: Sequence) -> tuple[str, ...]:
+    """The fields a fit of `kind` rows ('tvwsim' or 'library') fits by default.
+
+    Our kernels: DEFAULT_FIT. Library rows: the efficiency of the MMA class the library
+    runs on `hw` (warpgroup MMA on Hopper, else mma.sync), the sparse one only when some
+    rows are 2:4, and the memory and fixed-cost fields."""
+    if kind == "tvwsim":
+        return DEFAULT_FIT
+    prefix = "wgmma_efficiency" if hw.has_warpgroup_mma else "mma_efficiency"
+    names = [f"{prefix}_dense"]
+    if any(r["pattern"] == "vw" for r in rows):
+        names.append(f"{prefix}_sparse")
+    return (*names, "dram_efficiency", "l2_efficiency", "cta_fixed_cycles", "launch_overhead_us")
 
 
 def check_fit_names(names: Sequence[str]) -> tuple[str, ...]:

@@ -48,7 +48,8 @@ def _minor_label(value: float, _pos: object = None) -> str:
 
 
 def _which(c: Comparison) -> str:
-    return "held-out shapes" if c.rows == "held-out" else "all rows"
+    what = "held-out shapes" if c.rows.startswith("held-out") else "all rows"
+    return what + (", library kernels" if c.rows.endswith("library") else "")
 
 
 def time_scatter(c: Comparison) -> Figure:

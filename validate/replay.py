@@ -66,8 +66,14 @@ def row_resources(row: Mapping, config: KernelConfig):
         return None
 
 
-def row_case(row: Mapping) -> RowCase:
-    """Rebuild a row's schedule exactly as the sweep built it (seeded weight, pruner)."""
+def row_case(row: Mapping, hw: Hardware | None = None) -> RowCase:
+    """Rebuild a row's schedule exactly as the sweep built it (seeded weight, pruner); for
+    a vendor library row, the kernel `tvwsim.sim.library` picks for its shape on `hw`
+    (needed then: a library's choice depends on the GPU)."""
+    from tvwsim.validate.split import LIBRARY_IMPLEMENTATIONS
+
+    if row["implementation"] in LIBRARY_IMPLEMENTATIONS:
+        return library_row_case(row, hw)
     from tvwsim.kernels.prepare import schedule_for_shape
 
     config = row_config(row)
@@ -152,3 +158,28 @@ class RowSimulator:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
             self.pool = None
+
+
+def library_row_case(row: Mapping, hw: Hardware | None) -> RowCase:
+    """A cuBLAS / cuSPARSELt row replayed as the kernel a library would pick on `hw`.
+
+    The choice is made once, on `hw` (the base preset of a fit): a library's heuristic
+    picks per GPU, not per efficiency value, and a fit evaluates the same kernels on every
+    trial hardware."""
+    from tvwsim.sim.library import choose
+    from tvwsim.sim.occupancy import estimate_resources
+    from tvwsim.validate.split import LIBRARY_IMPLEMENTATIONS
+
+    from tvwsim.errors import InputError
+
+    if hw is None:
+        raise InputError("hw", "replaying a vendor library row needs the hardware it picks for")
+    pattern = LIBRARY_IMPLEMENTATIONS[row["implementation"]]
+    choice = choose(hw, int(row["M"]), int(row["N"]), int(row["K"]), pattern)
+    return RowCase(
+        row=row,
+        schedule=choice.schedule,
+        resources=estimate_resources(choice.config),
+        measured_us=float(row["median_us"]),
+        digest_matches=None,
+    )

@@ -1,8 +1,9 @@
 """Which measured rows the model is fitted to and which it is tested on.
 
-- Rows: our kernels only (`implementation == "tvwsim"`; vendor libraries run other
-  kernels), correct ones only (`model_rows`), from one device, which must match the
-  preset (`device_matches`, `check_device`).
+- Rows: our kernels (`implementation == "tvwsim"`), or - kind 'library' - the vendor
+  rows the model has a library kernel for (cuBLAS, cuSPARSELt; `tvwsim.sim.library`),
+  never both at once: they are different kernels. Correct ones only (`model_rows`), from
+  one device, which must match the preset (`device_matches`, `check_device`).
 - Split (`split_shapes`), deterministic and shape-disjoint: each (M, N, K) is hashed
   with sha256; shapes whose hash, read as a fraction in [0, 1), is below
   HELD_OUT_FRACTION (0.3) are held out - every row of such a shape, whatever its
@@ -138,8 +139,63 @@ def split_shapes(shapes: Iterable[Sequence[int]]) -> Split:
     return Split(train=tuple(train), held_out=tuple(held), rule=rule)
 
 
-def model_rows(rows: Iterable[Mapping]) -> list[dict]:
-    """Rows the model describes: our kernels (not vendor libraries), results correct."""
+ROW_KINDS = ("tvwsim", "library")
+"""Which rows a calibration or comparison uses: our kernels ('tvwsim'), or vendor library
+rows ('library': cuBLAS and cuSPARSELt, replayed as `tvwsim.sim.library` would run them)."""
+
+LIBRARY_IMPLEMENTATIONS = {"cublas": "dense", "cusparselt": "vw"}
+"""Vendor implementations the model has a library kernel for, and their pattern."""
+
+
+def check_kind(kind: str, argument: str = "--rows") -> str:
+    if kind not in ROW_KINDS:
+        raise InputError(argument, f"got {kind!r}; allowed: {', '.join(ROW_KINDS)}")
+    return kind
+
+
+def default_kind(rows: Iterable[Mapping]) -> str:
+    """'tvwsim' when the rows hold any of our kernels, else 'library'."""
+    return "tvwsim" if any(r["implementation"] == "tvwsim" for r in rows) else "library"
+
+
+def model_rows(rows: Iterable[Mapping], kind: str = "tvwsim") -> list[dict]:
+    """Rows the model describes, results correct (or unchecked, as published rows are):
+    our kernels, or (`kind` 'library') the vendor rows of LIBRARY_IMPLEMENTATIONS on
+    their pattern."""
+    check_kind(kind)
+    if kind == "tvwsim":
+        return [
+            dict(r)
+            for r in rows
+            if r["implementation"] == "tvwsim" and r.get("correct") is not False
+        ]
     return [
-        dict(r) for r in rows if r["implementation"] == "tvwsim" and r.get("correct") is not False
+        dict(r)
+        for r in rows
+        if LIBRARY_IMPLEMENTATIONS.get(r["implementation"]) == r["pattern"]
+        and r.get("correct") is not False
     ]
+
+
+def fitted_to(rows: Sequence[Mapping], kind: str) -> str:
+    """What a calibration was fitted to, in words (recorded in the preset)."""
+    if kind == "tvwsim":
+        return "tvwsim's own kernels, measured by tvwsim validate"
+    published = all(r.get("origin") == "published" for r in rows)
+    libraries = ", ".join(sorted({str(r["implementation"]) for r in rows}))
+    where = "published silicon measurements" if published else "measured by tvwsim validate"
+    return f"vendor library rows ({libraries}), {where}"
+
+
+MAX_TRAIN_STAGES = 250_000
+"""Training rows larger than this (`row_stages`) are left out of a fit by default: a fit
+simulates every training row a few dozen times, and the engine spends about 10 us per
+CTA stage, so one 48000 x 8448 x 2816 GEMM (3 million stages) would cost half a minute
+per evaluation. They stay in `tvwsim compare`, which simulates each row once."""
+
+
+def row_stages(row: Mapping) -> int:
+    """The engine's work for a row, in CTA stages of a 128 x 128 x 32 kernel: a size proxy
+    known before any schedule is built (a library row's kernel is chosen by simulating)."""
+    m, n, k = int(row["M"]), int(row["N"]), int(row["K"])
+    return -(-m // 128) * -(-n // 128) * -(-k // 32)

@@ -197,8 +197,8 @@ def test_one_shape_has_nothing_held_out(rows, mini):
     with pytest.raises(InputError, match="--all-rows"):
         compare_rows(one, mini)
     assert compare_rows(one, mini, all_rows=True).n == len(KERNELS)
-    with pytest.raises(InputError, match="no correct rows"):
-        compare_rows([r for r in rows if r["implementation"] in BASELINES], mini)
+    with pytest.raises(InputError, match="no correct rows of tvwsim kernels"):
+        compare_rows([r for r in rows if r["implementation"] in BASELINES], mini, kind="tvwsim")
 
 
 def test_format_text_handles_missing_references(tmp_path, rows, mini):

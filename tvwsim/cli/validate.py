@@ -75,17 +75,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--out",
         metavar="PRESET.toml",
-        help="calibrated preset (default: BASE-calibrated.toml in the current directory)",
+        help="calibrated preset (default in the current directory: BASE-calibrated.toml for "
+        "our kernels, BASE-library-calibrated.toml for library rows, "
+        "BASE-published-calibrated.toml for published ones)",
+    )
+    c.add_argument(
+        "--rows",
+        metavar="KIND",
+        help="fit to 'tvwsim' (our kernels) or 'library' rows (cuBLAS, cuSPARSELt, replayed "
+        "as the kernel a library would pick; published files hold these) (default: tvwsim "
+        "when the files have any of our kernels)",
     )
     c.add_argument("--force", action="store_true", help="replace an existing --out file")
     c.add_argument(
         "--fit",
         metavar="P,P,...",
-        help="parameters to fit (default all six: mma_efficiency_dense, "
+        help="parameters to fit (default for our kernels: mma_efficiency_dense, "
         "mma_efficiency_sparse, l2_efficiency, dram_efficiency, cta_fixed_cycles, "
-        "launch_overhead_us)",
+        "launch_overhead_us; for library rows the MMA class's efficiencies, wgmma_* on "
+        "Hopper, instead of the mma ones)",
     )
     c.add_argument("--max-nfev", metavar="N", help="most fit iterations (default 40)")
+    c.add_argument(
+        "--max-stages",
+        metavar="N",
+        help="leave training rows larger than N CTA stages of a 128x128x32 kernel out of the "
+        "fit, to keep it fast ('none': no limit; default 250000, about 3 s of simulation)",
+    )
     c.add_argument("--jobs", metavar="N", help="simulate rows in N processes (default: CPU count)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_calibrate)
@@ -115,6 +131,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--plot-dir", metavar="DIR", help="write time_scatter.png and speedup_bars.png there"
     )
     m.add_argument("--all-rows", action="store_true", help="every row, not only held-out")
+    m.add_argument(
+        "--rows",
+        metavar="KIND",
+        help="compare 'tvwsim' (our kernels) or 'library' rows (cuBLAS, cuSPARSELt) "
+        "(default: tvwsim when the files have any of our kernels)",
+    )
     m.add_argument(
         "--any-device",
         action="store_true",
@@ -240,14 +262,23 @@ def run_calibrate(args: argparse.Namespace) -> int:
         preset_dirs,
         write_preset,
     )
-    from tvwsim.validate.calibrate import calibrate, calibrated_hardware, preset_comments
+    from tvwsim.validate.calibrate import (
+        calibrate,
+        calibrated_hardware,
+        default_preset_name,
+        preset_comments,
+    )
+    from tvwsim.validate.dataset import load_rows
     from tvwsim.validate.device_info import utc_now
-    from tvwsim.validate.fit import DEFAULT_FIT, MAX_NFEV, check_fit_names
+    from tvwsim.validate.fit import MAX_NFEV, check_fit_names
+    from tvwsim.validate.split import MAX_TRAIN_STAGES, check_kind, default_kind, model_rows
 
     if args.hw is None:
         args.hw = _measured_device_preset(args.measured)
+    rows, _ = load_rows(args.measured)
+    kind = default_kind(rows) if args.rows is None else check_kind(args.rows)
     if args.out is None:
-        args.out = f"{args.hw}-calibrated.toml"
+        args.out = f"{default_preset_name(args.hw, kind, model_rows(rows, kind))}.toml"
     out = Path(args.out).expanduser()
     if out.suffix != ".toml":
         raise InputError("--out", f"a preset file is NAME.toml, got {out.name!r}")
@@ -259,10 +290,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
         )
     if out.exists() and not args.force:
         raise InputError("--out", f"{out} exists; pass --force to replace it")
-    names = DEFAULT_FIT
+    names = None
     if args.fit:
         names = check_fit_names([n.strip() for n in args.fit.split(",") if n.strip()])
     max_nfev = MAX_NFEV if args.max_nfev is None else parse_int("--max-nfev", args.max_nfev)
+    if args.max_stages is None:
+        max_stages = MAX_TRAIN_STAGES
+    elif args.max_stages.strip().lower() == "none":
+        max_stages = None
+    else:
+        max_stages = parse_int("--max-stages", args.max_stages, minimum=1)
     jobs = (os.cpu_count() or 1) if args.jobs is None else parse_int("--jobs", args.jobs)
     base = load_preset(args.hw, argument="--hw")
     quiet = args.json
@@ -271,10 +308,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if not quiet:
             print(text, file=sys.stderr, flush=True)
 
-    cal = calibrate(args.measured, base, names, max_nfev=max_nfev, jobs=jobs, progress=progress)
+    cal = calibrate(
+        args.measured,
+        base,
+        names,
+        kind=kind,
+        max_stages=max_stages,
+        max_nfev=max_nfev,
+        jobs=jobs,
+        progress=progress,
+    )
     hw = calibrated_hardware(cal, out.stem, date=utc_now())
     header = (
-        f"{out.stem}: {base.name} calibrated by tvwsim calibrate on {cal.device_name}.\n"
+        f"{out.stem}: {base.name} calibrated by tvwsim calibrate on {cal.device_name},\n"
+        f"fitted to {cal.fitted_to}.\n"
         "Only the fitted efficiency fields differ from the base preset; [extra.calibration]\n"
         "names the measurement files (sha256), the shape split and the fit residuals."
     )
@@ -290,6 +337,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
                     "file": str(out),
                     "base": base.name,
                     "device": cal.device_name,
+                    "rows": cal.kind,
+                    "fitted_to": cal.fitted_to,
                     "parameters": {p.name: p.to_dict() for p in cal.fit.parameters},
                     "residuals": summary,
                     "split": cal.split.to_dict(),
@@ -300,7 +349,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"calibrated {base.name} on {cal.device_name}: {cal.fit.n_rows} training rows")
+        print(
+            f"calibrated {base.name} on {cal.device_name}: {cal.fit.n_rows} training rows of "
+            f"{cal.fitted_to}"
+        )
         print(f"  {'parameter':<24}{'base':>10}{'fitted':>12}{'std err':>10}")
         for p in cal.fit.parameters:
             err = "-" if p.rel_std_error is None else f"{100 * p.rel_std_error:.2g}%"
@@ -335,7 +387,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     hw = load_preset(args.hw, parse_overrides(args.overrides), argument="--hw")
     comparison = compare_files(
-        args.measured, hw, all_rows=args.all_rows, any_device=args.any_device
+        args.measured, hw, all_rows=args.all_rows, any_device=args.any_device, kind=args.rows
     )
     plots = write_plots(comparison, args.plot_dir) if args.plot_dir else []
     if args.json:
