@@ -72,7 +72,7 @@ def row_case(row: Mapping, hw: Hardware | None = None) -> RowCase:
     (needed then: a library's choice depends on the GPU)."""
     from tvwsim.validate.split import LIBRARY_IMPLEMENTATIONS
 
-    if row["implementation"] in LIBRARY_IMPLEMENTATIONS:
+    if row.get("implementation", "tvwsim") in LIBRARY_IMPLEMENTATIONS:
         return library_row_case(row, hw)
     from tvwsim.kernels.prepare import schedule_for_shape
 
