@@ -54,6 +54,7 @@ import numpy as np
 from tvwsim.kernels.prepare import config_for, mask_work, prepare_weight, synthetic_weight
 from tvwsim.kernels.tile_work import regular_tile_work
 from tvwsim.sim.hardware import Hardware
+from tvwsim.sim.library import LIBRARIES, choose
 from tvwsim.sim.result import SimResult
 from tvwsim.sim.trace_work import LayerProfile, trace_tile_work
 from tvwsim.traces.catalog import Gemm, Workload
@@ -252,10 +253,12 @@ def batched_launches(workload: Workload, gemm: Gemm) -> tuple[int, int]:
 class _Simulator:
     """The caches of one `simulate_model` call (work per structure, the last weight)."""
 
-    def __init__(self, hw: Hardware, policy: str, seed: int, manifest, works=None):
+    def __init__(self, hw: Hardware, policy: str, seed: int, manifest, works=None, library=False):
         from tvwsim.sim.engine import simulate
 
         self.hw, self.policy, self.seed, self.manifest = hw, policy, seed, manifest
+        self.library = library
+        """Run dense and vw as a vendor library would (`tvwsim.sim.library`)."""
         self._simulate = simulate
         self.works: dict[tuple, TileWork] = {} if works is None else works
         self.weight_key: tuple | None = None
@@ -294,6 +297,10 @@ class _Simulator:
         return self.works[key]
 
     def run(self, work: TileWork, m: int) -> SimResult:
+        if self.library and work.pattern in LIBRARIES:
+            choice = choose(self.hw, m, work.n, work.k, work.pattern)
+            self.digests.add((choice.schedule.digest(), work.pattern))
+            return choice.result
         schedule = build_schedule(work, m, self.policy)
         self.digests.add((schedule.digest(), schedule.pattern))
         return self._simulate(schedule, self.hw, manifest=self.manifest)
@@ -312,6 +319,7 @@ def simulate_model(
     trace_label: str | None = None,
     notes: Sequence[str] = (),
     works: dict | None = None,
+    library: bool = False,
 ) -> ModelResult:
     """Simulate every GEMM of `workload` in every run (dense must be the first run).
 
@@ -323,6 +331,10 @@ def simulate_model(
     not depend on the hardware, so a caller simulating one workload on many hardware
     points (`tvwsim.explore`) passes the same dict every time - with the same `seed` and
     `profiles`, which its keys do not include - and builds each work once.
+
+    `library`: the GEMMs a vendor library multiplies (dense, the non-prunable attention
+    GEMMs, vw) run as the kernel `tvwsim.sim.library` picks (`--config auto`: cuBLAS,
+    cuSPARSELt); the other patterns keep this project's kernels.
     """
     if not runs or runs[0].pattern != BASELINE_PATTERN:
         raise InputError("runs", f"the first run must be {BASELINE_PATTERN} (the baseline)")
@@ -330,7 +342,7 @@ def simulate_model(
         raise InputError("--policy", f"got {policy!r}; allowed: {', '.join(POLICIES)}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise InputError("--seed", f"must be a non-negative integer, got {seed!r}")
-    sim = _Simulator(hw, policy, int(seed), manifest, works)
+    sim = _Simulator(hw, policy, int(seed), manifest, works, library=library)
     per_gemm: dict[tuple[str, ModelRun], LayerResult] = {}
     # GEMM-major, so that one random weight serves all runs before the next is drawn.
     for gemm in workload.gemms:
@@ -348,7 +360,7 @@ def simulate_model(
         hardware=hw.label,
         batch=workload.batch,
         seq=workload.seq,
-        policy=policy,
+        policy=policy + (" (dense, vw: library kernels, --config auto)" if library else ""),
         seed=int(seed),
         runs=tuple(runs),
         layers=layers,

@@ -221,3 +221,30 @@ def test_a_model_too_large_is_refused_unless_forced(capsys, monkeypatch):
     assert "--force" in err and len(err.splitlines()) == 1
     code, out, _ = run(capsys, "bert-base", *FAST, "--force", "--json")
     assert code == 0 and json.loads(out)["model"] == "bert-base"
+
+
+def test_config_auto_runs_library_patterns_as_a_library_and_keeps_ours(capsys):
+    argv = ["bert-base", "--hw", "h100", "--pattern", "dense,vw,tw", "--sparsity", "0.75"]
+    argv += ["--seq", "64", "--json"]
+    _, out, _ = run(capsys, *argv)
+    ours = json.loads(out)
+    code, out, err = run(capsys, *argv, "--config", "auto")
+    assert code == 0 and err == ""
+    lib = json.loads(out)
+    assert "library" in lib["policy"] and "library" not in ours["policy"]
+
+    def times(data, pattern):
+        return {
+            x["gemm"]: x["time_us"]
+            for x in data["layers"]
+            if x["pattern"] == pattern and x["prunable"]
+        }
+
+    # tw has no library: the same kernels either way; dense and vw run other kernels
+    # (warpgroup MMA on Hopper), so every one of their GEMMs has another time.
+    assert times(lib, "tw") == times(ours, "tw")
+    for pattern in ("dense", "vw"):
+        mine, theirs = times(ours, pattern), times(lib, pattern)
+        assert all(theirs[g] != pytest.approx(mine[g]) for g in mine)
+    code, _, err = run(capsys, *argv, "--config", "128x128x32")
+    assert code == 2 and "--config" in err and "auto" in err

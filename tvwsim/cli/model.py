@@ -77,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"tile order: {', '.join(POLICIES)} (default natural)",
     )
     p.add_argument(
+        "--config",
+        metavar="KIND",
+        help="'auto': dense, vw and the attention GEMMs run as a vendor library would "
+        "(cuBLAS, cuSPARSELt: tile, split-K, grouped order, warpgroup MMA on Hopper); the "
+        "other patterns keep this project's kernels (default: this project's kernels)",
+    )
+    p.add_argument(
         "--trace",
         default="auto",
         metavar="SPEC",
@@ -133,6 +140,10 @@ def run_model(args: argparse.Namespace) -> int:
     runs = sim_model.model_runs(patterns, parse_sparsity_list("--sparsity", args.sparsity))
     if args.policy not in POLICIES:
         raise InputError("--policy", f"got {args.policy!r}; allowed: {', '.join(POLICIES)}")
+    if args.config is not None and args.config.strip() != "auto":
+        raise InputError(
+            "--config", f"got {args.config!r}; allowed: auto (the pattern kernels otherwise)"
+        )
     plot = _check_plot(args.plot)
     hw = load_preset(args.hw, parse_overrides(args.set), argument="--hw")
     workload = load_workload(args.name, batch=batch, seq=seq)
@@ -160,6 +171,7 @@ def run_model(args: argparse.Namespace) -> int:
             on_step=step,
             trace_label=mapping.label if mapping is not None else None,
             notes=notes,
+            library=args.config is not None,
         )
     if not seq_used:
         result = dataclasses.replace(result, seq=None)
