@@ -128,7 +128,7 @@ def fastest_table(chosen: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 # Pictures
 # =====================================================================================
 def _tick(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def heatmap_figure(chosen: pd.DataFrame, x: str, y: str, title: str) -> Figure:
@@ -192,6 +192,8 @@ def tornado_figure(table: pd.DataFrame, title: str) -> Figure:
         )
         ys = np.arange(len(part))[::-1]
         ax.barh(ys, part["high"] - part["low"], left=part["low"], color="tab:blue", alpha=0.75)
+        # A field that does not move this pattern has a bar of width 0: mark where it sits.
+        ax.plot(part["low"], ys, "|", color="tab:blue", markersize=10)
         ax.set_yticks(ys, list(part["field"]), fontsize=7)
         ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_title(pattern, fontsize=9)
