@@ -237,6 +237,9 @@ def test_hardware_record_has_every_effective_field():
         ({"has_cp_async": "maybe"}, "--set has_cp_async"),
         ({"dram_efficiency": "1.5"}, "--set dram_efficiency"),
         ({"mma_efficiency_dense": "0"}, "--set mma_efficiency_dense"),
+        ({"mma_efficiency_sparse": "1.2"}, "--set mma_efficiency_sparse"),  # above the peak
+        ({"wgmma_efficiency_dense": "1.01"}, "--set wgmma_efficiency_dense"),
+        ({"has_warpgroup_mma": "sometimes"}, "--set has_warpgroup_mma"),
         ({"sparse_tflop_ratio": "0.5"}, "--set sparse_tflop_ratio"),
         ({"launch_overhead_us": "-1"}, "--set launch_overhead_us"),
         ({"clock_mhz": "inf"}, "--set clock_mhz"),
