@@ -35,8 +35,14 @@ DEFAULT_FIT = (
 )
 """What a fit to our own kernels fits by default; `--fit` narrows the set when the data
 cannot see some of them."""
-FITTABLE = (*DEFAULT_FIT, "wgmma_efficiency_dense", "wgmma_efficiency_sparse")
-"""Every field a fit may change: the warpgroup-MMA ones only describe library kernels."""
+FITTABLE = (
+    *DEFAULT_FIT,
+    "wgmma_efficiency_dense",
+    "wgmma_efficiency_sparse",
+    "cuda_core_efficiency",
+)
+"""Every field a fit may change: the warpgroup-MMA ones and the CUDA-core one (cuSPARSE
+CSR) only describe library kernels."""
 
 BOUNDS: dict[str, tuple[float, float]] = {
     "mma_efficiency_dense": (0.02, 1.0),
@@ -47,6 +53,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "launch_overhead_us": (0.01, 100.0),
     "wgmma_efficiency_dense": (0.02, 1.0),
     "wgmma_efficiency_sparse": (0.02, 1.0),
+    "cuda_core_efficiency": (0.005, 1.0),
 }
 """Search ranges: efficiencies are fractions of a peak (`Hardware` refuses 0 and > 1);
 the fixed costs are positive and far below any kernel of interest at the top."""
@@ -132,6 +139,10 @@ def default_fit(kind: str, hw: Hardware, rows: Sequence) -> tuple[str, ...]:
     names = [f"{prefix}_dense"]
     if any(r["pattern"] == "vw" for r in rows):
         names.append(f"{prefix}_sparse")
+    if any(r["pattern"] == "ew" for r in rows):
+        names.append("cuda_core_efficiency")  # cuSPARSE CSR, the model's ew
+    if not any(r["pattern"] in ("dense", "vw") for r in rows):
+        names.remove(f"{prefix}_dense")  # no tensor-core row to see it
     return (*names, "dram_efficiency", "l2_efficiency", "cta_fixed_cycles", "launch_overhead_us")
 
 

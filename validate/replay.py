@@ -161,7 +161,8 @@ class RowSimulator:
 
 
 def library_row_case(row: Mapping, hw: Hardware | None) -> RowCase:
-    """A cuBLAS / cuSPARSELt row replayed as the kernel a library would pick on `hw`.
+    """A cuBLAS / cuSPARSELt row replayed as the kernel a library would pick on `hw`
+    (a cuSPARSE CSR row as the model's ew).
 
     The choice is made once, on `hw` (the base preset of a fit): a library's heuristic
     picks per GPU, not per efficiency value, and a fit evaluates the same kernels on every
@@ -175,6 +176,26 @@ def library_row_case(row: Mapping, hw: Hardware | None) -> RowCase:
     if hw is None:
         raise InputError("hw", "replaying a vendor library row needs the hardware it picks for")
     pattern = LIBRARY_IMPLEMENTATIONS[row["implementation"]]
+    if pattern == "ew":
+        # cuSPARSE CSR: the model's ew (a CSR SpMM on the CUDA cores) over the row's
+        # seeded weight at its sparsity; its efficiency is cuda_core_efficiency.
+        from tvwsim.kernels.prepare import schedule_for_shape
+
+        schedule = schedule_for_shape(
+            int(row["M"]),
+            int(row["N"]),
+            int(row["K"]),
+            "ew",
+            float(row["target_sparsity"]),
+            seed=int(row.get("seed", 0)),
+        )
+        return RowCase(
+            row=row,
+            schedule=schedule,
+            resources=estimate_resources(schedule.config),
+            measured_us=float(row["median_us"]),
+            digest_matches=None,
+        )
     choice = choose(hw, int(row["M"]), int(row["N"]), int(row["K"]), pattern)
     return RowCase(
         row=row,

@@ -143,8 +143,10 @@ ROW_KINDS = ("tvwsim", "library")
 """Which rows a calibration or comparison uses: our kernels ('tvwsim'), or vendor library
 rows ('library': cuBLAS and cuSPARSELt, replayed as `tvwsim.sim.library` would run them)."""
 
-LIBRARY_IMPLEMENTATIONS = {"cublas": "dense", "cusparselt": "vw"}
-"""Vendor implementations the model has a library kernel for, and their pattern."""
+LIBRARY_IMPLEMENTATIONS = {"cublas": "dense", "cusparselt": "vw", "cusparse-csr": "ew"}
+"""Vendor implementations the model has a library kernel for, and their pattern. cuSPARSE
+CSR is the model's `ew`: a CSR SpMM on the CUDA cores, whose `cuda_core_efficiency` is
+what a fit to these rows sets (no kernel of ours runs ew)."""
 
 
 def check_kind(kind: str, argument: str = "--rows") -> str:

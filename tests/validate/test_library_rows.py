@@ -88,12 +88,13 @@ def test_library_rows_are_the_vendor_rows_the_model_has_a_kernel_for():
         {"implementation": "cublas", "pattern": "dense"},
         {"implementation": "cusparselt", "pattern": "vw"},
         {"implementation": "cusparse-csr", "pattern": "ew"},
+        {"implementation": "cusparse-bsr", "pattern": "bw"},
         {"implementation": "tvwsim", "pattern": "dense", "correct": True},
         {"implementation": "cublas", "pattern": "dense", "correct": False},
     ]
-    assert sp.model_rows(rows, "library") == rows[:2]
-    assert sp.model_rows(rows, "tvwsim") == [rows[3]]
-    assert sp.default_kind(rows) == "tvwsim" and sp.default_kind(rows[:3]) == "library"
+    assert sp.model_rows(rows, "library") == rows[:3]  # no BSR library model yet
+    assert sp.model_rows(rows, "tvwsim") == [rows[4]]
+    assert sp.default_kind(rows) == "tvwsim" and sp.default_kind(rows[:4]) == "library"
     with pytest.raises(InputError) as err:
         sp.model_rows(rows, "vendor")
     assert err.value.argument == "--rows"
@@ -176,3 +177,20 @@ def test_comparison_on_the_hardware_that_made_the_rows_has_no_error(mini):
     with pytest.raises(InputError) as err:
         compare_rows(rows, mini, kind="tvwsim", any_device=True)
     assert err.value.argument == "--measured" and "tvwsim kernels" in err.value.problem
+
+
+def test_cusparse_csr_rows_are_the_models_ew_and_fit_the_cuda_core_efficiency(mini):
+    row = {
+        **library_rows(mini, [(64, 256, 512)])[0],
+        "implementation": "cusparse-csr",
+        "pattern": "ew",
+        "target_sparsity": 0.75,
+        "point": "test/csr",
+    }
+    assert sp.model_rows([row], "library") == [row]
+    case = row_case(row, mini)
+    assert case.schedule.pattern == "ew" and case.schedule.work.compute_unit == "cuda"
+    slower = with_parameters(mini, ["cuda_core_efficiency"], [mini.cuda_core_efficiency / 4])
+    assert case.simulate_us(slower) > 2 * case.simulate_us(mini)  # the CUDA-core rate rules
+    names = default_fit("library", mini, [row])
+    assert "cuda_core_efficiency" in names and "wgmma_efficiency_dense" not in names
