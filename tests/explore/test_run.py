@@ -3,6 +3,7 @@ resumes to every point exactly once, and the store refuses to mix specs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -49,11 +50,20 @@ def test_two_dask_workers_give_the_serial_rows_exactly(serial_store, tmp_path):
             scheduler=cluster.scheduler_address,
             on_batch=lambda n, _: seen.append(n),
         )
+        # The same cluster through a scheduler file, as `dask scheduler --scheduler-file`
+        # writes one (its address is what a client reads).
+        sched = tmp_path / "scheduler.json"
+        sched.write_text(json.dumps({"address": cluster.scheduler_address}))
+        by_file = run_exploration(
+            spec, Store(tmp_path / "by-file", spec), scheduler_file=str(sched)
+        )
     assert summary.workers == 2 and summary.complete
     assert summary.batches > 2  # really spread over tasks, not one batch
     assert sum(seen) == summary.rows == 36
     serial, dask = _rows(serial_store), _rows(tmp_path / "dask")
     pd.testing.assert_frame_equal(serial, dask, check_exact=True)
+    assert by_file.workers == 2 and by_file.complete
+    pd.testing.assert_frame_equal(serial, _rows(tmp_path / "by-file"), check_exact=True)
 
 
 def test_rows_are_what_the_engine_says(serial_store):
