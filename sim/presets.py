@@ -3,7 +3,7 @@
 A preset is a TOML file whose keys are the fields of `tvwsim.sim.hardware.Hardware`; its name is
 the file name without `.toml`. Presets are looked up, first match wins, in:
 
-1. `sim/presets/` inside the package - the shipped presets (a100, h100, v100, rtx3090);
+1. `sim/presets/` inside the package - the shipped presets (a100, h100, h200, v100, t4, rtx3090);
 2. each directory of the environment variable `TVWSIM_PRESET_PATH` (separated by
    `os.pathsep`, ':' on Linux), in order - user presets, e.g. the calibrated presets that
    `tvwsim calibrate` writes.

@@ -111,7 +111,7 @@ def test_ew_computes_on_cuda_cores_at_their_own_efficiency():
     assert tensor.cycles == simulate(dense, hw, cache=False).cycles
 
 
-@pytest.mark.parametrize("preset", ["a100", "h100", "rtx3090", "v100"])
+@pytest.mark.parametrize("preset", ["a100", "h100", "rtx3090", "t4", "v100"])
 def test_cuda_core_efficiency_starts_equal_to_the_dense_mma_efficiency(preset):
     # Until ew's SpMM is measured the presets carry no separate figure for it.
     hw = load_preset(preset)

@@ -25,7 +25,7 @@ from tvwsim.sim.presets import (
 from tvwsim.cli import main
 from tvwsim.errors import InputError
 
-SHIPPED = ["a100", "h100", "h200", "rtx3090", "v100"]
+SHIPPED = ["a100", "h100", "h200", "rtx3090", "t4", "v100"]
 
 # Datasheet figures (TFLOP/s, fp16 tensor, fp32 accumulate): dense, 2:4 sparse (None = no
 # sparse tensor cores), fp32 CUDA-core peak and the clock that peak is quoted at.
@@ -37,6 +37,8 @@ DATASHEET = {
     "v100": dict(dense=125.0, sparse=None, fp32=15.7, fp32_clock_mhz=1530.0),
     # GA102 runs fp16 tensor math with fp32 accumulation at half the 142 TF fp16-acc rate.
     "rtx3090": dict(dense=71.0, sparse=142.0, fp32=35.6, fp32_clock_mhz=1695.0),
+    # T4: 65 TF "mixed precision" (fp16 in, fp32 accumulate at full rate), no sparse cores.
+    "t4": dict(dense=65.0, sparse=None, fp32=8.1, fp32_clock_mhz=1590.0),
 }
 
 
@@ -139,6 +141,11 @@ def test_generation_specific_facts():
     assert 0.60 <= h100.mma_efficiency_dense <= 0.65
     assert h100.mma_efficiency_sparse < h100.mma_efficiency_dense
     assert rtx.max_warps_per_sm == 48 and rtx.max_ctas_per_sm == 16
+    # Turing (cc 7.5): no cp.async, no sparse tensor cores, 32 warps and 64 KB per SM.
+    t4 = load_preset("t4")
+    assert not t4.has_cp_async and t4.sparse_tflop_ratio == 0
+    assert t4.max_warps_per_sm == 32 and t4.max_ctas_per_sm == 16
+    assert t4.smem_per_sm_bytes == t4.smem_per_cta_bytes == 64 * 1024
 
 
 def test_h200_is_an_h100_with_more_memory_bandwidth_and_l2():
@@ -160,8 +167,15 @@ def test_h200_is_an_h100_with_more_memory_bandwidth_and_l2():
 
 
 def test_each_preset_names_the_arch_its_kernels_are_built_for():
-    # CUDA GPUs list: V100 7.0, A100 8.0, RTX 3090 8.6, H100 9.0.
-    want = {"v100": "sm_70", "a100": "sm_80", "rtx3090": "sm_86", "h100": "sm_90", "h200": "sm_90"}
+    # CUDA GPUs list: V100 7.0, T4 7.5, A100 8.0, RTX 3090 8.6, H100 9.0.
+    want = {
+        "v100": "sm_70",
+        "t4": "sm_75",
+        "a100": "sm_80",
+        "rtx3090": "sm_86",
+        "h100": "sm_90",
+        "h200": "sm_90",
+    }
     assert {name: load_preset(name).arch for name in SHIPPED} == want
     # Nothing is guessed from a name: a hypothetical GPU has no arch until it is given one.
     assert Hardware(name="a100-like").arch == ""

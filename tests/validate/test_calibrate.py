@@ -128,6 +128,9 @@ def test_split_keeps_every_row_of_a_shape_together(noisy_rows):
         ("rtx3090", "NVIDIA GeForce RTX 3090", True),
         ("v100", "Tesla V100-SXM2-16GB", True),
         ("v100", "NVIDIA H100 80GB HBM3", False),
+        ("t4", "NVIDIA T4", True),
+        ("t4", "Tesla T4", True),
+        ("t4", "NVIDIA GeForce RTX 4090", False),
     ],
 )
 def test_device_rule(preset, device, ok):
@@ -382,6 +385,7 @@ def test_the_base_preset_follows_the_measured_device(tmp_path):
     assert preset_for_device("NVIDIA A100-SXM4-40GB") == "a100"
     assert preset_for_device("NVIDIA GeForce RTX 3090") == "rtx3090"
     assert preset_for_device("Tesla V100-SXM2-16GB") == "v100"
+    assert preset_for_device("NVIDIA T4") == "t4"  # the name DeepBench's T4 rows carry
     with pytest.raises(InputError, match="--hw.*no shipped preset.*L40S"):
         preset_for_device("NVIDIA L40S")
 
