@@ -108,6 +108,7 @@ def calibrate(
     names: Sequence[str] | None = None,
     *,
     kind: str | None = None,
+    only: Sequence[str] | None = None,
     max_stages: int | None = MAX_TRAIN_STAGES,
     max_nfev: int = MAX_NFEV,
     jobs: int = 1,
@@ -117,11 +118,12 @@ def calibrate(
 
     `kind` 'tvwsim' fits to our kernels' rows, 'library' to the vendor library rows
     (default: ours when the files hold any); `names` default to `default_fit(kind)`.
-    Training rows over `max_stages` (`row_stages`; None: no limit) are left out."""
+    Training rows over `max_stages` (`row_stages`; None: no limit) are left out; `only`
+    keeps the rows of those implementations alone."""
     rows, files = load_rows(paths)
     kind = default_kind(rows) if kind is None else check_kind(kind)
     device = check_device(rows, base)
-    usable = model_rows(rows, kind)
+    usable = model_rows(rows, kind, only)
     if not usable:
         what = "tvwsim kernels" if kind == "tvwsim" else "cuBLAS or cuSPARSELt"
         raise InputError("--measured", f"no correct rows of {what} (--rows {kind})")

@@ -191,6 +191,7 @@ def compare_rows(
     all_rows: bool = False,
     any_device: bool = False,
     kind: str | None = None,
+    only: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
     """Simulate the held-out (or all) rows of our kernels (or, `kind` 'library', of the
@@ -203,7 +204,7 @@ def compare_rows(
         device = ", ".join(names)
     else:
         device = check_device(rows, hw)
-    ours = model_rows(rows, kind)
+    ours = model_rows(rows, kind, only)
     if not ours:
         what = "tvwsim kernels" if kind == "tvwsim" else "cuBLAS or cuSPARSELt"
         raise InputError("--measured", f"no correct rows of {what} to compare (--rows {kind})")
@@ -314,11 +315,18 @@ def compare_files(
     all_rows: bool = False,
     any_device: bool = False,
     kind: str | None = None,
+    only: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Comparison:
     rows, _ = load_rows(paths)
     return compare_rows(
-        rows, hw, all_rows=all_rows, any_device=any_device, kind=kind, progress=progress
+        rows,
+        hw,
+        all_rows=all_rows,
+        any_device=any_device,
+        kind=kind,
+        only=only,
+        progress=progress,
     )
 
 

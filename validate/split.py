@@ -160,11 +160,32 @@ def default_kind(rows: Iterable[Mapping]) -> str:
     return "tvwsim" if any(r["implementation"] == "tvwsim" for r in rows) else "library"
 
 
-def model_rows(rows: Iterable[Mapping], kind: str = "tvwsim") -> list[dict]:
+def check_only(only: Iterable[str] | None, argument: str = "--only") -> frozenset[str] | None:
+    """The implementations `--only` names (None: all), each one a known implementation."""
+    if only is None:
+        return None
+    from tvwsim.validate.points import IMPLEMENTATIONS
+
+    names = frozenset(n.strip() for n in only if n.strip())
+    unknown = sorted(names - set(IMPLEMENTATIONS))
+    if not names or unknown:
+        raise InputError(
+            argument,
+            f"got {', '.join(unknown) or 'nothing'}; allowed: {', '.join(IMPLEMENTATIONS)}",
+        )
+    return names
+
+
+def model_rows(
+    rows: Iterable[Mapping], kind: str = "tvwsim", only: Iterable[str] | None = None
+) -> list[dict]:
     """Rows the model describes, results correct (or unchecked, as published rows are):
     our kernels, or (`kind` 'library') the vendor rows of LIBRARY_IMPLEMENTATIONS on
-    their pattern."""
+    their pattern; `only`: of these implementations alone."""
     check_kind(kind)
+    keep = check_only(only)
+    if keep is not None:
+        rows = [r for r in rows if r["implementation"] in keep]
     if kind == "tvwsim":
         return [
             dict(r)

@@ -98,6 +98,10 @@ def test_library_rows_are_the_vendor_rows_the_model_has_a_kernel_for():
     with pytest.raises(InputError) as err:
         sp.model_rows(rows, "vendor")
     assert err.value.argument == "--rows"
+    assert sp.model_rows(rows, "library", only=["cusparselt", "cusparse-csr"]) == rows[1:3]
+    with pytest.raises(InputError) as err:
+        sp.model_rows(rows, "library", only=["cublas", "mkl"])
+    assert err.value.argument == "--only" and "mkl" in err.value.problem
 
 
 def test_a_library_fit_fits_the_mma_class_the_library_runs(mini):

@@ -86,6 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as the kernel a library would pick; published files hold these) (default: tvwsim "
         "when the files have any of our kernels)",
     )
+    c.add_argument(
+        "--only",
+        metavar="IMPL,IMPL",
+        help="only rows of these implementations, e.g. cublas,cusparselt",
+    )
     c.add_argument("--force", action="store_true", help="replace an existing --out file")
     c.add_argument(
         "--fit",
@@ -136,6 +141,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KIND",
         help="compare 'tvwsim' (our kernels) or 'library' rows (cuBLAS, cuSPARSELt) "
         "(default: tvwsim when the files have any of our kernels)",
+    )
+    m.add_argument(
+        "--only",
+        metavar="IMPL,IMPL",
+        help="only rows of these implementations, e.g. cublas,cusparselt",
     )
     m.add_argument(
         "--any-device",
@@ -278,7 +288,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     rows, _ = load_rows(args.measured)
     kind = default_kind(rows) if args.rows is None else check_kind(args.rows)
     if args.out is None:
-        args.out = f"{default_preset_name(args.hw, kind, model_rows(rows, kind))}.toml"
+        only = None if args.only is None else args.only.split(",")
+        args.out = f"{default_preset_name(args.hw, kind, model_rows(rows, kind, only))}.toml"
     out = Path(args.out).expanduser()
     if out.suffix != ".toml":
         raise InputError("--out", f"a preset file is NAME.toml, got {out.name!r}")
@@ -313,6 +324,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         base,
         names,
         kind=kind,
+        only=None if args.only is None else args.only.split(","),
         max_stages=max_stages,
         max_nfev=max_nfev,
         jobs=jobs,
@@ -387,7 +399,12 @@ def run_compare(args: argparse.Namespace) -> int:
 
     hw = load_preset(args.hw, parse_overrides(args.overrides), argument="--hw")
     comparison = compare_files(
-        args.measured, hw, all_rows=args.all_rows, any_device=args.any_device, kind=args.rows
+        args.measured,
+        hw,
+        all_rows=args.all_rows,
+        any_device=args.any_device,
+        kind=args.rows,
+        only=None if args.only is None else args.only.split(","),
     )
     plots = write_plots(comparison, args.plot_dir) if args.plot_dir else []
     if args.json:
