@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "tvwsim.cli.kernels",  # kernels build / check / list
     "tvwsim.cli.validate",  # validate, calibrate, compare
     "tvwsim.cli.traces",  # traces build, quality
+    "tvwsim.cli.course",  # course build (the architecture labs, docs/course/)
 ]
 
 
