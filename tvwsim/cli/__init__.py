@@ -23,6 +23,7 @@ from tvwsim.errors import InputError
 COMMAND_MODULES: list[str] = [
     "tvwsim.cli.prune",  # prune
     "tvwsim.cli.simulate",  # simulate, timeline
+    "tvwsim.cli.roofline",  # roofline
     "tvwsim.cli.hw",  # hw list / show
     "tvwsim.cli.model",  # model
     "tvwsim.cli.explore",  # explore, explore report
