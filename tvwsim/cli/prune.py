@@ -2,6 +2,7 @@
 
     tvwsim prune --pattern all --sparsity 0.75
     tvwsim prune --weights W.npy --pattern tw --sparsity 0.8 --tile 64 --out mask.npy
+    tvwsim prune --shape 32,64 --tile 16 --pattern all --sparsity 0.75 --plot patterns.png
 
 Without --weights a seeded synthetic matrix is pruned (`tvwsim.kernels.prepare.synthetic_weight`,
 default 3072 x 768: the first FFN layer of BERT-base). The table shows, per pattern, the
@@ -57,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", metavar="N", help="seed of the synthetic weight (default 0)")
     p.add_argument("--out", metavar="FILE.npy", help="write the bool N x K mask (one pattern only)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw what each pattern keeps and the 2:4 metadata positions (.png, .svg, .pdf); "
+        "for a small matrix, e.g. --shape 32,64 --tile 16",
+    )
     p.set_defaults(func=run_prune)
 
 
@@ -66,7 +73,7 @@ _OPTIONS.update(
     (name, f"--{name}")
     for name in ("pattern", "sparsity", "tile", "block", "shape", "seed", "weights")
 )
-_OPTIONS.update(importance="--importance", out="--out")
+_OPTIONS.update(importance="--importance", out="--out", plot="--plot")
 
 
 def run_prune(args: argparse.Namespace) -> int:
@@ -98,6 +105,11 @@ def _run_prune(args: argparse.Namespace) -> int:
         raise InputError("--out", "writes one mask; use it with a single --pattern")
     if args.out is not None and not Path(args.out).parent.is_dir():
         raise InputError("--out", f"folder {Path(args.out).parent} does not exist")
+    if args.plot is not None:
+        if Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise InputError("--plot", f"must end in .png, .svg or .pdf, got {args.plot!r}")
+        if not Path(args.plot).parent.is_dir():
+            raise InputError("--plot", f"folder {Path(args.plot).parent} does not exist")
 
     if args.weights is not None:
         for name, value in (("shape", args.shape), ("seed", args.seed)):
@@ -151,6 +163,11 @@ def _run_prune(args: argparse.Namespace) -> int:
     if args.out is not None:
         _save_mask(args.out, results[0].mask)
         print(f"mask written to {args.out}")
+    if args.plot is not None:
+        from tvwsim.kernels.pictures import draw_patterns
+
+        draw_patterns(weight, results, args.plot)
+        print(f"picture written to {args.plot}")
     return 0
 
 
