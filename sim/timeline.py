@@ -12,6 +12,13 @@ The picture an architecture course draws on the board, from a real simulation:
 The dashed line marks the start of the tail (the first SM that runs out of work for
 good). `timeline_figure` returns the matplotlib Figure; `draw_timeline` writes it to a
 file.
+
+Next to it, the per-SM utilisation picture (`utilisation_figure`, `tvwsim timeline
+--utilisation FILE`): time cut into bins, and for every SM and bin the share of its
+resident CTA slots that held a CTA (`sm_utilisation`). Where the Gantt chart shows which
+CTA ran where, this shows how busy each SM was - a heatmap a course reads like a
+profiler's SM-activity row: a cold band at the end is the tail, a cold SM a GPU the
+launch did not fill. The panel above it is the mean over SMs, the utilisation curve.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tvwsim.sim.result import SimResult
 
+from tvwsim.errors import InputError
 from tvwsim.io import atomic_output
 
 if TYPE_CHECKING:
@@ -125,6 +133,75 @@ def timeline_figure(
         fontsize=9,
     )
     return fig
+
+
+def sm_utilisation(result: SimResult, bins: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """(bin edges in microseconds, utilisation [SM, bin]) over the kernel's time.
+
+    Utilisation of an SM in a bin = CTA-time inside the bin summed over its resident
+    CTAs / (bin width x CTAs per SM): 1 when every slot held a CTA for the whole bin.
+    Summed back over bins it gives every CTA's lifetime exactly once.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise InputError("bins", f"must be a positive integer, got {bins!r}")
+    end = float(result.kernel_cycles)
+    edges = np.linspace(0.0, end if end > 0 else 1.0, bins + 1)
+    slots = max(1, result.ctas_per_sm)
+    busy = np.zeros((result.sm_count, bins))
+    start, stop, sm = result.cta_start_cycles, result.cta_end_cycles, result.cta_sm
+    for b in range(bins):
+        overlap = np.clip(np.minimum(stop, edges[b + 1]) - np.maximum(start, edges[b]), 0, None)
+        np.add.at(busy[:, b], sm[sm >= 0], overlap[sm >= 0])
+    width = edges[1] - edges[0]
+    return edges / result.clock_mhz, busy / (width * slots)
+
+
+def utilisation_figure(result: SimResult, *, bins: int = 60) -> Figure:
+    """Per-SM utilisation over time: a heatmap (SM x time bin) under the mean curve.
+
+    The heatmap's array is exactly `sm_utilisation(result, bins)[1]`; the top panel's
+    line its mean over SMs. A Figure not attached to pyplot.
+    """
+    from matplotlib.figure import Figure
+
+    edges, util = sm_utilisation(result, bins)
+    fig = Figure(figsize=(12, float(np.clip(0.04 * result.sm_count + 3.0, 4.0, 9.0))), dpi=110)
+    fig.set_layout_engine("constrained")
+    top, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 4]})
+    image = ax.imshow(
+        util,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        vmin=0.0,
+        vmax=1.0,
+        extent=(edges[0], edges[-1], result.sm_count, 0),
+    )
+    bar = fig.colorbar(image, ax=ax, fraction=0.03)
+    bar.set_label("share of the SM's CTA slots busy")
+    ax.set_ylabel("SM")
+    ax.set_xlabel("time since launch, microseconds (launch overhead not drawn)")
+    centres = (edges[:-1] + edges[1:]) / 2
+    top.plot(centres, util.mean(axis=0), color="tab:blue", drawstyle="steps-mid")
+    top.set_ylim(0, 1.05)
+    top.set_ylabel("mean")
+    top.set_title(
+        f"{result.hardware}: {result.pattern} M={result.m} N={result.n} K={result.k}, "
+        f"{result.config}, policy {result.policy} - {result.ctas} CTAs, "
+        f"{result.ctas_per_sm}/SM, {result.kernel_us:.1f} us; mean SM utilisation "
+        f"{util.mean():.0%}, bottleneck {result.bottleneck}",
+        fontsize=9,
+    )
+    return fig
+
+
+def draw_utilisation(result: SimResult, path: str | Path, **options) -> Path:
+    """Write `utilisation_figure(result, **options)` to `path`, whole or not at all."""
+    path = Path(path)
+    fig = utilisation_figure(result, **options)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png")
+    return path
 
 
 def draw_timeline(result: SimResult, path: str | Path, **options) -> Path:

@@ -143,6 +143,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help=f"picture to write ({', '.join(TIMELINE_SUFFIXES)})",
     )
+    t.add_argument(
+        "--utilisation",
+        metavar="FILE",
+        help="also draw each SM's utilisation over time (share of its CTA slots busy)",
+    )
     t.set_defaults(func=run_timeline)
 
 
@@ -498,14 +503,29 @@ def run_timeline(args: argparse.Namespace) -> int:
         raise InputError("--out", f"must end in {', '.join(TIMELINE_SUFFIXES)}, got {out.name!r}")
     if not out.parent.is_dir():
         raise InputError("--out", f"directory {str(out.parent)!r} does not exist")
+    utilisation = None if args.utilisation is None else Path(args.utilisation)
+    if utilisation is not None:
+        if utilisation.suffix.lower() not in TIMELINE_SUFFIXES:
+            raise InputError(
+                "--utilisation",
+                f"must end in {', '.join(TIMELINE_SUFFIXES)}, got {utilisation.name!r}",
+            )
+        if not utilisation.parent.is_dir():
+            raise InputError(
+                "--utilisation", f"directory {str(utilisation.parent)!r} does not exist"
+            )
     hw, results = _simulate_all(args, several=False)
     sparsity, schedule, result = results[0]
 
-    from tvwsim.sim.timeline import draw_timeline
+    from tvwsim.sim.timeline import draw_timeline, draw_utilisation
 
     draw_timeline(result, out, schedule=schedule, sparsity=sparsity)
+    if utilisation is not None:
+        draw_utilisation(result, utilisation)
     print(
         f"wrote {out}: {result.hardware}, {result.ctas} CTAs on {result.sm_count} SMs, "
         f"{result.time_us:.2f} us, bottleneck {result.bottleneck}"
     )
+    if utilisation is not None:
+        print(f"wrote {utilisation}: per-SM utilisation over time")
     return 0
