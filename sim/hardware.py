@@ -105,6 +105,35 @@ class Hardware:
     cta_fixed_cycles: float = 500.0
     """Per-CTA fixed cost: launch into a slot, index setup, epilogue bookkeeping."""
 
+    # -- the SM core (tvwsim.sim.core: the kernels' SASS loops, cycle by cycle) ---------
+    core_sub_partitions: int = 4
+    """SM sub-partitions (processing blocks), each with its own warp scheduler, tensor
+    core and pipes; a quarter of the SM's rates each."""
+    core_issue_width: int = 1
+    """Instructions one warp scheduler issues per clock."""
+    core_mma_sync_peak_fraction: float = 1.0
+    """Share of `dense_flops_per_clk_per_sm` that mma.sync (HMMA) issue can reach: 1 where
+    the peak is an mma.sync peak (Ampere), below 1 where it needs wgmma (Hopper)."""
+    core_mma_sp_peak_fraction: float = 1.0
+    """Share of the sparse (2:4) rate that mma.sp (HMMA.SP) issue can reach."""
+    core_hmma_latency_cycles: float = 33.0
+    """Cycles from an HMMA m16n8k16 (fp32 accumulate) issue to its result (a dependent
+    HMMA's earliest issue)."""
+    core_hmma_sp_latency_cycles: float = 33.0
+    """Likewise for HMMA.SP m16n8k32."""
+    core_lsu_interval_cycles: float = 4.0
+    """Cycles between two memory instructions (LDSM, LDS, STS, LDGSTS, LDG) of one
+    scheduler: 32 lanes over its load/store units."""
+    core_smem_latency_cycles: float = 30.0
+    """Cycles from a shared-memory read leaving the port to its registers (ldmatrix, LDS)."""
+    core_alu_interval_cycles: float = 2.0
+    """Cycles between two instructions on one scheduler's integer (or FMA) pipe: 32 lanes
+    over 16 units."""
+    core_alu_latency_cycles: float = 4.0
+    """Cycles from an ALU / FMA instruction to a dependent one."""
+    core_barrier_cycles: float = 20.0
+    """Cycles from the last warp's arrival at BAR.SYNC to the CTA's release."""
+
     source: str = ""
     """Where the figures come from (a calibrated preset names its measurement files)."""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
@@ -144,7 +173,7 @@ class Hardware:
             if f.name == "sparse_tflop_ratio":
                 if value != 0 and not 1.0 <= value <= 16.0:
                     raise InputError(f.name, f"must be 0 (none) or in [1, 16], got {value!r}")
-            elif "_efficiency" in f.name:
+            elif "_efficiency" in f.name or f.name.endswith("_fraction"):
                 if not 0.0 < value <= 1.0:
                     raise InputError(f.name, f"must be in (0, 1], got {value!r}")
             elif f.name in ("cta_fixed_cycles", "launch_overhead_us"):
