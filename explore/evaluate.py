@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tvwsim.explore.design import HardwarePoint
-from tvwsim.explore.spec import ExploreSpec, Run, WorkloadSpec, kernel_config
+from tvwsim.explore.spec import AUTO, ExploreSpec, Run, WorkloadSpec, kernel_config
 
 from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERNS, VW_SPARSITY
 
@@ -113,14 +113,22 @@ def _measure(result) -> dict:
 
 def _gemm_figures(unit: Unit) -> list[dict]:
     from tvwsim.sim.engine import simulate
+    from tvwsim.sim.library import choose
 
     w, hw = unit.workload, unit.point.hardware
     out = []
     for run in unit.runs:
+        if run.config == AUTO:
+            # What a vendor library would run on this hardware point (its own tile,
+            # split-K and grouped order; warpgroup MMA where the point has it).
+            choice = choose(hw, w.m, w.n, w.k, run.pattern)
+            split = f" split-K {choice.split_k}" if choice.split_k > 1 else ""
+            out.append({**_measure(choice.result), "kernel": choice.config.name + split})
+            continue
         schedule = _schedule(
             w.m, w.n, w.k, run.pattern, run.sparsity, run.config, run.policy, unit.seed
         )
-        out.append(_measure(simulate(schedule, hw)))
+        out.append({**_measure(simulate(schedule, hw)), "kernel": run.config})
     return out
 
 
@@ -168,6 +176,7 @@ def _model_figures(unit: Unit) -> list[dict]:
                 "dram_utilisation": weighted("dram_utilisation"),
                 "l2_hit_rate": None,
                 "dram_bytes": float(sum(x.dram_bytes for x in layers)),
+                "kernel": "default",
             }
     return [figures[(run.pattern, run.sparsity, run.policy)] for run in unit.runs]
 
@@ -208,11 +217,12 @@ def evaluate_unit(unit: Unit) -> list[dict]:
                 "pattern": run.pattern,
                 "sparsity": run.sparsity,
                 "config": run.config,
+                "kernel": fig["kernel"],
                 "policy": run.policy,
                 "time_us": fig["time_us"],
                 "dense_time_us": base_time,
                 "speedup": base_time / fig["time_us"],
-                **{k: v for k, v in fig.items() if k != "time_us"},
+                **{k: v for k, v in fig.items() if k not in ("time_us", "kernel")},
                 "hardware": hw.label,
                 **hw_columns,
             }

@@ -151,10 +151,20 @@ class SpecFile(BaseModel):
                 raise ValueError(f"{pattern}: name at least one config like '128x128x32s3w4'")
             for name in names:
                 try:
-                    kernel_config(pattern, name)
+                    if name == AUTO:
+                        from tvwsim.sim.library import library_for
+
+                        library_for(pattern, argument="configs")
+                    else:
+                        kernel_config(pattern, name)
                 except InputError as err:
                     raise ValueError(f"{pattern} {name!r}: {err.problem}") from None
         return configs
+
+
+AUTO = "auto"
+"""A config name: the kernel a vendor library would pick at each hardware point
+(`tvwsim.sim.library`; dense and vw, GEMM workloads), in the library's own tile order."""
 
 
 def kernel_config(pattern: str, name: str) -> KernelConfig:
@@ -301,6 +311,8 @@ def _check_kernels_fit(spec: ExploreSpec, label: str, given: set[str]) -> None:
             if models:
                 names.append(default_config(pattern).name)
             for name in dict.fromkeys(names):
+                if name == AUTO:
+                    continue  # the library's menu holds only tiles that fit
                 config = kernel_config(pattern, name)
                 key = (hw, pattern, config)
                 if key in seen:
@@ -333,7 +345,7 @@ def parse_spec(data: dict[str, Any], *, label: str = "spec", source: str = "") -
     configs = {
         p: tuple(
             dict.fromkeys(
-                kernel_config(p, name).name
+                name if name == AUTO else kernel_config(p, name).name
                 for name in checked.configs.get(p, [default_config(p).name])
             )
         )

@@ -38,8 +38,9 @@ from tvwsim.io import atomic_output, write_atomic
 MANIFEST = "_explore.json"
 SPEC_COPY = "_spec.toml"
 REPORT_DIR = "_report"
-FORMAT = 1
-"""Version of the store layout; a reader refuses another."""
+FORMAT = 2
+"""Version of the store layout; a reader refuses another. 2: the `kernel` column (what
+ran: the config, or the library's choice for config 'auto')."""
 
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string()}
 
@@ -62,7 +63,7 @@ def row_schema(varied: Sequence[str]) -> pa.Schema:
     columns += [(name, hw[name]) for name in varied]
     columns += [("workload", s), ("workload_kind", s), ("model", s), ("batch", i), ("seq", i)]
     columns += [("m", i), ("n", i), ("k", i)]
-    columns += [("pattern", s), ("sparsity", f), ("config", s), ("policy", s)]
+    columns += [("pattern", s), ("sparsity", f), ("config", s), ("kernel", s), ("policy", s)]
     columns += [("time_us", f), ("dense_time_us", f), ("speedup", f), ("achieved_sparsity", f)]
     columns += [("bottleneck", s), ("compute_utilisation", f), ("l2_utilisation", f)]
     columns += [("dram_utilisation", f), ("l2_hit_rate", f), ("dram_bytes", f), ("hardware", s)]

@@ -258,3 +258,44 @@ def test_a_model_builds_its_work_once_for_every_hardware_point(tmp_path, monkeyp
     )
     assert [r["time_us"] for r in second] == [fresh.total_us(run) for run in fresh.runs]
     assert first[0]["time_us"] != second[0]["time_us"]  # dense: 1 SM vs 4
+
+
+def test_config_auto_runs_what_a_library_picks_at_each_point(tmp_path):
+    from tvwsim.sim import library
+    from tvwsim.sim.presets import load_preset
+
+    text = """
+base = "h100"
+patterns = ["vw", "tw"]
+sparsities = [0.75]
+[configs]
+dense = ["auto", "128x128x32s3w4"]
+vw = ["auto"]
+[hardware]
+sm_count = [4, 8]
+[[workload]]
+shape = [64, 1024, 4096]
+"""
+    spec = load_spec(write_spec(tmp_path, text, "auto.toml"))
+    run_exploration(spec, Store(tmp_path / "store", spec), workers=0)
+    rows = _rows(tmp_path / "store")
+    auto = rows[rows.config == "auto"]
+    assert set(auto.pattern) == {"dense", "vw"} and len(auto) == 4
+    for _, row in auto.iterrows():
+        hw = load_preset("h100", {"sm_count": int(row.sm_count)})
+        choice = library.choose(hw, 64, 1024, 4096, row.pattern)
+        assert row.time_us == choice.result.time_us
+        assert row.kernel.startswith(choice.config.name) and "-wgmma" in row.kernel
+    ours = rows[rows.config != "auto"]
+    assert (ours.kernel == ours.config).all()  # our kernels: the config that ran
+    # The baseline is dense's first config: the library's.
+    first = rows[(rows.pattern == "tw")].iloc[0]
+    dense_auto = auto[(auto.pattern == "dense") & (auto.unit == first.unit)].iloc[0]
+    assert first.dense_time_us == dense_auto.time_us
+
+
+def test_config_auto_is_refused_for_patterns_no_library_multiplies(tmp_path):
+    text = TINY.replace("sparsities = [0.75]", 'sparsities = [0.75]\n[configs]\ntw = ["auto"]')
+    with pytest.raises(InputError) as err:
+        load_spec(write_spec(tmp_path, text))
+    assert "configs" in err.value.argument and "cuBLAS" in err.value.problem
