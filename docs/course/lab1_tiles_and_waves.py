@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 from tvwsim.sim.occupancy import estimate_resources, occupancy
-from tvwsim.sim.timeline import timeline_figure
+from tvwsim.sim.timeline import timeline_figure, utilisation_figure
 
 import tvwsim
 from tvwsim.config import KernelConfig
@@ -269,6 +269,15 @@ print(
 # %% tags=["experiment"]
 print(f"one wave: {at.kernel_us:.1f} us with 2 CTAs per SM sharing the tensor cores")
 print(f"extra wave: {after.kernel_us - at.kernel_us:.1f} us for CTAs running alone on an SM")
+
+# %% [markdown]
+# The per-SM utilisation picture of the launch with one tile more (`tvwsim timeline ...
+# --utilisation FILE`): each row an SM, each column a slice of time, the colour the share
+# of the SM's two CTA slots that are busy. The first wave fills everything; in the second,
+# 8 SMs hold one CTA each (half their slots) and 100 SMs idle.
+
+# %%
+utilisation_figure(after, bins=50)
 
 # %% [markdown]
 # ## What you saw
