@@ -68,7 +68,7 @@ SYMBOL = {
 }  # fmt: skip
 """One letter per class for the issue-slot picture."""
 
-STALL_SYMBOL = {"dependency": "-", "barrier": "|", "pipe": "#", "mio": "#", "not_selected": "."}
+STALL_SYMBOL = {"dependency": "-", "barrier": "|", "pipe": "#", "mio": "%", "not_selected": "."}
 """One letter per stall reason for the issue-slot picture; ' ' is a finished warp."""
 
 

@@ -130,13 +130,21 @@ def _load(path: str) -> Stream:
     return Stream.from_json_text(Path(path).read_text(encoding="utf-8"), where=Path(path).name)
 
 
-def load_stream(pattern: str, config: KernelConfig, arch: str, block: int | None = None) -> Stream:
-    """The stored stream of a shipped variant; InputError naming `--kernel` if none."""
+def load_stream(
+    pattern: str,
+    config: KernelConfig,
+    arch: str,
+    block: int | None = None,
+    *,
+    arch_argument: str = "arch",
+) -> Stream:
+    """The stored stream of a shipped variant; InputError naming `--kernel` if none, or
+    `arch_argument` when no kernel is compiled for the GPU's arch."""
     from tvwsim.kernels.build import BW_BLOCKS
 
     if pattern == "bw" and not block:
         block = BW_BLOCKS[0]
-    arch = stream_arch(arch)
+    arch = stream_arch(arch, arch_argument)
     path = stream_dir() / stream_file_name(pattern, config, arch, block)
     if not path.is_file():
         raise InputError(

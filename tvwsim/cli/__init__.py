@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "tvwsim.cli.model",  # model
     "tvwsim.cli.explore",  # explore, explore report
     "tvwsim.cli.kernels",  # kernels build / check / list
+    "tvwsim.cli.core",  # core (one kernel's main loop, cycle by cycle)
     "tvwsim.cli.validate",  # validate, calibrate, compare
     "tvwsim.cli.traces",  # traces build, quality
     "tvwsim.cli.course",  # course build (the architecture labs, docs/course/)

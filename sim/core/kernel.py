@@ -1,0 +1,108 @@
+"""The core model of one shipped kernel on one GPU, next to the efficiency model's figure.
+
+`analyse_kernel` is what `tvwsim core` prints: the kernel's stored loop
+(`tvwsim.sim.core.streams`) run by `simulate_core` with as many co-resident CTAs as the
+occupancy model allows (docs/model.md 4), and the stage time the engine's
+`TensorCoreMma` charges for the same full stage (`efficiency_stage_cycles`), so the two
+can be read side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from tvwsim.kernels.build import VARIANTS, check_block
+from tvwsim.sim.core.model import CoreParams, CoreResult, simulate_core
+from tvwsim.sim.core.streams import load_stream
+from tvwsim.sim.hardware import Hardware
+from tvwsim.sim.occupancy import occupancy, resources_for
+from tvwsim.sim.sm import stage_smem_bytes
+
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
+from tvwsim.pattern_spec import mma_kind
+
+
+def parse_kernel(text: str, argument: str = "--kernel") -> tuple[str, KernelConfig, int | None]:
+    """'tvw-128x128x64s3w4' (bw: 'bw-128x128x32s3w4' or '...-b64') -> (pattern, config,
+    block); InputError(`argument`) unless it is a shipped variant."""
+    parts = text.strip().split("-")
+    block = None
+    if len(parts) == 3 and parts[2].startswith("b") and parts[2][1:].isdigit():
+        block = int(parts[2][1:])
+        parts = parts[:2]
+    shipped = ", ".join(f"{p}-{c.name}" for p, cs in VARIANTS.items() for c in cs[:1])
+    if len(parts) != 2 or parts[0] not in VARIANTS:
+        raise InputError(argument, f"got {text!r}; give PATTERN-CONFIG, e.g. {shipped}")
+    pattern, name = parts
+    try:
+        config = KernelConfig.from_name(name, mma=mma_kind(pattern))
+    except InputError as err:
+        raise InputError(argument, f"{text!r}: {err}") from None
+    if config not in VARIANTS[pattern]:
+        names = ", ".join(c.name for c in VARIANTS[pattern])
+        raise InputError(argument, f"{text!r} is not a shipped {pattern} variant ({names})")
+    if pattern == "bw":
+        block = check_block("bw", block if block is not None else 32, argument)
+    elif block is not None:
+        raise InputError(argument, f"{text!r}: only bw kernels take a block")
+    return pattern, config, block
+
+
+def efficiency_stage_cycles(hw: Hardware, config: KernelConfig) -> float:
+    """Cycles a full stage holds the engine's `TensorCoreMma` pipe (docs/model.md 5.3):
+    its logical FLOPs over the rate x mma_efficiency, floored by its shared-memory bytes."""
+    flops = 2.0 * config.bm * config.bn * config.bk
+    if config.mma == "sparse" and hw.has_sparse_tensor_cores:
+        rate = hw.sparse_flops_per_clk_per_sm * hw.mma_efficiency_sparse
+    else:
+        rate = hw.dense_flops_per_clk_per_sm * hw.mma_efficiency_dense
+    smem = stage_smem_bytes(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    return max(flops / rate, smem / hw.smem_bytes_per_clk_per_sm)
+
+
+@dataclass
+class KernelCore:
+    """`analyse_kernel`'s answer."""
+
+    pattern: str
+    config: KernelConfig
+    block: int | None
+    hw: Hardware
+    result: CoreResult
+    limited_by: str
+    """What limits the CTAs per SM (occupancy), or 'given' when --ctas set it."""
+
+    @property
+    def sm_cycles_per_stage(self) -> float:
+        """SM time per CTA-stage in steady state: a CTA's stage period over the CTAs that
+        share the SM (the figure comparable with the engine's stage hold)."""
+        return self.result.cycles_per_stage / self.result.ctas
+
+    @property
+    def efficiency_cycles(self) -> float:
+        return efficiency_stage_cycles(self.hw, self.config)
+
+
+def analyse_kernel(
+    hw: Hardware,
+    pattern: str,
+    config: KernelConfig,
+    block: int | None = None,
+    *,
+    ctas: int | None = None,
+    picture_cycles: int = 0,
+    arch_argument: str = "arch",
+) -> KernelCore:
+    """Run the core model on a shipped kernel; `ctas` None takes the occupancy's CTAs per
+    SM (the compiled kernel's registers where a manifest lists them, else the estimate)."""
+    stream = load_stream(pattern, config, hw.arch, block, arch_argument=arch_argument)
+    limited_by = "given"
+    if ctas is None:
+        occ = occupancy(hw, resources_for(hw, pattern, config, block=block))
+        ctas, limited_by = occ.ctas_per_sm, occ.limited_by
+    result = simulate_core(
+        stream, CoreParams.from_hardware(hw), ctas=ctas, picture_cycles=picture_cycles
+    )
+    return KernelCore(pattern, config, block, hw, result, limited_by)
