@@ -1,6 +1,7 @@
 """Benchmark: simulate every GEMM of a BERT-base forward pass in every pattern.
 
     python benchmarks/bench_bert_sim.py [--hw a100] [--batch 32] [--seq 128] [--sparsity 0.75]
+                                        [--set core_model=true]
 
 BERT-base has 12 layers; each runs Q, K, V and the attention output (M x 768 x 768),
 FFN1 (M x 3072 x 768) and FFN2 (M x 768 x 3072) with M = batch x sequence = 4096. That is
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tvwsim.kernels.prepare import schedule_for_shape
 from tvwsim.sim.engine import clear_cache, simulate  # noqa: E402
-from tvwsim.sim.presets import load_preset  # noqa: E402
+from tvwsim.sim.presets import load_preset, parse_overrides  # noqa: E402
 from tvwsim.traces.catalog import load_workload  # noqa: E402
 
 from tvwsim.pattern_spec import PATTERNS  # noqa: E402
@@ -41,9 +42,16 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--sparsity", type=float, default=0.75)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a hardware field, e.g. core_model=true (the cycle-level SM core)",
+    )
     args = parser.parse_args()
 
-    hw = load_preset(args.hw)
+    hw = load_preset(args.hw, parse_overrides(args.set))
     workload = load_workload("bert-base", batch=args.batch, seq=args.seq)
     gemms = [g for g in workload.gemms if g.prunable]
     layers = max(g.count for g in gemms)

@@ -223,7 +223,9 @@ class Gpu:
         self.sms = [Sm(i, occ.ctas_per_sm, pipe()) for i in range(hw.sm_count)]
         self.memory = MemorySystem(hw, l2_policy)
         self.loads = (load_path or load_path_for(hw))(self.memory, schedule.config)
-        self.stages = StageTable(schedule, pipe.stage_cycles(schedule, hw))
+        self.stages = StageTable(
+            schedule, pipe.stage_cycles(schedule, hw, ctas_per_sm=occ.ctas_per_sm)
+        )
         self.tasks = cta_tasks(schedule)
         self.dispatcher = dispatcher(self.tasks)
 

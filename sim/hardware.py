@@ -133,6 +133,11 @@ class Hardware:
     """Cycles from an ALU / FMA instruction to a dependent one."""
     core_barrier_cycles: float = 20.0
     """Cycles from the last warp's arrival at BAR.SYNC to the CTA's release."""
+    core_model: bool = False
+    """True: the engine takes our kernels' stage time from the core model above (their
+    SASS loop, cycle by cycle; docs/model.md 5.7) instead of FLOPs / (rate x
+    mma_efficiency). Kernels with no stored loop (vendor libraries, configs we do not
+    ship, GPUs without an arch of ours) keep the efficiency rule."""
 
     source: str = ""
     """Where the figures come from (a calibrated preset names its measurement files)."""

@@ -55,8 +55,11 @@ class MathPipe:
         """Total time stages held the pipe: utilisation = busy_cycles / elapsed."""
 
     @staticmethod
-    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
-        """float64 [stages of schedule.work]: cycles each stage holds the pipe."""
+    def stage_cycles(
+        schedule: Schedule, hw: Hardware, ctas_per_sm: int | None = None
+    ) -> np.ndarray:
+        """float64 [stages of schedule.work]: cycles each stage holds the pipe, when
+        `ctas_per_sm` CTAs share the SM (the launch's occupancy; None: unknown)."""
         raise NotImplementedError
 
     def reserve(self, now: float, cycles: float) -> float:
@@ -68,13 +71,28 @@ class MathPipe:
 
 
 class TensorCoreMma(MathPipe):
-    """The tensor cores driven by mma.sync (dense) or mma.sp (2:4 sparse)."""
+    """The tensor cores driven by mma.sync (dense) or mma.sp (2:4 sparse).
+
+    A stage holds the pipe for FLOPs / (rate x mma_efficiency), floored by its
+    shared-memory bytes; with `Hardware.core_model`, for the time the cycle-level core
+    model gives the kernel's SASS loop (docs/model.md 5.7), where one is stored."""
 
     __slots__ = ()
 
     @staticmethod
-    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
+    def stage_cycles(
+        schedule: Schedule, hw: Hardware, ctas_per_sm: int | None = None
+    ) -> np.ndarray:
         flops = schedule.work.stage_flops
+        if hw.core_model:
+            # The kernel's own SASS loop, cycle by cycle (tvwsim.sim.core), with the CTAs
+            # that share the SM: the SM time of one CTA-stage, for a full stage.
+            from tvwsim.sim.core.kernel import core_stage_cycles
+
+            c = schedule.config
+            core = core_stage_cycles(hw, schedule.pattern, c, ctas_per_sm)
+            if core is not None:
+                return core * flops / (2.0 * c.bm * c.bn * c.bk)
         if schedule.config.mma == "sparse" and hw.has_sparse_tensor_cores:
             rate = hw.sparse_flops_per_clk_per_sm * hw.mma_efficiency_sparse
         else:
@@ -99,7 +117,9 @@ class WarpgroupMma(MathPipe):
     __slots__ = ()
 
     @staticmethod
-    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
+    def stage_cycles(
+        schedule: Schedule, hw: Hardware, ctas_per_sm: int | None = None
+    ) -> np.ndarray:
         c = schedule.config
         flops = schedule.work.stage_flops
         if c.mma == "sparse" and hw.has_sparse_tensor_cores:
@@ -118,7 +138,9 @@ class CudaCores(MathPipe):
     __slots__ = ()
 
     @staticmethod
-    def stage_cycles(schedule: Schedule, hw: Hardware) -> np.ndarray:
+    def stage_cycles(
+        schedule: Schedule, hw: Hardware, ctas_per_sm: int | None = None
+    ) -> np.ndarray:
         flops = schedule.work.stage_flops
         rate = hw.cuda_core_flops_per_clk_per_sm * hw.cuda_core_efficiency
         # Each FMA reads one activation element (2 B) from shared memory; the stage's

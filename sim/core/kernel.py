@@ -10,6 +10,7 @@ can be read side by side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from types import SimpleNamespace
 
 from tvwsim.kernels.build import VARIANTS, check_block
@@ -106,3 +107,25 @@ def analyse_kernel(
         stream, CoreParams.from_hardware(hw), ctas=ctas, picture_cycles=picture_cycles
     )
     return KernelCore(pattern, config, block, hw, result, limited_by)
+
+
+@lru_cache(maxsize=256)
+def core_stage_cycles(
+    hw: Hardware, pattern: str, config: KernelConfig, ctas: int | None = None
+) -> float | None:
+    """SM cycles per CTA-stage of a shipped kernel on `hw` by the core model, with `ctas`
+    co-resident CTAs (None: the occupancy's) - what the engine's TensorCoreMma charges a
+    full stage when `hw.core_model` is set. None where no loop is stored (not a shipped
+    variant, or no kernel of ours is compiled for the GPU's arch): the caller keeps the
+    efficiency rule. bw runs the loop of its smallest block. Cached: one core run takes
+    0.1-1 s, and a whole model asks for the same few variants again and again."""
+    if config not in VARIANTS.get(pattern, ()):
+        return None
+    try:
+        stream = load_stream(pattern, config, hw.arch)
+    except InputError:
+        return None
+    if ctas is None:
+        ctas = occupancy(hw, resources_for(hw, pattern, config)).ctas_per_sm
+    result = simulate_core(stream, CoreParams.from_hardware(hw), ctas=ctas)
+    return result.cycles_per_stage / result.ctas

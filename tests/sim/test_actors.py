@@ -122,8 +122,8 @@ class TwiceTheTensorCore(TensorCoreMma):
     """A trivial new pipe: every stage takes half the tensor-core time."""
 
     @staticmethod
-    def stage_cycles(schedule, hw):
-        return TensorCoreMma.stage_cycles(schedule, hw) / 2
+    def stage_cycles(schedule, hw, ctas_per_sm=None):
+        return TensorCoreMma.stage_cycles(schedule, hw, ctas_per_sm) / 2
 
 
 def test_a_new_math_pipe_plugs_in_beside_the_tensor_cores():
