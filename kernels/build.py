@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -579,31 +579,48 @@ def sass_opcodes(cubin: Path | str) -> dict[str, Counter]:
     return result
 
 
-_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
 _BRANCH_TARGET = re.compile(r"0x([0-9a-f]+)")
 
+SassLine = tuple[int, str | None, str, str]
+"""(address, guard predicate or None, opcode with modifiers, operand text) of one line."""
 
-def sass_functions(cubin: Path | str) -> dict[str, list[tuple[int, str, str]]]:
-    """Per function: (address, opcode with modifiers, operands) of every instruction."""
-    result: dict[str, list[tuple[int, str, str]]] = {}
-    current: list[tuple[int, str, str]] | None = None
-    for line in dump_sass(cubin).splitlines():
+
+def sass_listing(text: str) -> dict[str, list[SassLine]]:
+    """Per function of a `cuobjdump --dump-sass` listing, its instructions in order: the
+    one reader of SASS text (`sass_functions`, `tvwsim.kernels.sass_stream`)."""
+    result: dict[str, list[SassLine]] = {}
+    current: list[SassLine] | None = None
+    for line in text.splitlines():
         hdr = _FUNC_HDR.search(line)
         if hdr:
             current = result.setdefault(hdr.group(1), [])
             continue
         m = _INSTR.search(line)
         if m and current is not None:
-            current.append((int(m.group(1), 16), m.group(2), m.group(3)))
+            guard = m.group(2).strip()[1:] if m.group(2) else None
+            current.append((int(m.group(1), 16), guard, m.group(3), m.group(4).strip()))
     return result
 
 
-def main_loop(instrs: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+def sass_functions(cubin: Path | str) -> dict[str, list[tuple[int, str, str]]]:
+    """Per function: (address, opcode with modifiers, operands) of every instruction."""
+    return {
+        name: [(addr, op, args) for addr, _guard, op, args in lines]
+        for name, lines in sass_listing(dump_sass(cubin)).items()
+    }
+
+
+def main_loop(instrs: Sequence[tuple]) -> list[tuple]:
     """The instructions of the backward-branch loop holding the most HMMA ([] if none):
-    the K loop of `pipeline` in common.cuh, every stage body inside it unrolled."""
-    best: list[tuple[int, str, str]] = []
+    the K loop of `pipeline` in common.cuh, every stage body inside it unrolled.
+
+    `instrs` are `sass_functions` or `sass_listing` tuples: the address first, the opcode
+    and its operand text last."""
+    best: list[tuple] = []
     best_mma = 0
-    for addr, op, args in instrs:
+    for instr in instrs:
+        addr, op, args = instr[0], instr[-2], instr[-1]
         if op.split(".")[0] != "BRA":
             continue
         target = _BRANCH_TARGET.search(args)
@@ -611,7 +628,7 @@ def main_loop(instrs: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
             continue
         start = int(target.group(1), 16)
         body = [i for i in instrs if start <= i[0] <= addr]
-        mma = sum(1 for i in body if i[1].startswith("HMMA"))
+        mma = sum(1 for i in body if i[-2].startswith("HMMA"))
         if mma > best_mma:
             best, best_mma = body, mma
     return best

@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tvwsim.kernels.build import SassLine
+
 CLASSES: tuple[str, ...] = (
     "hmma",
     "hmma_sp",
@@ -205,46 +207,9 @@ def operands(opcode: str, text: str, guard: str | None) -> tuple[tuple[str, ...]
     return tuple(dict.fromkeys(dst)), tuple(dict.fromkeys(src))
 
 
-_FUNC_HDR = re.compile(r"Function\s*:\s*(\S+)")
-_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
-_TARGET = re.compile(r"0x([0-9a-f]+)")
-
-Raw = tuple[int, str | None, str, str]
-"""(address, guard predicate or None, opcode, operand text) of one SASS line."""
-
-
-def parse_sass(text: str) -> dict[str, list[Raw]]:
-    """Per function of a `cuobjdump --dump-sass` listing, its instructions in order."""
-    result: dict[str, list[Raw]] = {}
-    current: list[Raw] | None = None
-    for line in text.splitlines():
-        hdr = _FUNC_HDR.search(line)
-        if hdr:
-            current = result.setdefault(hdr.group(1), [])
-            continue
-        m = _LINE.search(line)
-        if m and current is not None:
-            guard = m.group(2).strip()[1:] if m.group(2) else None
-            current.append((int(m.group(1), 16), guard, m.group(3), m.group(4).strip()))
-    return result
-
-
-def loop_body(instrs: list[Raw]) -> list[Raw]:
-    """The body of the backward-branch loop holding the most HMMA ([] if none)."""
-    best: list[Raw] = []
-    best_mma = 0
-    for addr, _guard, op, args in instrs:
-        if op.split(".")[0] != "BRA":
-            continue
-        target = _TARGET.search(args)
-        if not target or int(target.group(1), 16) >= addr:
-            continue
-        start = int(target.group(1), 16)
-        body = [i for i in instrs if start <= i[0] <= addr]
-        mma = sum(1 for i in body if i[2].startswith("HMMA"))
-        if mma > best_mma:
-            best, best_mma = body, mma
-    return best
+Raw = SassLine
+"""(address, guard predicate or None, opcode, operand text) of one SASS line
+(`tvwsim.kernels.build.sass_listing`)."""
 
 
 def stream_of(body: list[Raw]) -> list[SassInstruction]:
@@ -259,12 +224,12 @@ def stream_of(body: list[Raw]) -> list[SassInstruction]:
 
 def extract(cubin: Path | str, function: str) -> list[SassInstruction]:
     """The main-loop stream of `function` in `cubin` (cuobjdump; no GPU)."""
-    from tvwsim.kernels.build import BuildError, dump_sass
+    from tvwsim.kernels.build import BuildError, dump_sass, main_loop, sass_listing
 
-    functions = parse_sass(dump_sass(cubin))
+    functions = sass_listing(dump_sass(cubin))
     if function not in functions:
         raise BuildError(f"{cubin} has no function {function!r} (has {sorted(functions)})")
-    body = loop_body(functions[function])
+    body = main_loop(functions[function])
     if not body:
         raise BuildError(f"{cubin}: {function} has no loop with HMMA")
     return stream_of(body)
