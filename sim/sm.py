@@ -27,14 +27,20 @@ from __future__ import annotations
 import numpy as np
 from tvwsim.sim.hardware import Hardware
 
+from tvwsim.config import KernelConfig
 from tvwsim.schedule import ELEMENT_BYTES, Schedule
 
 
 def stage_smem_bytes(schedule: Schedule) -> float:
-    """Shared-memory bytes one tensor-core stage moves: the fill by the stage's loads plus
-    every warp's fragment reads (a warp reads the A rows of its warp row and the B
-    columns of its warp column, so A is read warps_n times and B warps_m times)."""
-    c = schedule.config
+    """Shared-memory bytes one tensor-core stage of `schedule`'s kernel moves
+    (`config_smem_bytes`)."""
+    return config_smem_bytes(schedule.config)
+
+
+def config_smem_bytes(c: KernelConfig) -> float:
+    """Shared-memory bytes one mma.sync stage of kernel `c` moves: the fill by the stage's
+    loads plus every warp's fragment reads (a warp reads the A rows of its warp row and
+    the B columns of its warp column, so A is read warps_n times and B warps_m times)."""
     warps_m, warps_n = c.warp_grid  # the split the kernel is compiled with
     fill = c.weight_stage_bytes + c.activation_stage_bytes
     return fill + warps_n * c.weight_stage_bytes + warps_m * c.activation_stage_bytes
@@ -93,15 +99,21 @@ class TensorCoreMma(MathPipe):
             core = core_stage_cycles(hw, schedule.pattern, c, ctas_per_sm)
             if core is not None:
                 return core * flops / (2.0 * c.bm * c.bn * c.bk)
-        if schedule.config.mma == "sparse" and hw.has_sparse_tensor_cores:
-            rate = hw.sparse_flops_per_clk_per_sm * hw.mma_efficiency_sparse
-        else:
-            # No sparse tensor core: the 2:4 kernel's logical work runs densely.
-            rate = hw.dense_flops_per_clk_per_sm * hw.mma_efficiency_dense
-        # Every stage moves the same shared-memory bytes (padding and absent bw blocks
-        # included), so a fast mma hits this floor.
-        smem = np.full(flops.shape, stage_smem_bytes(schedule))
-        return np.maximum(flops / rate, smem / hw.smem_bytes_per_clk_per_sm)
+        return efficiency_stage_cycles(schedule.config, hw, flops)
+
+
+def efficiency_stage_cycles(config: KernelConfig, hw: Hardware, flops):
+    """The efficiency rule of `TensorCoreMma` (docs/model.md 5.3) for stages of `flops`
+    (a number or an array): FLOPs / (rate x mma_efficiency), floored by the stage's
+    shared-memory bytes."""
+    if config.mma == "sparse" and hw.has_sparse_tensor_cores:
+        rate = hw.sparse_flops_per_clk_per_sm * hw.mma_efficiency_sparse
+    else:
+        # No sparse tensor core: the 2:4 kernel's logical work runs densely.
+        rate = hw.dense_flops_per_clk_per_sm * hw.mma_efficiency_dense
+    # Every stage moves the same shared-memory bytes (padding and absent bw blocks
+    # included), so a fast mma hits this floor.
+    return np.maximum(flops / rate, config_smem_bytes(config) / hw.smem_bytes_per_clk_per_sm)
 
 
 class WarpgroupMma(MathPipe):

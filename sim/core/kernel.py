@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from types import SimpleNamespace
 
 from tvwsim.kernels.build import VARIANTS, check_block
 from tvwsim.sim.core.model import CoreParams, CoreResult, simulate_core
 from tvwsim.sim.core.streams import load_stream
 from tvwsim.sim.hardware import Hardware
 from tvwsim.sim.occupancy import occupancy, resources_for
-from tvwsim.sim.sm import stage_smem_bytes
+from tvwsim.sim.sm import efficiency_stage_cycles as stage_rule
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
@@ -52,15 +51,9 @@ def parse_kernel(text: str, argument: str = "--kernel") -> tuple[str, KernelConf
 
 
 def efficiency_stage_cycles(hw: Hardware, config: KernelConfig) -> float:
-    """Cycles a full stage holds the engine's `TensorCoreMma` pipe (docs/model.md 5.3):
-    its logical FLOPs over the rate x mma_efficiency, floored by its shared-memory bytes."""
-    flops = 2.0 * config.bm * config.bn * config.bk
-    if config.mma == "sparse" and hw.has_sparse_tensor_cores:
-        rate = hw.sparse_flops_per_clk_per_sm * hw.mma_efficiency_sparse
-    else:
-        rate = hw.dense_flops_per_clk_per_sm * hw.mma_efficiency_dense
-    smem = stage_smem_bytes(SimpleNamespace(config=config))  # type: ignore[arg-type]
-    return max(flops / rate, smem / hw.smem_bytes_per_clk_per_sm)
+    """Cycles a full stage holds the engine's `TensorCoreMma` pipe by its efficiency rule
+    (docs/model.md 5.3), for reading beside the core model's figure."""
+    return float(stage_rule(config, hw, 2.0 * config.bm * config.bn * config.bk))
 
 
 @dataclass
