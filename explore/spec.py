@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,6 +48,7 @@ from tvwsim.validate.model_errors import input_error
 
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
+from tvwsim.io import named_toml
 from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERN_NAMES, PATTERNS, mma_kind
 from tvwsim.schedule import POLICIES
 
@@ -394,31 +394,9 @@ def shipped_specs() -> list[str]:
     return sorted(p.stem for p in _spec_dir().glob("*.toml"))
 
 
-def spec_path(name_or_path: str | os.PathLike, *, argument: str = "SPEC") -> Path:
-    """A shipped spec by name ('sparse-tc') or a spec file by path."""
-    text = str(name_or_path)
-    if text.endswith(".toml") or os.sep in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            shipped = _spec_dir() / Path(text).name
-            if Path(text).name == text and shipped.is_file():
-                return shipped
-            raise InputError(argument, f"spec file {text!r} does not exist")
-        return path
-    path = _spec_dir() / f"{text}.toml"
-    if not path.is_file():
-        raise InputError(
-            argument,
-            f"unknown spec {text!r}; shipped: {', '.join(shipped_specs())} (or a .toml file)",
-        )
-    return path
-
-
 def load_spec(name_or_path: str | os.PathLike, *, argument: str = "SPEC") -> ExploreSpec:
     """Read and check a spec: a shipped name or a .toml path."""
-    path = spec_path(name_or_path, argument=argument)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(argument, f"{path.name} is not valid TOML: {err}") from None
+    path, data = named_toml(
+        name_or_path, _spec_dir(), argument=argument, kind="spec", hint="(or a .toml file)"
+    )
     return parse_spec(data, label=path.name, source=str(path))

@@ -1,4 +1,5 @@
-"""File helpers every package uses: whole-or-nothing writes and JSON-lines reading.
+"""File helpers every package uses: whole-or-nothing writes, JSON-lines reading, and
+shipped TOML files found by name or path.
 
 A file tvwsim writes is either the old one or the complete new one, never half of it
 (an interrupted run leaves no torn PNG, manifest or table), and it gets the normal mode
@@ -11,8 +12,11 @@ import contextlib
 import json
 import os
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+
+from tvwsim.errors import InputError
 
 
 def _umask() -> int:
@@ -89,3 +93,35 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         f.write(line if line.endswith("\n") else line + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def named_toml(
+    name_or_path: str | os.PathLike,
+    shipped: Path,
+    *,
+    argument: str,
+    kind: str,
+    hint: str,
+) -> tuple[Path, dict]:
+    """A TOML file named like a shipped one ('quick': `shipped`/quick.toml) or given by
+    path (it ends in .toml or holds a separator), and its parsed data. One InputError
+    naming `argument` for a missing file, an unknown name (listing the shipped ones, then
+    `hint`) or bad TOML. A bare 'NAME.toml' that is not here but ships is the shipped one."""
+    text = str(name_or_path)
+    if text.endswith(".toml") or os.sep in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            fallback = shipped / Path(text).name
+            if Path(text).name != text or not fallback.is_file():
+                raise InputError(argument, f"{kind} file {text!r} does not exist")
+            path = fallback
+    else:
+        path = shipped / f"{text}.toml"
+        if not path.is_file():
+            names = ", ".join(sorted(p.stem for p in shipped.glob("*.toml")))
+            raise InputError(argument, f"unknown {kind} {text!r}; shipped: {names} {hint}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(argument, f"{path.name} is not valid TOML: {err}") from None
+    return path, data

@@ -16,7 +16,6 @@ on the GPU. A bad spec is one InputError naming file and entry
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -50,6 +49,7 @@ from tvwsim.validate.points import (
 
 from tvwsim.config import KernelConfig, default_config
 from tvwsim.errors import InputError
+from tvwsim.io import named_toml
 from tvwsim.pattern_spec import KERNEL_PATTERNS, PATTERNS, REGULAR_PATTERNS, mma_kind
 from tvwsim.schedule import POLICIES
 
@@ -404,21 +404,11 @@ def shipped_sweeps() -> list[str]:
 
 def load_spec(name_or_path: str | os.PathLike, *, argument: str = "--spec") -> SweepSpec:
     """A shipped sweep by name ('quick', 'full') or a spec file by path."""
-    text = str(name_or_path)
-    if text.endswith(".toml") or os.sep in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise InputError(argument, f"sweep spec {text!r} does not exist")
-    else:
-        path = _sweep_dir() / f"{text}.toml"
-        if not path.is_file():
-            raise InputError(
-                argument,
-                f"unknown sweep {text!r}; shipped: {', '.join(shipped_sweeps())} "
-                "(or give a spec file with --spec)",
-            )
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(argument, f"{path.name} is not valid TOML: {err}") from None
+    path, data = named_toml(
+        name_or_path,
+        _sweep_dir(),
+        argument=argument,
+        kind="sweep",
+        hint="(or give a spec file with --spec)",
+    )
     return parse_spec(data, label=path.name, source=str(path))
