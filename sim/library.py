@@ -213,12 +213,6 @@ def estimate_cycles(hw: Hardware, schedule: Schedule) -> float:
     )
 
 
-def library_schedule(m: int, n: int, k: int, pattern: str, config: KernelConfig, split_k: int):
-    """The schedule a library kernel runs: regular tile work, grouped order, split-K."""
-    work = regular_tile_work(pattern, n, k, config)
-    return build_schedule(work, m, LIBRARY_POLICY, split_k=split_k)
-
-
 _CACHE_SIZE = 512
 _cache: OrderedDict[tuple, LibraryChoice] = OrderedDict()
 
@@ -237,8 +231,11 @@ def choose(
         return _cache[key]
     ranked: list[tuple[float, KernelConfig, int, Schedule]] = []
     for config in menu(hw, pattern):
+        # A library kernel's work is regular (the shape's alone): one per tile, whatever
+        # the split; the schedule adds the grouped order and the split.
+        work = regular_tile_work(pattern, n, k, config)
         for split in split_factors(hw, m, n, k, config):
-            schedule = library_schedule(m, n, k, pattern, config, split)
+            schedule = build_schedule(work, m, LIBRARY_POLICY, split_k=split)
             cycles = estimate_cycles(hw, schedule)
             ranked.append((cycles / hw.clock_mhz, config, split, schedule))
     if not ranked:
