@@ -121,6 +121,34 @@ def calibrate(
     Training rows over `max_stages` (`row_stages`; None: no limit) are left out; `only`
     keeps the rows of those implementations alone."""
     rows, files = load_rows(paths)
+    return calibrate_rows(
+        rows,
+        files,
+        base,
+        names,
+        kind=kind,
+        only=only,
+        max_stages=max_stages,
+        max_nfev=max_nfev,
+        jobs=jobs,
+        progress=progress,
+    )
+
+
+def calibrate_rows(
+    rows: Sequence[dict],
+    files: Sequence[dict],
+    base: Hardware,
+    names: Sequence[str] | None = None,
+    *,
+    kind: str | None = None,
+    only: Sequence[str] | None = None,
+    max_stages: int | None = MAX_TRAIN_STAGES,
+    max_nfev: int = MAX_NFEV,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> Calibration:
+    """`calibrate` on rows already read (`tvwsim.validate.dataset.load_rows`)."""
     kind = default_kind(rows) if kind is None else check_kind(kind)
     device = check_device(rows, base)
     usable = model_rows(rows, kind, only)

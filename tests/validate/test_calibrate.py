@@ -393,10 +393,10 @@ def test_the_base_preset_follows_the_measured_device(tmp_path):
     lines = measured.read_text().splitlines()[:2]
     one = tmp_path / "one.jsonl"
     one.write_text("\n".join(lines) + "\n")
-    assert _measured_device_preset([str(one)]) == "h200"
+    assert _measured_device_preset(load_rows([str(one)])[0]) == "h200"
     other = json.loads(lines[1])
     other["device"]["name"] = "NVIDIA A100-SXM4-40GB"
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text(lines[0] + "\n" + json.dumps(other) + "\n")
     with pytest.raises(InputError, match="--measured.*2 devices"):
-        _measured_device_preset([str(mixed)])
+        _measured_device_preset(load_rows([str(mixed)])[0])

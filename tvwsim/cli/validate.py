@@ -247,13 +247,11 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 # -- calibrate -----------------------------------------------------------------------------
-def _measured_device_preset(paths: list[str]) -> str:
-    """The shipped preset of the one device the measurement files come from."""
+def _measured_device_preset(rows: list[dict]) -> str:
+    """The shipped preset of the one device the measurement rows come from."""
     from tvwsim.errors import InputError
-    from tvwsim.validate.dataset import load_rows
     from tvwsim.validate.split import preset_for_device
 
-    rows, _ = load_rows(paths)
     devices = sorted({str(r["device"]["name"]) for r in rows})
     if len(devices) != 1:
         raise InputError(
@@ -273,7 +271,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         write_preset,
     )
     from tvwsim.validate.calibrate import (
-        calibrate,
+        calibrate_rows,
         calibrated_hardware,
         default_preset_name,
         preset_comments,
@@ -283,9 +281,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from tvwsim.validate.fit import MAX_NFEV, check_fit_names
     from tvwsim.validate.split import MAX_TRAIN_STAGES, check_kind, default_kind, model_rows
 
+    rows, files = load_rows(args.measured)
     if args.hw is None:
-        args.hw = _measured_device_preset(args.measured)
-    rows, _ = load_rows(args.measured)
+        args.hw = _measured_device_preset(rows)
     kind = default_kind(rows) if args.rows is None else check_kind(args.rows)
     if args.out is None:
         only = None if args.only is None else args.only.split(",")
@@ -319,8 +317,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if not quiet:
             print(text, file=sys.stderr, flush=True)
 
-    cal = calibrate(
-        args.measured,
+    cal = calibrate_rows(
+        rows,
+        files,
         base,
         names,
         kind=kind,
