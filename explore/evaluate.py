@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tvwsim.explore.design import HardwarePoint
-from tvwsim.explore.spec import AUTO, ExploreSpec, Run, WorkloadSpec, kernel_config
+from tvwsim.explore.spec import ExploreSpec, Run, WorkloadSpec, kernel_config
 
+from tvwsim.config import AUTO
 from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERNS, VW_SPARSITY
 
 

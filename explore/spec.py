@@ -46,7 +46,7 @@ from pydantic import (
 from tvwsim.explore.design import SAMPLE_METHODS, HardwarePoint, hardware_points
 from tvwsim.validate.model_errors import input_error
 
-from tvwsim.config import KernelConfig, default_config
+from tvwsim.config import AUTO, KernelConfig, default_config
 from tvwsim.errors import InputError
 from tvwsim.io import named_toml
 from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERN_NAMES, PATTERNS, mma_kind
@@ -160,11 +160,6 @@ class SpecFile(BaseModel):
                 except InputError as err:
                     raise ValueError(f"{pattern} {name!r}: {err.problem}") from None
         return configs
-
-
-AUTO = "auto"
-"""A config name: the kernel a vendor library would pick at each hardware point
-(`tvwsim.sim.library`; dense and vw, GEMM workloads), in the library's own tile order."""
 
 
 def kernel_config(pattern: str, name: str) -> KernelConfig:

@@ -44,6 +44,10 @@ SPARSE_K_GRANULE = 64
 EPILOGUE_ROW_PAD = 8
 """fp16 elements of padding per row of the epilogue's staging tile (common.cuh)."""
 
+AUTO = "auto"
+"""Said where a config name is asked for: the kernel a vendor library would pick on the
+GPU at hand (`tvwsim.sim.library`: `--config auto`, an explore spec's `auto`)."""
+
 _NAME = re.compile(r"^(\d+)x(\d+)x(\d+)s(\d+)w(\d+)(-wgmma)?$")
 WGMMA_SUFFIX = "-wgmma"
 """Appended to the name of a warpgroup-MMA config: '128x256x64s4w8-wgmma'."""

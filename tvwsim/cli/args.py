@@ -6,6 +6,7 @@ parse them here, so every bad value becomes one `InputError` that names the opti
 
 from __future__ import annotations
 
+from tvwsim.config import AUTO
 from tvwsim.errors import InputError
 
 
@@ -71,3 +72,13 @@ def parse_sparsity(name: str, text: str | None) -> float | None:
     if not 0.0 <= value < 1.0:
         raise InputError(name, f"must be in [0, 1), got {text!r}")
     return value
+
+
+def parse_library_config(name: str, text: str | None) -> bool:
+    """True for `--config auto` (a vendor library's kernel), False when absent; a command
+    whose --config takes nothing else gets one InputError for any other value."""
+    if text is None:
+        return False
+    if text.strip() != AUTO:
+        raise InputError(name, f"got {text!r}; allowed: auto (this project's kernels otherwise)")
+    return True

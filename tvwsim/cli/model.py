@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from tvwsim.cli.args import parse_int, parse_patterns, parse_sparsity_list
+from tvwsim.cli.args import parse_int, parse_library_config, parse_patterns, parse_sparsity_list
 from tvwsim.cli.progress import add_progress_argument, progress_bar
 from tvwsim.cli.simulate import add_force_argument, add_hardware_arguments
 from tvwsim.errors import InputError
@@ -140,10 +140,7 @@ def run_model(args: argparse.Namespace) -> int:
     runs = sim_model.model_runs(patterns, parse_sparsity_list("--sparsity", args.sparsity))
     if args.policy not in POLICIES:
         raise InputError("--policy", f"got {args.policy!r}; allowed: {', '.join(POLICIES)}")
-    if args.config is not None and args.config.strip() != "auto":
-        raise InputError(
-            "--config", f"got {args.config!r}; allowed: auto (the pattern kernels otherwise)"
-        )
+    library = parse_library_config("--config", args.config)
     plot = _check_plot(args.plot)
     hw = load_preset(args.hw, parse_overrides(args.set), argument="--hw")
     workload = load_workload(args.name, batch=batch, seq=seq)
@@ -171,7 +168,7 @@ def run_model(args: argparse.Namespace) -> int:
             on_step=step,
             trace_label=mapping.label if mapping is not None else None,
             notes=notes,
-            library=args.config is not None,
+            library=library,
         )
     if not seq_used:
         result = dataclasses.replace(result, seq=None)

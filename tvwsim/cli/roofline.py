@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from tvwsim.cli.args import parse_int
+from tvwsim.cli.args import parse_int, parse_library_config
 from tvwsim.cli.simulate import add_force_argument, add_hardware_arguments, parse_shape
 from tvwsim.errors import InputError
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-AUTO = "auto"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,8 +85,7 @@ def run_roofline(args: argparse.Namespace) -> int:
     from tvwsim.sim.presets import load_preset, parse_overrides
     from tvwsim.sim.roofline import Roof, RooflinePoint, draw_roofline
 
-    if args.config not in (None, AUTO):
-        raise InputError("--config", f"takes only 'auto', got {args.config!r}")
+    library = parse_library_config("--config", args.config)
     plot = None
     if args.plot is not None:
         plot = Path(args.plot)
@@ -103,7 +101,7 @@ def run_roofline(args: argparse.Namespace) -> int:
         )
         check_cost(cost, argument="--shape", what=f"{len(gemms)} dense GEMM(s)")
     points = [
-        RooflinePoint.of(simulate_dense(hw, m, n, k, args.config), name) for name, m, n, k in gemms
+        RooflinePoint.of(simulate_dense(hw, m, n, k, library), name) for name, m, n, k in gemms
     ]
     roof = Roof.of(hw)
     if args.json:
@@ -117,11 +115,11 @@ def run_roofline(args: argparse.Namespace) -> int:
     return 0
 
 
-def simulate_dense(hw, m: int, n: int, k: int, config: str | None):
+def simulate_dense(hw, m: int, n: int, k: int, library: bool):
     """The dense GEMM's SimResult: our default kernel, or a library's pick (`auto`)."""
     import tvwsim
 
-    if config == AUTO:
+    if library:
         from tvwsim.sim.library import choose
 
         return choose(hw, m, n, k, "dense").result

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tvwsim.cli.args import parse_int, parse_patterns, parse_sparsity
 from tvwsim.cli.progress import add_progress_argument, progress_bar
+from tvwsim.config import AUTO
 from tvwsim.errors import InputError
 from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERN_NAMES, check_sparsity, pattern_spec
 from tvwsim.schedule import POLICIES
@@ -162,10 +163,6 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def _parse_int(name: str, text: str | None, *, minimum: int = 0) -> int | None:
     return None if text is None else parse_int(name, text, minimum=minimum)
-
-
-AUTO = "auto"
-"""--config value: the kernel a vendor library would pick (tvwsim.sim.library)."""
 
 
 def _config(args: argparse.Namespace, pattern: str):
