@@ -61,7 +61,13 @@ import numpy as np
 import simpy
 from tvwsim.sim.hardware import Hardware
 from tvwsim.sim.memory import L2Policy, LoadPath, MemorySystem, load_path_for
-from tvwsim.sim.occupancy import KernelResources, Occupancy, occupancy, resources_for
+from tvwsim.sim.occupancy import (
+    KernelResources,
+    Occupancy,
+    check_mma_class,
+    occupancy,
+    resources_for,
+)
 from tvwsim.sim.result import SimResult
 from tvwsim.sim.sm import MathPipe, Sm, math_pipe_for, stage_smem_bytes
 from tvwsim.sim.stages import CtaTask, Stage, StageTable, cta_tasks
@@ -107,12 +113,7 @@ def simulate(
         raise InputError("schedule", f"must be a tvwsim.schedule.Schedule, got {type(schedule)}")
     if not isinstance(hw, Hardware):
         raise InputError("hw", f"must be a tvwsim.sim.hardware.Hardware, got {type(hw)}")
-    if schedule.config.mma_class == "wgmma" and not hw.has_warpgroup_mma:
-        raise InputError(
-            "config",
-            f"{schedule.config.name} is a warpgroup-MMA (wgmma) kernel and {hw.label} has no "
-            "warpgroup MMA (has_warpgroup_mma = false); use an mma.sync config",
-        )
+    check_mma_class(hw, schedule.config)
     if resources is None:
         resources = resources_for(hw, schedule.pattern, schedule.config, manifest)
     occ = occupancy(hw, resources)

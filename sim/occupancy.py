@@ -126,6 +126,17 @@ def resources_for(
     return found if found is not None else estimate_resources(config)
 
 
+def check_mma_class(hw: Hardware, config: KernelConfig, argument: str = "config") -> None:
+    """InputError(`argument`) when `config`'s MMA class cannot run on `hw`: a
+    warpgroup-MMA kernel on a GPU without warpgroup MMA."""
+    if config.mma_class == "wgmma" and not hw.has_warpgroup_mma:
+        raise InputError(
+            argument,
+            f"{config.name} is a warpgroup-MMA (wgmma) kernel and {hw.label} has no "
+            "warpgroup MMA (has_warpgroup_mma = false); use an mma.sync config",
+        )
+
+
 def occupancy(hw: Hardware, resources: KernelResources) -> Occupancy:
     """Resident CTAs per SM for a kernel with `resources` on `hw`, and what limits it.
 

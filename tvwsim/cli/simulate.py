@@ -251,14 +251,9 @@ def _runs(args: argparse.Namespace, *, several: bool) -> list[tuple[str, float]]
 
 def _check_fits(hw, pattern: str, config, manifest: str | None):
     """The kernel's resources, checked against the SM before any work (--config)."""
-    from tvwsim.sim.occupancy import occupancy, resources_for
+    from tvwsim.sim.occupancy import check_mma_class, occupancy, resources_for
 
-    if config.mma_class == "wgmma" and not hw.has_warpgroup_mma:
-        raise InputError(
-            "--config",
-            f"{config.name} is a warpgroup-MMA kernel and {hw.label} has no warpgroup MMA "
-            "(has_warpgroup_mma = false)",
-        )
+    check_mma_class(hw, config, "--config")
     resources = resources_for(hw, pattern, config, manifest)
     try:
         occupancy(hw, resources)
