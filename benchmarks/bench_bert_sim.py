@@ -16,19 +16,30 @@ schedules, and `simulate` keys on (schedule digest, hardware, kernel resources).
 
 Prints wall-clock seconds (total, pruning + encoding, simulation), SimPy events per
 second, peak resident memory, and the model's forward-pass time per pattern.
+
+With `--set core_model=true` (the cycle-level SM core, docs/model.md 5.7) the pass runs
+twice, each in a fresh process sharing one new, empty core cache folder
+($TVWSIM_CACHE_DIR): cold (every core result computed and written) and warm (read back,
+as any later run on this machine) - both wall clocks are printed. `--single` runs one
+pass in this process with the usual cache folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tvwsim.kernels.prepare import schedule_for_shape
+from tvwsim.kernels.prepare import schedule_for_shape  # noqa: E402
+from tvwsim.sim.core.cache import CACHE_ENV, STATS  # noqa: E402
 from tvwsim.sim.engine import clear_cache, simulate  # noqa: E402
 from tvwsim.sim.presets import load_preset, parse_overrides  # noqa: E402
 from tvwsim.traces.catalog import load_workload  # noqa: E402
@@ -49,9 +60,14 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="override a hardware field, e.g. core_model=true (the cycle-level SM core)",
     )
+    parser.add_argument(
+        "--single", action="store_true", help="one pass in this process (no cold/warm pair)"
+    )
     args = parser.parse_args()
 
     hw = load_preset(args.hw, parse_overrides(args.set))
+    if hw.core_model and not args.single:
+        return cold_and_warm()
     workload = load_workload("bert-base", batch=args.batch, seq=args.seq)
     gemms = [g for g in workload.gemms if g.prunable]
     layers = max(g.count for g in gemms)
@@ -101,11 +117,32 @@ def main() -> int:
         f"{events / max(fresh_s, 1e-9):,.0f} events/s ({fresh_s:.2f} s in those)"
     )
     print(f"peak memory     {peak_mb:.0f} MiB resident (whole process)")
+    if hw.core_model:
+        print(
+            f"core model      {STATS['computed']} runs computed, {STATS['disk']} read from "
+            f"the cache folder, {STATS['memory']} from memory"
+        )
     print()
     dense_us = totals["dense"][1]
     print(f"{'pattern':8} {'sparsity':>8} {'model time (us)':>16} {'speedup':>8}")
     for pattern, (sparsity, total_us) in totals.items():
         print(f"{pattern:8} {sparsity:>8g} {total_us:>16.1f} {dense_us / total_us:>7.2f}x")
+    return 0
+
+
+def cold_and_warm() -> int:
+    """This benchmark twice with `--single`, each in a new process, on one new cache folder."""
+    walls = []
+    with tempfile.TemporaryDirectory(prefix="bench-core-cache-") as folder:
+        env = {**os.environ, CACHE_ENV: folder}
+        for label in ("cold: empty core cache", "warm: core results on disk"):
+            run = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--single"],
+                env=env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            print(f"== {label}\n{run.stdout}")
+            walls.append(float(re.search(r"wall clock\s+([\d.]+) s", run.stdout).group(1)))
+    print(f"wall clock: cold {walls[0]:.2f} s, warm {walls[1]:.2f} s")
     return 0
 
 

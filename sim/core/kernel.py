@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from tvwsim.kernels.build import VARIANTS, check_block
+from tvwsim.sim.core.cache import core_cycles_per_stage
 from tvwsim.sim.core.model import CoreParams, CoreResult, simulate_core
 from tvwsim.sim.core.streams import load_stream
 from tvwsim.sim.hardware import Hardware
@@ -110,8 +111,9 @@ def core_stage_cycles(
     co-resident CTAs (None: the occupancy's) - what the engine's TensorCoreMma charges a
     full stage when `hw.core_model` is set. None where no loop is stored (not a shipped
     variant, or no kernel of ours is compiled for the GPU's arch): the caller keeps the
-    efficiency rule. bw runs the loop of its smallest block. Cached: one core run takes
-    0.1-1 s, and a whole model asks for the same few variants again and again."""
+    efficiency rule. bw runs the loop of its smallest block. Cached in memory and on disk
+    (`tvwsim.sim.core.cache`): one core run takes 0.1-1 s, and a whole model asks for the
+    same few variants again and again, process after process."""
     if config not in VARIANTS.get(pattern, ()):
         return None
     try:
@@ -120,5 +122,4 @@ def core_stage_cycles(
         return None
     if ctas is None:
         ctas = occupancy(hw, resources_for(hw, pattern, config)).ctas_per_sm
-    result = simulate_core(stream, CoreParams.from_hardware(hw), ctas=ctas)
-    return result.cycles_per_stage / result.ctas
+    return core_cycles_per_stage(stream, CoreParams.from_hardware(hw), ctas) / ctas
