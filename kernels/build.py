@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tvwsim.kernels.wgmma import check_wgmma_config
+
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
 from tvwsim.manifest import (
@@ -127,6 +129,37 @@ VARIANTS: dict[str, list[KernelConfig]] = {
     ],
 }
 
+WGMMA_ARCH = "sm_90a"
+"""The target of the warpgroup-MMA kernels: wgmma and the bulk copy are arch-specific
+features of sm_90 (the `a`), so these cubins load on H100 / H200 only."""
+
+
+def _wgmma(bm: int, bn: int, bk: int, stages: int, warps: int, mma: str) -> KernelConfig:
+    return KernelConfig(bm=bm, bn=bn, bk=bk, stages=stages, warps=warps, mma=mma, mma_class="wgmma")
+
+
+# The Hopper-native variants (`<pattern>_wgmma.cu`), built beside the sm_80-style ones for
+# WGMMA_ARCH only: a 128 x 256 tile (weight rows x tokens) of two warpgroups, each 64
+# rows x 256 tokens (one m64n256 wgmma per K step, 128 fp32 accumulators a thread), four
+# 48 KiB stages. Opt-in: not in VARIANTS, so the default build, the checks and the
+# simulator's streams are unchanged; `selected_variants(..., wgmma=True)` adds them.
+WGMMA_VARIANTS: dict[str, list[KernelConfig]] = {
+    "dense": [_wgmma(128, 256, 64, 4, 8, "dense")],
+}
+
+
+def kernel_source(pattern: str, config: KernelConfig) -> Path:
+    """The CUDA source of a variant: `<pattern>_wgmma.cu` for a warpgroup-MMA config."""
+    suffix = "_wgmma" if config.mma_class == "wgmma" else ""
+    return CUDA_DIR / f"{pattern}{suffix}.cu"
+
+
+def builds_for(config: KernelConfig, arch: str) -> bool:
+    """Whether `config` is compiled for `arch`: warpgroup-MMA configs for WGMMA_ARCH only,
+    the others for every arch."""
+    return config.mma_class != "wgmma" or arch == WGMMA_ARCH
+
+
 BW_BLOCKS: tuple[int, ...] = (32, 64, 128)
 """The bw block sides compiled, one cubin each per (config, arch): the block is a
 compile-time constant of bw.cu (-DTVWSIM_BW_BLOCK), so the loader's divisions by it are
@@ -211,6 +244,13 @@ def check_pattern_config(pattern: str, config: KernelConfig) -> None:
         )
     if config.dtype != "fp16":
         raise InputError("config", f"kernels are fp16 only, got {config.dtype!r}")
+    if config.mma_class == "wgmma":
+        if pattern not in WGMMA_VARIANTS:
+            raise InputError(
+                "config",
+                f"{config.name}: warpgroup-MMA kernels exist for {', '.join(WGMMA_VARIANTS)} only",
+            )
+        check_wgmma_config(config)
     # The warp grid needs no check here: KernelConfig refuses a config without one.
     # The shared-memory swizzle (swz in common.cuh) permutes the 16-byte chunks of a row
     # by XOR, which stays inside the row only for a power of two or a multiple of 8
@@ -371,11 +411,15 @@ def compile_kernel(
     """
     check_pattern_config(pattern, config)
     block = check_block(pattern, block)
+    if not builds_for(config, arch):
+        raise InputError(
+            "arch", f"{config.name} is a warpgroup-MMA kernel: build it for {WGMMA_ARCH}"
+        )
     nvcc = nvcc or find_nvcc()
     name = cubin_name(pattern, config, arch, block)
     cmd = nvcc_command(
         nvcc,
-        CUDA_DIR / f"{pattern}.cu",
+        kernel_source(pattern, config),
         arch,
         Path(out_dir) / name,
         config_defines(config, block),
@@ -410,15 +454,20 @@ def compile_probe(arch: str, out_dir: Path, nvcc: str | None = None) -> dict[str
 
 # -- the whole build --------------------------------------------------------------------
 def selected_variants(
-    patterns: Iterable[str] | None = None, configs: Iterable[str] | None = None
+    patterns: Iterable[str] | None = None,
+    configs: Iterable[str] | None = None,
+    *,
+    wgmma: bool = False,
 ) -> list[tuple[str, KernelConfig]]:
-    """(pattern, config) pairs of VARIANTS, optionally filtered by pattern / config name."""
+    """(pattern, config) pairs of VARIANTS (and WGMMA_VARIANTS when `wgmma`), optionally
+    filtered by pattern / config name."""
     pats = list(patterns) if patterns else list(VARIANTS)
     for p in pats:
         if p not in VARIANTS:
             raise InputError("--pattern", f"got {p!r}; kernels exist for: {', '.join(VARIANTS)}")
     names = set(configs) if configs else None
-    chosen = [(p, c) for p in pats for c in VARIANTS[p] if names is None or c.name in names]
+    shipped = {p: VARIANTS[p] + (WGMMA_VARIANTS.get(p, []) if wgmma else []) for p in pats}
+    chosen = [(p, c) for p in pats for c in shipped[p] if names is None or c.name in names]
     if not chosen:
         raise InputError("--config", f"no shipped variant matches {sorted(names or [])}")
     return chosen
@@ -451,7 +500,11 @@ def build(
     jobs = max(1, jobs or os.cpu_count() or 1)
 
     jobs_list: list[tuple[str, KernelConfig | None, str, int | None]] = [
-        (p, c, a, b) for a in archs for (p, c) in variants for b in variant_blocks(p)
+        (p, c, a, b)
+        for a in archs
+        for (p, c) in variants
+        for b in variant_blocks(p)
+        if builds_for(c, a)
     ]
     if probe:
         jobs_list += [("probe", None, a, None) for a in archs]
@@ -561,7 +614,8 @@ def dump_sass(cubin: Path | str) -> str:
 
 
 _FUNC_HDR = re.compile(r"Function\s*:\s*(\S+)")
-_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+# Opcodes are upper case, except the shape of a warpgroup MMA: HGMMA.64x256x16.F32.
+_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)")
 
 
 def sass_opcodes(cubin: Path | str) -> dict[str, Counter]:
@@ -579,7 +633,7 @@ def sass_opcodes(cubin: Path | str) -> dict[str, Counter]:
     return result
 
 
-_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")
 _BRANCH_TARGET = re.compile(r"0x([0-9a-f]+)")
 
 SassLine = tuple[int, str | None, str, str]

@@ -441,6 +441,30 @@ __device__ __forceinline__ void warp_stage_sparse(const char* stage,
 #endif  // TVWSIM_SPARSE_KERNEL
 
 // ---- epilogue -----------------------------------------------------------------------
+// The second half of a whole-K epilogue, shared with the warpgroup kernels (wgmma.cuh):
+// the CTA's fp16 tile is staged in shared memory (BM rows of kEpilogueStride halves);
+// every thread stores 16-byte chunks of whole output rows, coalesced wherever the row
+// map sends each row.
+template <bool SPARSE, class RowMap>
+__device__ __forceinline__ void store_staged_rows(const char* smem, const RowMap& row_of,
+                                                  int tok0, int m8, __half* __restrict__ yt) {
+    using L = StageLayout<SPARSE>;
+    using Plan = ChunkPlan<BM, BN / 8>;
+    const __half* src = reinterpret_cast<const __half*>(smem);
+#pragma unroll
+    for (int i = 0; i < Plan::kIters; ++i) {
+        if (!Plan::active(i)) continue;
+        const int r = Plan::row(i);
+        const int c = Plan::chunk(i);
+        const int out = row_of(r);
+        const int tok = tok0 + c * 8;
+        if (out >= 0 && tok < m8) {  // m8 % 8 == 0: a chunk is wholly in or out
+            *reinterpret_cast<int4*>(yt + static_cast<int64_t>(out) * m8 + tok) =
+                *reinterpret_cast<const int4*>(src + r * L::kEpilogueStride + c * 8);
+        }
+    }
+}
+
 // Accumulator element (mt, nt, i) of lane (g = lane / 4, t = lane % 4) is output row
 // wm0 + 16 mt + g + 8 (i / 2), token wn0 + 8 nt + 2 t + (i % 2).
 //
@@ -491,20 +515,7 @@ __device__ __forceinline__ void epilogue(float (&acc)[kMT][kNT][4], char* smem,
                     __floats2half2_rn(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
             }
     __syncthreads();
-    using Plan = ChunkPlan<BM, BN / 8>;
-    const __half* src = reinterpret_cast<const __half*>(smem);
-#pragma unroll
-    for (int i = 0; i < Plan::kIters; ++i) {
-        if (!Plan::active(i)) continue;
-        const int r = Plan::row(i);
-        const int c = Plan::chunk(i);
-        const int out = row_of(r);
-        const int tok = tok0 + c * 8;
-        if (out >= 0 && tok < m8) {  // m8 % 8 == 0: a chunk is wholly in or out
-            *reinterpret_cast<int4*>(yt + static_cast<int64_t>(out) * m8 + tok) =
-                *reinterpret_cast<const int4*>(src + r * L::kEpilogueStride + c * 8);
-        }
-    }
+    store_staged_rows<SPARSE>(smem, row_of, tok0, m8, yt);
 }
 
 // Zero a CTA's accumulators.

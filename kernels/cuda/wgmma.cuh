@@ -1,0 +1,350 @@
+// wgmma.cuh - Hopper (sm_90a) building blocks: warpgroup MMA fed from shared memory.
+//
+// The sm_80-style kernels (common.cuh) load every operand into registers with ldmatrix
+// and issue one mma.sync per warp and 16 x 8 tile. Hopper's tensor core reaches its peak
+// only through warpgroup MMA: four warps (128 threads) issue one `wgmma.mma_async` of
+// 64 x N x 16 (dense) or 64 x N x 32 (2:4 sparse A) whose A and B operands the tensor core
+// reads *itself* from shared memory, described by two 64-bit matrix descriptors. The
+// accumulators stay in registers, spread over the warpgroup (accumulator ownership below).
+//
+// What a kernel built on this header looks like (dense_wgmma.cu):
+//
+//   CTA        one BM x BN task of the schedule, WARPS / 4 warpgroups;
+//   warpgroup  64 weight rows x BN tokens of the CTA tile, BN / 2 fp32 accumulators a thread;
+//   stage      BK = 64 logical K: the weight tile in one bulk copy (the launcher stores
+//              the weight K-blocked and pre-swizzled, so a stage is one contiguous block),
+//              the activation tile by cp.async (the rows tw/tvw gather are not a box a
+//              tensor map could describe);
+//   wgmma      64 x BN x 16 per warpgroup and K step, BK / 16 of them per stage.
+//
+// Shared-memory layouts are the PTX ISA's canonical 128-byte-swizzle layouts (PTX ISA,
+// "Shared Memory Matrix Layout"); kernels/wgmma.py emulates descriptors, swizzle and
+// accumulator ownership in numpy and is the CPU check of everything here.
+//
+// Requires -arch=sm_90a: wgmma and the bulk copy are arch-specific features of sm_90.
+
+#pragma once
+
+#include "common.cuh"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "warpgroup MMA kernels are compiled for sm_90a (-arch=sm_90a)"
+#endif
+
+namespace tvw {
+namespace wg {
+
+// ---- the CTA as warpgroups ------------------------------------------------------------
+constexpr int kWarpgroups = WARPS / 4;
+static_assert(WARPS % 4 == 0, "a warpgroup is four warps");
+static_assert(BM == 64 * kWarpgroups, "each warpgroup owns 64 weight rows (the wgmma M)");
+static_assert(BN % 64 == 0 && BN <= 256, "BN is whole 64-token swizzle atoms, at most 256");
+static_assert(BK == 64, "a stage row of the weight is one 128-byte swizzle row: BK = 64");
+
+// ---- shared memory: the 128-byte swizzle ------------------------------------------------
+// Both operands use the 128-byte swizzle mode. Its atom is 8 rows of 128 bytes (1 KiB,
+// 1 KiB-aligned); the tensor core finds the 16-byte chunk c of row r of an atom at chunk
+// c ^ r (address bits [6:4] XOR bits [9:7]). Writers put each chunk there; the eight rows
+// a tensor-core read touches at one chunk then hit eight different bank groups.
+constexpr int kSwizzleRowBytes = 128;
+constexpr int kAtomBytes = 8 * kSwizzleRowBytes;
+
+// Weight (A, K-major): row r of the stage's BM x 64 tile at r * 128 bytes.
+// Activations (B, N-major): BN / 64 column blocks of 64 tokens; in block nb, K row k
+// at nb * BK * 128 + k * 128 bytes. One wgmma's 16 K rows are two 8-row atoms (SBO apart
+// along K); its BN tokens are BN / 64 atoms (LBO apart along N).
+struct Layout {
+    static constexpr int kABytes = BM * BK * 2;
+    static constexpr int kBBlockBytes = BK * kSwizzleRowBytes;  // one 64-token column block
+    static constexpr int kBBytes = BK * BN * 2;
+    static constexpr int kStageBytes = kABytes + kBBytes;
+    static_assert(kABytes % kAtomBytes == 0 && kBBytes % kAtomBytes == 0,
+                  "every stage operand starts on a 1 KiB swizzle atom");
+    // Descriptor strides (bytes): A's 8-row groups follow one another; B's atoms are
+    // 1 KiB apart along K and a column block apart along N.
+    static constexpr uint32_t kASbo = kAtomBytes;
+    static constexpr uint32_t kBLbo = kBBlockBytes;
+    static constexpr uint32_t kBSbo = kAtomBytes;
+};
+
+__device__ __forceinline__ int swizzled_chunk(int row, int chunk) { return chunk ^ (row & 7); }
+
+// ---- matrix descriptors (PTX ISA, "Matrix Descriptor Format") ---------------------------
+// bits 13:0 start address >> 4, 29:16 leading-dimension byte offset >> 4, 45:32 stride
+// byte offset >> 4, 51:49 base offset (0: every atom is 1 KiB-aligned), 63:62 swizzle
+// mode (1 = 128-byte).
+__device__ __forceinline__ uint64_t descriptor(uint32_t smem_address, uint32_t lbo,
+                                               uint32_t sbo) {
+    return static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4) |
+           static_cast<uint64_t>(lbo >> 4) << 16 | static_cast<uint64_t>(sbo >> 4) << 32 |
+           1ull << 62;
+}
+
+// ---- warpgroup MMA ----------------------------------------------------------------------
+// wgmma.fence orders this thread's earlier register writes (the zeroed accumulators)
+// before the tensor core reads them; commit_group closes a batch of wgmma; wait_group N
+// blocks until at most N batches are still running.
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// Make this thread's generic-proxy writes to shared memory (cp.async, st.shared) visible
+// to the async proxy the tensor core reads through.
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// One wgmma per operand shape: inline PTX needs one operand per accumulator register,
+// so the operand lists are written out (BN / 2 of them).
+template <int N>
+struct Wgmma;
+
+template <>
+struct Wgmma<128> {
+    static constexpr int kRegs = 64;
+    // D (64 x 128, fp32) += A (64 x 16, K-major) * B (16 x 128, N-major: imm-trans-b = 1).
+    // scale_d = 0 ignores d's old contents (the first K step of a task: no zeroing, which
+    // would make ptxas serialise the wgmma pipeline).
+    __device__ __forceinline__ static void dense(float (&d)[64], uint64_t a, uint64_t b,
+                                                 int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+            "}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "l"(a), "l"(b), "r"(scale_d));
+    }
+#ifdef TVWSIM_SPARSE_KERNEL
+    // D (64 x 128) += A (64 x 32 logical, 2:4, stored 64 x 16, K-major) * B (32 x 128,
+    // N-major); `e` is this thread's metadata word, SELECTOR the thread pair that supplies it.
+    template <int SELECTOR>
+    __device__ __forceinline__ static void sparse(float (&d)[64], uint64_t a, uint64_t b,
+                                                  uint32_t e, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %68, 0;\n"
+            "wgmma.mma_async.sp.sync.aligned.m64n128k32.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+            "}, %64, %65, %66, %67, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "l"(a), "l"(b), "r"(e), "n"(SELECTOR), "r"(scale_d));
+    }
+#endif
+};
+
+template <>
+struct Wgmma<256> {
+    static constexpr int kRegs = 128;
+    // D (64 x 256, fp32) += A (64 x 16, K-major) * B (16 x 256, N-major: imm-trans-b = 1).
+    // scale_d = 0 ignores d's old contents (the first K step of a task: no zeroing, which
+    // would make ptxas serialise the wgmma pipeline).
+    __device__ __forceinline__ static void dense(float (&d)[128], uint64_t a, uint64_t b,
+                                                 int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+            "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+            "}, %128, %129, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+              "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+              "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+              "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+              "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+              "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+              "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+              "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+              "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+            : "l"(a), "l"(b), "r"(scale_d));
+    }
+#ifdef TVWSIM_SPARSE_KERNEL
+    // D (64 x 256) += A (64 x 32 logical, 2:4, stored 64 x 16, K-major) * B (32 x 256,
+    // N-major); `e` is this thread's metadata word, SELECTOR the thread pair that supplies it.
+    template <int SELECTOR>
+    __device__ __forceinline__ static void sparse(float (&d)[128], uint64_t a, uint64_t b,
+                                                  uint32_t e, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %132, 0;\n"
+            "wgmma.mma_async.sp.sync.aligned.m64n256k32.f32.f16.f16 {"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+            "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+            "}, %128, %129, %130, %131, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+              "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+              "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+              "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+              "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+              "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+              "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+              "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+              "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+            : "l"(a), "l"(b), "r"(e), "n"(SELECTOR), "r"(scale_d));
+    }
+#endif
+};
+
+
+// ---- mbarriers and the bulk copy ---------------------------------------------------------
+// A stage's weight block arrives by one bulk copy whose completion is counted in bytes on
+// an mbarrier: thread 0 arrives with the expected byte count, the copy engine completes
+// the transaction, and the phase flips when both have happened.
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbarrier_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void mbarrier_expect_bytes(uint64_t* bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                     smem_addr(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(smem_addr(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+// `bytes` (a multiple of 16) from global to shared memory by the bulk-copy engine (the
+// TMA unit without a tensor map: one contiguous block), completing on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes,
+                                          uint64_t* bar) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
+        "[%3];\n" ::"r"(smem_addr(dst)),
+        "l"(src), "r"(bytes), "r"(smem_addr(bar))
+        : "memory");
+}
+
+// ---- the activation tile (B), N-major, 128-byte swizzle ---------------------------------
+// Stage row r (0 .. BK-1) is XT row `xt_row[i]` for this thread's i-th chunk (< 0: a zero
+// row, as in common.cuh's issue_activation_rows); tokens past m8 are zero-filled.
+__device__ __forceinline__ void issue_activation_rows(uint32_t dst,
+                                                      const __half* __restrict__ xt, int m8,
+                                                      int tok0,
+                                                      const int (&xt_row)[BPlan::kIters]) {
+#pragma unroll
+    for (int i = 0; i < BPlan::kIters; ++i) {
+        if (!BPlan::active(i)) continue;
+        const int r = BPlan::row(i);
+        const int c = BPlan::chunk(i);  // 16-byte chunk of the BN tokens: block c / 8
+        const int tok = tok0 + c * 8;
+        const bool ok = xt_row[i] >= 0 && tok < m8;
+        const __half* from = ok ? xt + static_cast<int64_t>(xt_row[i]) * m8 + tok : xt;
+        const uint32_t at = (c / 8) * Layout::kBBlockBytes + r * kSwizzleRowBytes +
+                            16 * swizzled_chunk(r, c % 8);
+        cp_async_16(dst + at, from, ok);
+    }
+}
+
+// ---- accumulator ownership --------------------------------------------------------------
+// Register v of thread `tid` (0..127 in its warpgroup) holds D row
+//   16 (tid / 32) + (tid % 32) / 4 + 8 ((v / 2) % 2),  column 8 (v / 4) + 2 (tid % 4) + v % 2
+// (PTX ISA, "Matrix Fragments for wgmma.mma_async.m64nNk16", accumulator D): each warp
+// owns 16 rows, and inside them the registers follow the mma.sync m16n8 C layout, one
+// n8 column block after the other.
+
+// The epilogue: a whole-K task stages the warpgroups' tile as fp16 in shared memory
+// (reusing the pipeline's buffers) and stores whole rows (common.cuh's store_staged_rows);
+// a split task adds its fp32 partial sums into the workspace.
+template <class RowMap>
+__device__ __forceinline__ void epilogue(const float (&d)[BN / 2], char* smem,
+                                         const RowMap& row_of, bool split, int tok0, int m8,
+                                         __half* __restrict__ yt, float* __restrict__ ws) {
+    const int tid = threadIdx.x;
+    const int row_base = 64 * (tid / 128) + 16 * ((tid / 32) % 4) + (tid % 32) / 4;
+    const int col_base = 2 * (tid % 4);
+    if (split) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int out = row_of(row_base + 8 * h);
+            if (out < 0) continue;
+            float* dst = ws + static_cast<int64_t>(out) * m8;
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) {
+                const int tok = tok0 + 8 * j + col_base;
+                if (tok < m8) {  // m8 is even, so tok + 1 < m8 too
+                    red_add_f32(dst + tok, d[4 * j + 2 * h]);
+                    red_add_f32(dst + tok + 1, d[4 * j + 2 * h + 1]);
+                }
+            }
+        }
+        return;
+    }
+    __half2* tile = reinterpret_cast<__half2*>(smem);
+    constexpr int kStride2 = StageLayout<false>::kEpilogueStride / 2;  // in half2
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            tile[(row_base + 8 * h) * kStride2 + (8 * j + col_base) / 2] =
+                __floats2half2_rn(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+    __syncthreads();
+    store_staged_rows<false>(smem, row_of, tok0, m8, yt);
+}
+
+}  // namespace wg
+}  // namespace tvw

@@ -1,0 +1,310 @@
+"""The sm_90a warpgroup-MMA kernels on the CPU: the numpy emulation of descriptors,
+swizzle and accumulator ownership (kernels/wgmma.py), the whole dense kernel emulated
+against its CPU twin on every check shape, and (with nvcc) the compiled cubin's
+resources and SASS: HGMMA with a transposed B, the bulk copy, cp.async, mbarriers, no
+local memory, no spills and no serialised wgmma pipeline.
+
+On silicon the same kernel runs under `tvwsim kernels check` once the launcher passes the
+blocked weight (docs/kernels.md, "Hopper kernels: status").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tvwsim.kernels import build as kbuild
+from tvwsim.kernels import checks
+from tvwsim.kernels.mma_sp import pack_c
+from tvwsim.kernels.reference import matmul
+from tvwsim.kernels.wgmma import (
+    DenseWgmmaLayout,
+    MatrixDescriptor,
+    accumulator_owner,
+    blocked_weight,
+    check_wgmma_config,
+    emulate_dense,
+    read_operand,
+    swizzle_address,
+    wgmma_dense,
+    write_activation_stage,
+)
+
+from tvwsim.config import KernelConfig
+from tvwsim.errors import InputError
+
+DENSE = kbuild.WGMMA_VARIANTS["dense"][0]
+seeds = st.integers(0, 2**32 - 1)
+
+
+# -- descriptors and swizzle ------------------------------------------------------------
+def test_descriptor_fields_sit_where_the_ptx_isa_puts_them():
+    desc = MatrixDescriptor(start_bytes=0x2420, lbo_bytes=8192, sbo_bytes=1024, base_offset=5)
+    value = desc.encode()
+    assert value & 0x3FFF == 0x2420 >> 4
+    assert value >> 16 & 0x3FFF == 8192 >> 4
+    assert value >> 32 & 0x3FFF == 1024 >> 4
+    assert value >> 49 & 7 == 5
+    assert value >> 62 == 1  # 128-byte swizzle
+    assert MatrixDescriptor.decode(value) == desc
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"start_bytes": 8}, "start_bytes"),
+        ({"lbo_bytes": 1 << 18}, "lbo_bytes"),
+        ({"swizzle": "16B"}, "swizzle"),
+        ({"base_offset": 8}, "base_offset"),
+    ],
+)
+def test_a_descriptor_that_cannot_be_encoded_is_refused(kwargs, argument):
+    fields = {"start_bytes": 0, "lbo_bytes": 16, "sbo_bytes": 1024, **kwargs}
+    with pytest.raises(InputError) as err:
+        MatrixDescriptor(**fields)
+    assert err.value.argument == argument
+
+
+def test_the_128_byte_swizzle_moves_chunk_c_of_row_r_to_chunk_c_xor_r():
+    rows, chunks = np.meshgrid(np.arange(16), np.arange(8), indexing="ij")
+    physical = swizzle_address(rows * 128 + chunks * 16 + 6, "128B")
+    assert np.array_equal(physical % 16, np.full_like(physical, 6))
+    assert np.array_equal(physical // 128, rows)
+    assert np.array_equal(physical % 128 // 16, chunks ^ (rows % 8))
+    # 64-byte mode: 2 bits of chunk, XORed with row bits (address bits 8:7).
+    assert swizzle_address(3 * 128 + 16, "64B") == 3 * 128 + 16 * (1 ^ 3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, k_step=st.integers(0, 3), rows=st.sampled_from([64, 128]))
+def test_a_k_major_tile_written_by_the_kernels_rule_reads_back_through_its_descriptor(
+    seed, k_step, rows
+):
+    rng = np.random.default_rng(seed)
+    tile = rng.standard_normal((rows, 64)).astype(np.float16)
+    smem = np.zeros(rows * 128 + 1024, dtype=np.uint8)
+    # blocked_weight's writer: the kernel's bulk copy lands these bytes unchanged.
+    config = KernelConfig(
+        bm=rows, bn=256, bk=64, stages=4, warps=rows // 16, mma="dense", mma_class="wgmma"
+    )
+    smem[: rows * 128] = blocked_weight(tile, config).view(np.uint8)
+    for group in range(rows // 64):
+        desc = MatrixDescriptor(group * 64 * 128 + 32 * k_step, 16, 1024)
+        got = read_operand(smem, desc, 64, 16, "K")
+        want = tile[64 * group : 64 * group + 64, 16 * k_step : 16 * k_step + 16]
+        assert np.array_equal(got, want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, k_step=st.integers(0, 3), bn=st.sampled_from([64, 128, 256]))
+def test_an_n_major_activation_stage_reads_back_through_its_descriptor(seed, k_step, bn):
+    rng = np.random.default_rng(seed)
+    xt = rng.standard_normal((64, bn)).astype(np.float16)
+    stage = np.zeros(64 * bn * 2, dtype=np.uint8)
+    write_activation_stage(stage, xt, np.arange(64), 0, bn)
+    desc = MatrixDescriptor(k_step * 2048, 64 * 128, 1024)
+    got = read_operand(stage, desc, bn, 16, "MN")  # N x K
+    assert np.array_equal(got, xt[16 * k_step : 16 * k_step + 16].T)
+
+
+def test_swapping_the_n_major_strides_reads_a_different_matrix():
+    # The emulation can tell a wrong descriptor from a right one (LBO and SBO have
+    # distinct roles for N-major operands).
+    rng = np.random.default_rng(3)
+    xt = rng.standard_normal((64, 256)).astype(np.float16)
+    stage = np.zeros(64 * 256 * 2, dtype=np.uint8)
+    write_activation_stage(stage, xt, np.arange(64), 0, 256)
+    swapped = read_operand(stage, MatrixDescriptor(0, 1024, 64 * 128), 256, 16, "MN")
+    assert not np.array_equal(swapped, xt[:16].T)
+
+
+def test_activation_rows_past_k_and_tokens_past_m8_are_zero():
+    xt = np.ones((4, 40), dtype=np.float16)  # m8 = 40: tokens 40.. of a 64 block are zero
+    stage = np.full(64 * 64 * 2, 0xFF, dtype=np.uint8)
+    rows = np.array([0, -1, 3] + [-1] * 61)
+    write_activation_stage(stage, xt, rows, 0, 64)
+    got = read_operand(stage, MatrixDescriptor(0, 8192, 1024), 64, 16, "MN").T  # K x N
+    assert np.all(got[0, :40] == 1) and np.all(got[2, :40] == 1)
+    assert np.all(got[1] == 0) and np.all(got[:, 40:] == 0) and np.all(got[3:] == 0)
+
+
+def test_an_operand_past_the_end_of_shared_memory_is_refused():
+    with pytest.raises(InputError) as err:
+        read_operand(np.zeros(1024, np.uint8), MatrixDescriptor(0, 16, 1024), 64, 16, "K")
+    assert err.value.argument == "descriptor"
+
+
+# -- accumulators -------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [8, 64, 256])
+def test_every_accumulator_element_has_exactly_one_owner(n):
+    rows, cols = accumulator_owner(n)
+    flat = rows * n + cols
+    assert np.array_equal(np.sort(flat.ravel()), np.arange(64 * n))
+    # Warp w owns rows 16w .. 16w + 15.
+    assert np.array_equal(rows.reshape(4, 32, -1).min(axis=(1, 2)), [0, 16, 32, 48])
+    assert np.array_equal(rows.reshape(4, 32, -1).max(axis=(1, 2)), [15, 31, 47, 63])
+
+
+def test_one_warps_accumulators_are_the_mma_sync_c_fragments_side_by_side():
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((64, 32)).astype(np.float32)
+    rows, cols = accumulator_owner(32)
+    regs = d[rows, cols]  # (128, 16)
+    for warp in range(4):
+        for block in range(4):  # n8 column block
+            want = pack_c(d[16 * warp : 16 * warp + 16, 8 * block : 8 * block + 8])
+            got = regs[32 * warp : 32 * warp + 32, 4 * block : 4 * block + 4]
+            assert np.array_equal(got, want)
+
+
+def test_an_accumulator_width_wgmma_has_not_is_refused():
+    with pytest.raises(InputError) as err:
+        accumulator_owner(12)
+    assert err.value.argument == "n"
+
+
+# -- one wgmma ------------------------------------------------------------------------------
+@settings(max_examples=10, deadline=None)
+@given(seed=seeds)
+def test_one_wgmma_is_a_at_b_plus_d_in_the_owners_registers(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((64, 64)).astype(np.float16)
+    xt = rng.standard_normal((64, 128)).astype(np.float16)
+    config = KernelConfig(bm=64, bn=128, bk=64, stages=3, warps=4, mma_class="wgmma")
+    layout = DenseWgmmaLayout(config)
+    smem = np.zeros(layout.stage_bytes, dtype=np.uint8)
+    smem[: layout.a_bytes] = blocked_weight(a, config).view(np.uint8)
+    write_activation_stage(smem[layout.a_bytes :], xt, np.arange(64), 0, 128)
+    c = rng.standard_normal((64, 128)).astype(np.float32)
+    rows, cols = accumulator_owner(128)
+    d = c[rows, cols]
+    for ks in range(4):
+        da, db = layout.descriptors(0, 0, ks)
+        d = wgmma_dense(smem, da, db, 128, d)
+    want = a.astype(np.float64) @ xt.astype(np.float64) + c
+    assert np.allclose(d, want[rows, cols], rtol=1e-5, atol=1e-4)
+    fresh = wgmma_dense(smem, *layout.descriptors(0, 0, 0), 128, None, scale_d=False)
+    first = a[:, :16].astype(np.float64) @ xt[:16].astype(np.float64)
+    assert np.allclose(fresh, first[rows, cols], rtol=1e-5, atol=1e-4)
+
+
+# -- the dense kernel, emulated ------------------------------------------------------------
+DENSE_CASES = [
+    (checks.CHECK_SHAPES[0], "natural"),
+    (checks.CHECK_SHAPES[1], "longest-first"),
+    (checks.CHECK_SHAPES[1], "forced-split"),
+    (checks.CHECK_SHAPES[2], "split"),
+]
+
+
+@pytest.mark.parametrize("shape, policy", DENSE_CASES)
+def test_the_emulated_dense_wgmma_kernel_matches_its_cpu_twin(shape, policy):
+    m, n, k = shape
+    case = checks.CheckCase("dense", DENSE, m, n, k, policy, seed=11)
+    encoded, x, schedule = checks.make_case_inputs(case)
+    tasks = np.asarray(getattr(schedule, "tasks", schedule))
+    y = emulate_dense(encoded, x, tasks)
+    assert checks.relative_error(y, matmul(x, encoded)) <= checks.REL_TOLERANCE / 10
+
+
+def test_a_weight_written_without_the_swizzle_gives_wrong_numbers():
+    # The emulation reads through the hardware's address swizzle; an unswizzled image
+    # (a kernel that forgot the XOR) must fail the comparison.
+    case = checks.CheckCase("dense", DENSE, *checks.CHECK_SHAPES[0], "natural", seed=2)
+    encoded, x, schedule = checks.make_case_inputs(case)
+    plain = encoded.values.reshape(-1, 128, encoded.k_pad // 64, 64).transpose(0, 2, 1, 3)
+    y = emulate_dense(encoded, x, schedule.tasks, weight_image=plain.reshape(-1))
+    assert checks.relative_error(y, matmul(x, encoded)) > 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"bm": 128, "warps": 4},  # two warpgroups' rows on one warpgroup
+        {"bn": 96},  # not whole 64-token atoms
+        {"bk": 32},  # a weight row of 64 bytes
+        {"stages": 2},
+    ],
+)
+def test_a_config_the_wgmma_kernels_cannot_build_is_refused(kwargs):
+    fields = {"bm": 128, "bn": 256, "bk": 64, "stages": 4, "warps": 8, "mma_class": "wgmma"}
+    config = KernelConfig(**{**fields, **kwargs})
+    with pytest.raises(InputError) as err:
+        check_wgmma_config(config)
+    assert err.value.argument == "config"
+    with pytest.raises(InputError):
+        kbuild.check_pattern_config("dense", config)
+
+
+def test_wgmma_variants_are_built_for_sm_90a_only():
+    assert kbuild.builds_for(DENSE, "sm_90a")
+    assert not kbuild.builds_for(DENSE, "sm_90")
+    assert kbuild.builds_for(kbuild.VARIANTS["dense"][0], "sm_80")
+    assert kbuild.kernel_source("dense", DENSE).name == "dense_wgmma.cu"
+    # The default selection (and so the default build and the checks) is unchanged.
+    assert all(c.mma_class == "mma.sync" for _, c in kbuild.selected_variants())
+    assert ("dense", DENSE) in kbuild.selected_variants(["dense"], wgmma=True)
+    with pytest.raises(InputError) as err:
+        kbuild.compile_kernel("dense", DENSE, "sm_90", Path("."))
+    assert err.value.argument == "arch"
+
+
+# -- the compiled kernel (nvcc, no GPU) ------------------------------------------------------
+HAVE_NVCC = shutil.which("nvcc") is not None or any(
+    (Path(r) / "bin" / "nvcc").is_file()
+    for r in (os.environ.get("CUDA_HOME"), *kbuild.CUDA_ROOTS)
+    if r
+)
+
+
+@pytest.fixture(scope="module")
+def dense_cubin(tmp_path_factory):
+    if not HAVE_NVCC:
+        pytest.skip("nvcc not found: install the CUDA toolkit (12.5+) or put it on PATH")
+    out = tmp_path_factory.mktemp("wgmma")
+    name = kbuild.cubin_name("dense", DENSE, kbuild.WGMMA_ARCH)
+    cmd = kbuild.nvcc_command(
+        kbuild.find_nvcc(),
+        kbuild.kernel_source("dense", DENSE),
+        kbuild.WGMMA_ARCH,
+        out / name,
+        kbuild.config_defines(DENSE),
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return out / name, proc.stderr + proc.stdout
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_the_dense_wgmma_kernel_compiles_without_spills_or_a_serialised_pipeline(dense_cubin):
+    cubin, log = dense_cubin
+    report = kbuild.parse_ptxas(log)["dense_gemm"]
+    assert report.spill_store_bytes == report.spill_load_bytes == 0
+    assert report.stack_frame_bytes == 0
+    assert report.registers <= 255
+    # ptxas says C7515 when registers a wgmma accumulates into are written by other
+    # instructions inside the pipeline: the wgmma would then run one at a time.
+    assert "serialized" not in log, log
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_the_dense_wgmma_sass_is_warpgroup_mma_fed_by_bulk_and_async_copies(dense_cubin):
+    cubin, _ = dense_cubin
+    code = kbuild.sass_functions(cubin)["dense_gemm"]
+    ops = [op for _, op, _ in code]
+    hgmma = [(op, args) for _, op, args in code if op.startswith("HGMMA")]
+    # One m64n256k16 per K step of a 64-K stage, B read N-major (tnspB).
+    assert len(hgmma) == DENSE.bk // 16
+    assert all(op == "HGMMA.64x256x16.F32" and ".tnspB" in args for op, args in hgmma)
+    assert not any(op.startswith("HMMA") or op.startswith("LDSM") for op in ops)
+    assert any(op.startswith("UBLKCP") for op in ops)  # the weight's bulk copy
+    assert any(op.startswith("LDGSTS") for op in ops)  # the activations' cp.async
+    assert any(op.startswith("SYNCS.PHASECHK") for op in ops)  # waiting on the mbarrier
+    assert any(op.startswith("WARPGROUP.DEPBAR") for op in ops)  # wgmma.wait_group
+    assert not any(re.match(r"(LDL|STL)\b", op) for op in ops)  # no local memory
