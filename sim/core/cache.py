@@ -36,7 +36,7 @@ from functools import cache
 from pathlib import Path
 
 import platformdirs
-from tvwsim.sim.core import model
+from tvwsim.sim.core import banks, model
 from tvwsim.sim.core.model import CoreParams, simulate_core
 from tvwsim.sim.core.streams import Stream
 
@@ -58,8 +58,12 @@ def cache_dir() -> Path | None:
 
 @cache
 def _model_code_digest() -> str:
-    """Hash of the model's source: editing the physics invalidates every cached answer."""
-    return hashlib.sha256(Path(model.__file__).read_bytes()).hexdigest()
+    """Hash of the model's source (the cycle loop and the bank-conflict twin): editing the
+    physics invalidates every cached answer."""
+    digest = hashlib.sha256()
+    for module in (model, banks):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
 
 
 def entry_key(stream: Stream, params: CoreParams, ctas: int, warmup: int, iterations: int) -> str:

@@ -17,18 +17,23 @@ loop's SASS (`tvwsim.sim.core.streams`) on an SM of
   (floating point and IMAD), the uniform datapath, the branch unit;
 - one shared-memory port for the SM (`smem_bytes_per_clk` a clock): an ldmatrix or LDS is
   served in bytes order behind earlier ones, then its registers arrive `smem_latency`
-  later; a scheduler stops issuing shared-memory instructions while the port's backlog
-  exceeds `MIO_QUEUE_CYCLES` (the MIO queue is full); a cp.async's bytes reach the port
-  `global_latency` after issue (from L2) and are written when it is otherwise idle;
+  later; an access whose addresses collide in a bank takes one 128-byte pass per
+  replay (`tvwsim.sim.core.banks`, from the kernel's swizzled layout); a scheduler stops
+  issuing shared-memory instructions while the port's backlog exceeds `MIO_QUEUE_CYCLES`
+  (the MIO queue is full); a cp.async's bytes reach the port `global_latency` after
+  issue (from L2) and are written when it is otherwise idle;
 - a register scoreboard: an instruction issues only when every register it reads (and
   every register it overwrites) has been written by its producer;
-- BAR.SYNC: a warp waits there until every warp of its CTA has arrived.
+- BAR.SYNC: a warp waits there until every warp of its CTA has arrived;
+- cp.async groups: LDGDEPBAR closes the warp's group of cp.async copies, and DEPBAR (the
+  kernel's `cp.async.wait_group STAGES - 2`) holds the warp while more of its groups than
+  that are still unwritten in shared memory.
 
-What is left out, on purpose: operand-collector and register-bank conflicts, shared-memory
-bank conflicts (the kernels are swizzled), instruction-cache misses, the dual issue of
-older GPUs, and memory: cp.async waits (DEPBAR) are taken as satisfied, since whether a
-stage has arrived is the engine's memory system's business, and global loads (LDG) take
-`global_latency` (an L2 hit).
+What is left out, on purpose: operand-collector and register-bank conflicts,
+instruction-cache misses, the dual issue of
+older GPUs, and memory: a cp.async's bytes and a global load (LDG) arrive `global_latency` after
+issue (an L2 hit), since how long DRAM and the L2 take under load is the engine's memory
+system's business (docs/model.md 5.4).
 
 Why a plain cycle loop and not SimPy: every clock of every scheduler is a decision, so a
 SimPy event per cycle would cost microseconds each for no gain; a loop over integer cycles
@@ -42,6 +47,7 @@ import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
+from tvwsim.sim.core.banks import kind_of, replay_factors
 from tvwsim.sim.core.streams import Stream
 from tvwsim.sim.hardware import Hardware
 
@@ -68,7 +74,10 @@ SYMBOL = {
 }  # fmt: skip
 """One letter per class for the issue-slot picture."""
 
-STALL_SYMBOL = {"dependency": "-", "barrier": "|", "pipe": "#", "mio": "%", "not_selected": "."}
+STALL_SYMBOL = {
+    "dependency": "-", "barrier": "|", "pipe": "#", "mio": "%", "cp.async": "~",
+    "not_selected": ".",
+}  # fmt: skip
 """One letter per stall reason for the issue-slot picture; ' ' is a finished warp."""
 
 
@@ -188,14 +197,19 @@ class CoreResult:
         return name if value >= 0.8 else "latency"
 
 
-def _intern(stream: Stream):
-    """The stream as tuples of ints: (class, pipe, dst ids, src ids, smem bytes, opcode)."""
+def _intern(stream: Stream, swizzle: bool = True):
+    """The stream as tuples of ints: (class, pipe, dst ids, src ids, smem port bytes,
+    opcode); the port bytes are the bytes a warp moves times the bank replays of its kind
+    of access in the kernel's layout (`banks.replay_factors`)."""
+    replays = replay_factors(stream.config, swizzle)
     ids: dict[str, int] = {}
     out = []
     for ins in stream.instructions:
         dst = tuple(ids.setdefault(r, len(ids)) for r in ins.dst)
         src = tuple(ids.setdefault(r, len(ids)) for r in ins.src)
-        out.append((ins.cls, pipe_of(ins.opcode, ins.cls), dst, src, ins.smem_bytes, ins.opcode))
+        kind = kind_of(ins.opcode, ins.cls)
+        port = ins.smem_bytes * (replays[kind] if kind else 1.0)
+        out.append((ins.cls, pipe_of(ins.opcode, ins.cls), dst, src, port, ins.opcode))
     return out, len(ids)
 
 
@@ -207,18 +221,21 @@ def simulate_core(
     warmup: int = 2,
     iterations: int = 4,
     picture_cycles: int = 0,
+    swizzle: bool = True,
 ) -> CoreResult:
     """Run `warmup + iterations` loop iterations (one K stage each) of `ctas` co-resident
     CTAs of `stream`'s kernel; measure the last `iterations`.
 
     `picture_cycles` > 0 records that many cycles of issue slots from the window's start.
+    `swizzle` False asks what the loop would cost with the tiles stored row-major (no XOR
+    swizzle): the same instructions with their bank conflicts.
     """
     checks = {"ctas": (ctas, 1), "warmup": (warmup, 1), "iterations": (iterations, 1)}
     checks["picture_cycles"] = (picture_cycles, 0)
     for name, (value, low) in checks.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InputError(name, f"must be an integer >= {low}, got {value!r}")
-    code, nregs = _intern(stream)
+    code, nregs = _intern(stream, swizzle)
     n = len(code)
     if n == 0:
         raise InputError("stream", f"{stream.name} has no instructions")
@@ -255,7 +272,14 @@ def simulate_core(
     rr = [0] * parts
     pipe_free = [dict.fromkeys(PIPES, 0.0) for _ in range(parts)]
     smem_free = 0.0
-    fills: deque[tuple[float, float]] = deque()  # cp.async writes: (arrival, port cycles)
+    # cp.async writes: (arrival, port cycles, warp, group); per warp its groups' unwritten
+    # copies and last write's end, the group being filled and the oldest unfinished one.
+    fills: deque[tuple[float, float, int, int]] = deque()
+    group_left: list[dict[int, int]] = [{} for _ in range(nwarps)]
+    group_end: list[dict[int, float]] = [{} for _ in range(nwarps)]
+    open_group = [0] * nwarps
+    oldest_group = [0] * nwarps
+    wait_groups = max(0, stream.config.stages - 2)  # common.cuh: cp_async_wait<STAGES - 2>
 
     # Accounting, per cycle, for the window (known only at the end): record everything.
     # Per cycle: (warp, class, pipe, bytes) of each issue.
@@ -271,7 +295,10 @@ def simulate_core(
         # cp.async data lands from L2 and is written into shared memory when the port
         # has nothing else to do: the fill takes port bandwidth, not a read's place.
         while fills and fills[0][0] <= t and smem_free <= t:
-            smem_free = float(t) + fills.popleft()[1]
+            _arrival, cycles, fw, fg = fills.popleft()
+            smem_free = float(t) + cycles
+            group_left[fw][fg] -= 1
+            group_end[fw][fg] = max(group_end[fw].get(fg, 0.0), smem_free)
         states = [""] * nwarps
         issued_now: list[tuple[int, str, str | None, int]] = []
         for s in range(parts):
@@ -309,6 +336,17 @@ def simulate_core(
                     blocked = "pipe:" + pipe
                 if blocked is None and cls in SMEM_CLASSES and smem_free - t > MIO_QUEUE_CYCLES:
                     blocked = "mio"
+                if blocked is None and opcode.startswith("DEPBAR"):
+                    g = oldest_group[w]
+                    while (
+                        g < open_group[w]
+                        and not group_left[w].get(g, 0)
+                        and (group_end[w].get(g, 0.0) <= t)
+                    ):
+                        g += 1
+                    oldest_group[w] = g
+                    if open_group[w] - g > wait_groups:
+                        blocked = "cp.async"
                 if blocked is None and slots == 0:
                     blocked = "not_selected"
                 if blocked is not None:
@@ -324,7 +362,9 @@ def simulate_core(
                         step = p.hmma_sp_interval if cls == "hmma_sp" else p.hmma_interval
                     pipe_free[s][pipe] = max(pipe_free[s][pipe], t) + step
                 if cls == "ldgsts":
-                    fills.append((t + p.global_latency, nbytes / p.smem_bytes_per_clk))
+                    g = open_group[w]
+                    fills.append((t + p.global_latency, nbytes / p.smem_bytes_per_clk, w, g))
+                    group_left[w][g] = group_left[w].get(g, 0) + 1
                     done = t + p.alu_latency
                 elif cls in SMEM_CLASSES:
                     begin = max(smem_free, float(t))
@@ -340,6 +380,8 @@ def simulate_core(
                     rw[r] = done
                     producer[w][r] = cls
                 issued_now.append((w, cls, pipe, nbytes))
+                if opcode.startswith("LDGDEPBAR"):
+                    open_group[w] += 1
                 if cls == "bar":
                     cta = w // per_cta
                     arrived[cta] += 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from tvwsim.kernels import build as kbuild
 from tvwsim.kernels.sass_stream import CLASSES, SassInstruction, classify, operands
+from tvwsim.sim.core.banks import replay_factors, wavefronts
 from tvwsim.sim.core.model import CoreParams, simulate_core
 from tvwsim.sim.core.streams import (
     STREAM_ARCHS,
@@ -60,6 +61,7 @@ def alu(i: int) -> SassInstruction:
 
 
 BRA = SassInstruction("BRA", "branch", (), ("P0",), 0)
+BAR_SYNC = SassInstruction("BAR.SYNC.DEFER_BLOCKING", "bar", (), (), 0)
 
 
 def loop(instrs, config=DENSE) -> Stream:
@@ -163,12 +165,73 @@ def test_more_resident_ctas_hide_latency():
 
 
 def test_barrier_waits_for_every_warp_of_the_cta():
-    bar = SassInstruction("BAR.SYNC.DEFER_BLOCKING", "bar", (), (), 0)
-    body = [bar] + [hmma(4 * i) for i in range(8)]
+    body = [BAR_SYNC] + [hmma(4 * i) for i in range(8)]
     result = simulate_core(loop(body), P, picture_cycles=100)
     assert result.stalls["barrier"] > 0
     assert len(result.picture) == 4 and all(len(row) == 100 for row in result.picture)
     assert "|" in "".join(result.picture) and "M" in "".join(result.picture)
+
+
+def test_bank_passes_of_one_warp_access():
+    # 8 lanes x 16 bytes per pass: 32 consecutive chunks take 4 passes, conflict-free.
+    assert wavefronts([16 * i for i in range(32)], 16) == 4
+    # ldmatrix rows 128 bytes apart all start in bank 0: 8 passes per matrix.
+    assert wavefronts([128 * i for i in range(8)], 16) == 8
+    # Lanes reading one word share a pass (broadcast); 4-byte words 8 bytes apart: 2-way.
+    assert wavefronts([0] * 32, 4) == 1
+    assert wavefronts([8 * i for i in range(32)], 4) == 2
+
+
+@pytest.mark.parametrize("pattern", list(kbuild.VARIANTS))
+def test_the_shipped_swizzle_is_conflict_free_and_row_major_is_not(pattern):
+    """Every kind of shared-memory access of every shipped loop takes the passes its bytes
+    need; stored row-major the ldmatrix rows collide: the weight rows (bk = 32 dense or 64
+    compressed to 32: 64 bytes) fall in 2 of the 8 bank groups (4-way), the activation rows
+    (bn >= 64 tokens: >= 128 bytes) all in one (8-way). The cp.async chunks of a warp are
+    contiguous either way."""
+    for config in kbuild.VARIANTS[pattern]:
+        assert set(replay_factors(config).values()) == {1.0}
+        plain = replay_factors(config, swizzle=False)
+        assert plain == {"ldsm_a": 4.0, "ldsm_b": 8.0, "fill": 1.0, "lds": 1.0}, config.name
+
+
+def test_an_unswizzled_layout_costs_the_expected_replays():
+    """16 ldmatrix.x4 of the weight tile per warp, 4 warps: 4 passes each through the SM's
+    128-byte port, 256 cycles a stage; row-major, 4-way conflicts make it 1024. (The
+    barrier, as in every real loop, keeps the warps in step.)"""
+    body = [ldsm(100 + 4 * (i % 16)) for i in range(16)]
+    body = [BAR_SYNC] + [SassInstruction("LDSM.16.M88.4", "ldsm", i.dst, i.src, 512) for i in body]
+    swizzled = simulate_core(loop(body), P)
+    plain = simulate_core(loop(body), P, swizzle=False)
+    assert swizzled.cycles_per_stage == pytest.approx(16 * 4 * 4, rel=0.03)
+    assert plain.cycles_per_stage == pytest.approx(4 * 16 * 4 * 4, rel=0.03)
+    assert plain.bound == "smem" and plain.utilisation["smem"] > 0.97
+    # The real dense loop turns shared-memory-bound with its tiles stored row-major.
+    dense = load_stream("dense", DENSE, "sm_80")
+    fast, slow = (simulate_core(dense, P, ctas=2, swizzle=s) for s in (True, False))
+    assert fast.bound != "smem" and slow.bound == "smem"
+    assert slow.cycles_per_stage > 2 * fast.cycles_per_stage
+
+
+LDGSTS = SassInstruction("LDGSTS.E.BYPASS.128", "ldgsts", (), ("R250",), 512)
+COMMIT = SassInstruction("LDGDEPBAR", "depbar", (), (), 0)
+WAIT = SassInstruction("DEPBAR.LE", "depbar", (), (), 0)
+
+
+@pytest.mark.parametrize("stages", [3, 4])
+def test_cp_async_wait_groups_hold_a_loop_to_its_copies(stages):
+    """The kernel waits (DEPBAR) until at most STAGES - 2 copy groups are in flight, so a
+    loop whose copies take L cycles to land runs STAGES - 1 stages per L at most."""
+    config = KernelConfig(bm=128, bn=128, bk=32, stages=stages, warps=4, mma="dense")
+    body = [WAIT, LDGSTS, COMMIT] + [hmma(4 * i) for i in range(8)]
+    latency = 3000.0
+    slow = simulate_core(loop(body, config), P.replace(global_latency=latency), iterations=6)
+    assert slow.cycles_per_stage == pytest.approx(latency / (stages - 1), rel=0.03)
+    assert slow.stalls["cp.async"] > 0.9
+    # Without the wait the same loop runs at its tensor time: nothing else held it.
+    free = simulate_core(loop([LDGSTS, COMMIT] + body[3:], config),
+                         P.replace(global_latency=latency))  # fmt: skip
+    assert free.cycles_per_stage < 0.1 * slow.cycles_per_stage
 
 
 def test_bad_arguments_name_themselves():
