@@ -141,10 +141,14 @@ def _wgmma(bm: int, bn: int, bk: int, stages: int, warps: int, mma: str) -> Kern
 # The Hopper-native variants (`<pattern>_wgmma.cu`), built beside the sm_80-style ones for
 # WGMMA_ARCH only: a 128 x 256 tile (weight rows x tokens) of two warpgroups, each 64
 # rows x 256 tokens (one m64n256 wgmma per K step, 128 fp32 accumulators a thread), four
-# 48 KiB stages. Opt-in: not in VARIANTS, so the default build, the checks and the
-# simulator's streams are unchanged; `selected_variants(..., wgmma=True)` adds them.
+# stages of 64 logical K (48 KiB dense, 41 KiB with a 2:4 weight). Opt-in: not in
+# VARIANTS, so the default build, the checks and the simulator's streams are unchanged;
+# `selected_variants(..., wgmma=True)` adds them.
 WGMMA_VARIANTS: dict[str, list[KernelConfig]] = {
     "dense": [_wgmma(128, 256, 64, 4, 8, "dense")],
+    "tw": [_wgmma(128, 256, 64, 4, 8, "dense")],
+    "vw": [_wgmma(128, 256, 64, 4, 8, "sparse")],
+    "tvw": [_wgmma(128, 256, 64, 4, 8, "sparse")],
 }
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "pack_a_sparse",
     "mma_m16n8k16",
     "mma_sp_m16n8k32",
+    "expand_sparse_a",
 ]
 
 ORDERED_NIBBLES = (0x4, 0x8, 0x9, 0xC, 0xD, 0xE)
@@ -163,27 +164,16 @@ def mma_m16n8k16(a_regs: np.ndarray, b_regs: np.ndarray, c_regs: np.ndarray) -> 
     return _accumulate(a, b, c_regs)
 
 
-def mma_sp_m16n8k32(
-    a_regs: np.ndarray,
-    b_regs: np.ndarray,
-    c_regs: np.ndarray,
-    e_regs: np.ndarray,
-    selector: int,
-    *,
-    ordered: bool = True,
+def expand_sparse_a(
+    compressed: np.ndarray, e_regs: np.ndarray, selector: int, *, ordered: bool = True
 ) -> np.ndarray:
-    """`mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32`.
-
-    a_regs (32, 4) uint32: the compressed 16 x 16 A in the dense A layout. b_regs (32, 4)
-    uint32: B 32 x 8. c_regs (32, 4) float32. e_regs (32,) uint32: metadata, read only
-    from lanes `4g + 2*selector + j`; every other lane's value is ignored (garbage is
-    fine). Returns D (32, 4) float32. `ordered=False` models plain `mma.sp`, which also
-    accepts descending pairs; equal positions are rejected either way.
-    """
+    """The logical 16 x 32 A of one warp's sparse k32 step: `compressed` (16 x 16) placed
+    by the metadata `e_regs` (32,) of the lanes `selector` names (mma.sp m16n8k32, and
+    each warp's 16 rows of wgmma.sp m64nNk32, whose metadata the PTX ISA draws the same).
+    A position pair that is not legal for the form is an InputError naming `e_regs`."""
     if selector not in (0, 1):
         raise InputError("selector", f"must be 0 or 1 for f16 m16n8k32, got {selector!r}")
-    compressed = unpack_a(_check("a_regs", a_regs, (32, 4)))
-    b = unpack_b(_check("b_regs", b_regs, (32, 4)))
+    compressed = _check("compressed", compressed, (16, 16))
     e = _check("e_regs", e_regs, (32,)).astype(np.uint32)
 
     a = np.zeros((16, 32), dtype=np.float16)
@@ -207,6 +197,29 @@ def mma_sp_m16n8k32(
                     base = 16 * j + 4 * c
                     a[row, base + first] = compressed[row, 8 * j + 2 * c]
                     a[row, base + second] = compressed[row, 8 * j + 2 * c + 1]
+    return a
+
+
+def mma_sp_m16n8k32(
+    a_regs: np.ndarray,
+    b_regs: np.ndarray,
+    c_regs: np.ndarray,
+    e_regs: np.ndarray,
+    selector: int,
+    *,
+    ordered: bool = True,
+) -> np.ndarray:
+    """`mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32`.
+
+    a_regs (32, 4) uint32: the compressed 16 x 16 A in the dense A layout. b_regs (32, 4)
+    uint32: B 32 x 8. c_regs (32, 4) float32. e_regs (32,) uint32: metadata, read only
+    from lanes `4g + 2*selector + j`; every other lane's value is ignored (garbage is
+    fine). Returns D (32, 4) float32. `ordered=False` models plain `mma.sp`, which also
+    accepts descending pairs; equal positions are rejected either way.
+    """
+    compressed = unpack_a(_check("a_regs", a_regs, (32, 4)))
+    b = unpack_b(_check("b_regs", b_regs, (32, 4)))
+    a = expand_sparse_a(compressed, e_regs, selector, ordered=ordered)
     return _accumulate(a, b, c_regs)
 
 

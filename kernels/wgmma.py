@@ -1,6 +1,6 @@
 """Hopper warpgroup MMA in numpy: shared-memory descriptors, swizzle and accumulators.
 
-Covers the CPU side of the sm_90a kernels (`cuda/wgmma.cuh`, `cuda/dense_wgmma.cu`):
+Covers the CPU side of the sm_90a kernels (`cuda/wgmma.cuh`, `cuda/<pattern>_wgmma.cu`):
 
 - `MatrixDescriptor`: the 64-bit shared-memory matrix descriptor of `wgmma.mma_async`
   (PTX ISA, "Matrix Descriptor Format"), encoded and decoded bit for bit;
@@ -9,16 +9,17 @@ Covers the CPU side of the sm_90a kernels (`cuda/wgmma.cuh`, `cuda/dense_wgmma.c
   applied to the byte address it computes (PTX ISA, "Shared Memory Matrix Layout");
 - `accumulator_owner`: which register of which of the 128 threads holds each element of
   the 64 x N fp32 accumulator;
-- `wgmma_dense`: one `wgmma.mma_async.m64nNk16.f32.f16.f16` (A K-major, B N-major), in
-  registers out;
-- the dense kernel's own side: `blocked_weight` (the K-blocked, pre-swizzled weight the
-  launcher hands the kernel), `write_activation_stage` (where the kernel's cp.async puts
-  each activation chunk) and `emulate_dense` (the whole kernel, task by task, descriptor by
-  descriptor, through the epilogue), which the tests compare with the CPU twin.
+- `wgmma_dense` / `wgmma_sparse`: one `wgmma.mma_async.m64nNk16` / `.sp.m64nNk32`
+  (A K-major, B N-major, fp16 in, fp32 accumulate), registers in, registers out;
+- the kernels' own side: `weight_image` (the K-blocked, pre-swizzled weight with its
+  metadata that the launcher hands the kernels), `write_activation_stage` (where the
+  kernels' cp.async puts each activation chunk) and `emulate` (a whole kernel, task by
+  task, descriptor by descriptor, through the epilogue), which the tests compare with
+  the CPU twin.
 
-The readers (descriptor + address swizzle) and the writers (the kernel's chunk rule
-`chunk ^ (row % 8)`) are written independently on purpose: they agree only if the
-kernel's layout is the one the tensor core expects.
+The readers (descriptor + address swizzle) and the writers (the kernels' chunk rule,
+`chunk ^ (row % 8)` for 128-byte rows) are written independently on purpose: they agree
+only if the kernels' layout is the one the tensor core expects.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from tvwsim.kernels.mma_sp import expand_sparse_a
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
@@ -37,11 +39,12 @@ __all__ = [
     "read_operand",
     "accumulator_owner",
     "wgmma_dense",
+    "wgmma_sparse",
     "check_wgmma_config",
-    "DenseWgmmaLayout",
-    "blocked_weight",
+    "WgmmaLayout",
+    "weight_image",
     "write_activation_stage",
-    "emulate_dense",
+    "emulate",
 ]
 
 SWIZZLE_MODES: dict[str, int] = {"none": 0, "128B": 1, "64B": 2, "32B": 3}
@@ -185,10 +188,44 @@ def wgmma_dense(
     """`wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 d, desc_a, desc_b, scale_d,
     1, 1, 0, 1`: A (64 x 16) K-major, B (16 x n) N-major; returns D (128, n / 2) fp32.
     `scale_d=False` ignores `d` (the instruction's D = A B)."""
-    a = read_operand(smem, desc_a, WGMMA_M, DENSE_WGMMA_K, "K").astype(np.float64)
-    b = read_operand(smem, desc_b, n, DENSE_WGMMA_K, "MN").astype(np.float64)
-    rows, cols = accumulator_owner(n)
-    product = (a @ b.T)[rows, cols]
+    a = read_operand(smem, desc_a, WGMMA_M, DENSE_WGMMA_K, "K")
+    return _accumulate(a, read_operand(smem, desc_b, n, DENSE_WGMMA_K, "MN"), d, scale_d)
+
+
+def wgmma_sparse(
+    smem: np.ndarray,
+    desc_a: MatrixDescriptor | int,
+    desc_b: MatrixDescriptor | int,
+    n: int,
+    e_regs: np.ndarray,
+    selector: int,
+    d: np.ndarray | None,
+    *,
+    scale_d: bool = True,
+) -> np.ndarray:
+    """`wgmma.mma_async.sp.sync.aligned.m64n{n}k32.f32.f16.f16 d, desc_a, desc_b, e,
+    selector, scale_d, 1, 1, 0, 1`: A the 64 x 16 stored values (K-major) of a 64 x 32
+    2:4 matrix, B (32 x n) N-major, `e_regs` (128,) the warpgroup's metadata registers.
+    Warp w's lanes place rows 16w .. 16w + 15 exactly as mma.sp m16n8k32 does
+    (`mma_sp.expand_sparse_a`); that is the documented layout the probe pins on silicon."""
+    e = np.asarray(e_regs)
+    if e.shape != (WARPGROUP_THREADS,):
+        raise InputError("e_regs", f"must have shape (128,), got {e.shape}")
+    stored = read_operand(smem, desc_a, WGMMA_M, DENSE_WGMMA_K, "K")
+    a = np.concatenate(
+        [
+            expand_sparse_a(stored[16 * w : 16 * w + 16], e[32 * w : 32 * w + 32], selector)
+            for w in range(4)
+        ]
+    )
+    return _accumulate(a, read_operand(smem, desc_b, n, 2 * DENSE_WGMMA_K, "MN"), d, scale_d)
+
+
+def _accumulate(a: np.ndarray, b: np.ndarray, d: np.ndarray | None, scale_d: bool) -> np.ndarray:
+    """D = A @ B.T (+ D) in the owners' registers; fp16 products are exact, the sum is
+    rounded once to fp32 (silicon may differ in the last bits: compare with a tolerance)."""
+    rows, cols = accumulator_owner(b.shape[0])
+    product = (a.astype(np.float64) @ b.astype(np.float64).T)[rows, cols]
     if scale_d:
         if d is None or np.shape(d) != rows.shape:
             raise InputError("d", f"needs shape {rows.shape} when scale_d is set")
@@ -196,11 +233,12 @@ def wgmma_dense(
     return product.astype(np.float32)
 
 
-# -- the dense sm_90a kernel ------------------------------------------------------------
+# -- the sm_90a kernels -----------------------------------------------------------------
 def check_wgmma_config(config: KernelConfig) -> None:
     """InputError(`config`) unless the sm_90a kernels (cuda/wgmma.cuh) can be built from
     `config`: one warpgroup per 64 weight rows, whole 64-token swizzle atoms up to one
-    m64n256 wgmma, and stages of one 128-byte swizzle row of weight per row (bk = 64)."""
+    m64n256 wgmma, and stages of 64 logical K (one 128-byte dense or 64-byte compressed
+    swizzle row of weight per row)."""
     if config.mma_class != "wgmma":
         raise InputError("config", f"not a warpgroup-MMA config: {config.name}")
     if config.bm != 16 * config.warps or config.bn % 64 or config.bk != 64:
@@ -211,23 +249,46 @@ def check_wgmma_config(config: KernelConfig) -> None:
         )
     if config.stages < 3:
         raise InputError("config", f"{config.name}: the wgmma pipeline needs 3 or more stages")
+    if config.mma == "sparse" and config.bm % 128:
+        # A 2:4 weight block is bm x 64 bytes + bm / 16 x 128 bytes of metadata; the
+        # activation tile after it must start on a 1 KiB swizzle atom.
+        raise InputError(
+            "config", f"{config.name}: 2:4 warpgroup-MMA kernels need bm a multiple of 128"
+        )
 
 
 @dataclass(frozen=True)
-class DenseWgmmaLayout:
-    """One stage of `dense_wgmma.cu` in shared memory (tvw::wg::Layout) and the
-    descriptors its K steps use."""
+class WgmmaLayout:
+    """One stage of the sm_90a kernels in shared memory (`tvw::wg::Layout`) and the
+    descriptors their K steps use."""
 
     config: KernelConfig
 
     def __post_init__(self) -> None:
         check_wgmma_config(self.config)
-        if self.config.mma != "dense":
-            raise InputError("config", f"not a dense config: {self.config.name}")
+
+    @property
+    def sparse(self) -> bool:
+        return self.config.mma == "sparse"
+
+    @property
+    def a_row_bytes(self) -> int:
+        """One weight row of a stage: 64 fp16 (128-byte swizzle) or 32 compressed (64-byte)."""
+        return self.config.bk if self.sparse else 2 * self.config.bk
 
     @property
     def a_bytes(self) -> int:
-        return self.config.bm * self.config.bk * 2
+        return self.config.bm * self.a_row_bytes
+
+    @property
+    def e_bytes(self) -> int:
+        """2:4 metadata of a stage: BM / 16 blocks of 32 words (one per 64 logical K)."""
+        return (self.config.bm // 16) * (self.config.bk // 64) * 128 if self.sparse else 0
+
+    @property
+    def weight_bytes(self) -> int:
+        """One K-blocked weight block: what one bulk copy moves per stage."""
+        return self.a_bytes + self.e_bytes
 
     @property
     def b_block_bytes(self) -> int:
@@ -235,47 +296,88 @@ class DenseWgmmaLayout:
 
     @property
     def stage_bytes(self) -> int:
-        return self.a_bytes + self.config.bk * self.config.bn * 2
+        return self.weight_bytes + self.config.bk * self.config.bn * 2
+
+    @property
+    def k_per_mma(self) -> int:
+        return 2 * DENSE_WGMMA_K if self.sparse else DENSE_WGMMA_K
 
     def descriptors(self, stage: int, warpgroup: int, k_step: int) -> tuple[int, int]:
         """(desc_a, desc_b) of K step `k_step` of `warpgroup` on buffer `stage`, built as
-        the kernel builds them: A 32 bytes further along its swizzled rows per K step,
-        B two 1 KiB atoms further down per K step."""
+        `tvw::wg::mainloop` builds them: A 32 bytes further along its swizzled rows per
+        step (16 values, dense or stored), B k_per_mma / 8 atoms of 1 KiB further down."""
         base = stage * self.stage_bytes
-        a = MatrixDescriptor(base + warpgroup * 64 * 128 + 32 * k_step, 16, 1024)
-        b = MatrixDescriptor(base + self.a_bytes + k_step * 2048, self.b_block_bytes, 1024)
+        swizzle = "64B" if self.sparse else "128B"
+        a_start = base + warpgroup * 64 * self.a_row_bytes + 32 * k_step
+        a = MatrixDescriptor(a_start, 16, 8 * self.a_row_bytes, swizzle)
+        b_start = base + self.weight_bytes + k_step * self.k_per_mma // 8 * 1024
+        b = MatrixDescriptor(b_start, self.b_block_bytes, 1024)
         return a.encode(), b.encode()
 
 
 def _swizzled_rows(rows: np.ndarray) -> np.ndarray:
-    """A (rows x 64) fp16 block laid out as the 128-byte swizzle stores it: chunk c of
-    row r at chunk c ^ (r % 8) of the row."""
+    """A (rows x 64 or 32) fp16 block as the 128- or 64-byte swizzle stores it: chunk c
+    of row r at chunk c ^ (r % 8) (8 chunks a row) or c ^ ((r / 2) % 4) (4 chunks)."""
+    chunks = rows.shape[1] // 8
     r = np.arange(rows.shape[0])[:, None]
-    c = np.arange(8)[None, :]
-    out = np.empty((rows.shape[0], 8, 8), dtype=np.float16)
-    out[r, c ^ (r % 8)] = rows.reshape(rows.shape[0], 8, 8)
-    return out.reshape(rows.shape[0], 64)
+    c = np.arange(chunks)[None, :]
+    permuted = c ^ (r % 8) if chunks == 8 else c ^ ((r // 2) % 4)
+    out = np.empty((rows.shape[0], chunks, 8), dtype=np.float16)
+    out[r, permuted] = rows.reshape(rows.shape[0], chunks, 8)
+    return out.reshape(rows.shape)
 
 
-def blocked_weight(values: np.ndarray, config: KernelConfig) -> np.ndarray:
-    """The dense weight (n x k_pad fp16) as `dense_wgmma.cu` reads it: per row tile t and
-    stage s, the bm x 64 block at (t * k_pad / 64 + s) * bm * 64, each row's 16-byte
-    chunks swizzled; rows past n are zeros. A stage is one contiguous bulk copy."""
-    DenseWgmmaLayout(config)
-    values = np.asarray(values)
-    if values.ndim != 2 or values.dtype != np.float16 or values.shape[1] % config.bk:
-        raise InputError("values", f"must be fp16 n x k_pad with k_pad % {config.bk} == 0")
-    n, k_pad = values.shape
-    bm, bk = config.bm, config.bk
-    tiles = -(-n // bm)
-    padded = np.zeros((tiles * bm, k_pad), dtype=np.float16)
-    padded[:n] = values
-    blocks = padded.reshape(tiles, bm, k_pad // bk, bk).transpose(0, 2, 1, 3)
-    out = np.empty_like(blocks)
-    for t in range(tiles):
-        for s in range(k_pad // bk):
-            out[t, s] = _swizzled_rows(blocks[t, s])
-    return out.reshape(-1)
+_LEGAL_PAD_WORD = 0x44444444
+"""Metadata of padded rows (zero values): positions (0, 1) in every group - legal for
+::ordered_metadata, so every wgmma.sp of a ragged tile stays defined."""
+
+
+def _tile_blocks(encoded) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Per row tile: (values bm x k_len or bm x k_len/2, metadata [bm/16, k_len/64, 32]
+    or None), rows past the encoding's zero-padded."""
+    config = encoded.config
+    bm = config.bm
+    if hasattr(encoded, "k_ptr"):  # tw, tvw: each tile's own block
+        tiles = range(encoded.n_row_tiles)
+        values = [encoded.tile_values(t) for t in tiles]
+        sparse = getattr(encoded, "sparse", False)
+        meta = [encoded.tile_metadata(t) for t in tiles] if sparse else [None] * len(values)
+        return list(zip(values, meta, strict=True))
+    tiles = encoded.n_row_tiles
+    values = np.zeros((tiles * bm, encoded.values.shape[1]), dtype=np.float16)
+    values[: encoded.values.shape[0]] = encoded.values
+    meta = None
+    if getattr(encoded, "metadata", None) is not None:  # vw
+        stored = encoded.metadata
+        meta = np.full((tiles * bm // 16, *stored.shape[1:]), _LEGAL_PAD_WORD, dtype=np.uint32)
+        meta[: stored.shape[0]] = stored
+    return [
+        (
+            values[t * bm : (t + 1) * bm],
+            None if meta is None else meta[t * bm // 16 : (t + 1) * bm // 16],
+        )
+        for t in range(tiles)
+    ]
+
+
+def weight_image(encoded) -> np.ndarray:
+    """The weight buffer the sm_90a kernels read (uint8): per row tile, per stage of 64
+    logical K, one block of `WgmmaLayout.weight_bytes` - the stage's rows swizzled as
+    shared memory holds them, then (2:4) the rows' lane-ordered metadata words for those
+    K - tile after tile, so tile t's stage s is block `first(t) + s` with first(t) =
+    t * k_len / 64 (dense, vw) or k_ptr[t] / 64 (tw, tvw). A stage is one bulk copy."""
+    layout = WgmmaLayout(encoded.config)
+    stage_values = layout.a_row_bytes // 2
+    blocks = []
+    for values, meta in _tile_blocks(encoded):
+        for s in range(values.shape[1] // stage_values):
+            part = values[:, s * stage_values : (s + 1) * stage_values]
+            blocks.append(_swizzled_rows(np.ascontiguousarray(part)).view(np.uint8).ravel())
+            if meta is not None:
+                blocks.append(np.ascontiguousarray(meta[:, s]).view(np.uint8).ravel())
+    if not blocks:
+        return np.zeros(0, dtype=np.uint8)
+    return np.concatenate(blocks)
 
 
 def write_activation_stage(
@@ -286,7 +388,7 @@ def write_activation_stage(
     c (8 tokens) of it at column block c / 8, row r, chunk (c % 8) ^ (r % 8); tokens at
     or past XT's width (m8) are zeros."""
     m8 = xt16.shape[1]
-    view = stage.view(np.float16).reshape(bn // 64, len(xt_rows), 8, 8)
+    view = stage[: len(xt_rows) * bn * 2].view(np.float16).reshape(bn // 64, len(xt_rows), 8, 8)
     view[...] = 0
     for r, row in enumerate(xt_rows):
         if row < 0:
@@ -297,18 +399,32 @@ def write_activation_stage(
                 view[c // 8, r, (c % 8) ^ (r % 8)] = xt16[row, tok : tok + 8]
 
 
-def emulate_dense(
-    encoded, x: np.ndarray, tasks: np.ndarray, *, weight_image: np.ndarray | None = None
+def _task_view(encoded, tile: int) -> tuple[int, int, np.ndarray | None, np.ndarray]:
+    """(first weight block of the tile, the tile's K length, its kept-K list or None for
+    consecutive K, its output rows (-1: not stored)) as the kernels compute them."""
+    bm, bk = encoded.config.bm, encoded.config.bk
+    if hasattr(encoded, "k_ptr"):
+        kp, kt = int(encoded.k_ptr[tile]), int(encoded.k_ptr[tile + 1] - encoded.k_ptr[tile])
+        return kp // bk, kt, encoded.tile_k_index(tile), encoded.tile_rows(tile)
+    k_len = encoded.k_pad
+    rows = np.arange(tile * bm, (tile + 1) * bm)
+    return tile * (k_len // bk), k_len, None, np.where(rows < encoded.n, rows, -1)
+
+
+def emulate(
+    encoded, x: np.ndarray, tasks: np.ndarray, *, weight_image_bytes: np.ndarray | None = None
 ) -> np.ndarray:
-    """Y (M x N, fp32 of the fp16 output) as `dense_wgmma.cu` computes it for `encoded`
-    (a dense encoding of a wgmma config), X (M x K) and the schedule's `tasks`: the
-    blocked weight bulk-copied into each stage, the activation rows written by the
-    kernel's rule, every wgmma read through the descriptors the kernel builds, the
-    accumulators scattered by their owners, split tasks summed in fp32 and rounded once.
-    `weight_image` replaces `blocked_weight(encoded.values, config)` (a test's way to
-    feed the kernel a wrong layout)."""
+    """Y (M x N, fp32 of the fp16 output) as the sm_90a kernel of `encoded`'s pattern
+    computes it (dense, tw, vw, tvw with a wgmma config) for X (M x K) and the schedule's
+    `tasks`: each stage's weight block copied from `weight_image`, its activation rows
+    written by the kernel's rule (gathered through k_index for tw/tvw), every wgmma (.sp)
+    read through the descriptors the kernel builds with the metadata registers it loads,
+    accumulators scattered by their owners, rows through the row map; split tasks summed
+    in fp32 and rounded once (the finalize pass), rows no task writes zero.
+    `weight_image_bytes` replaces `weight_image(encoded)` (a test's way to feed the
+    kernel a wrong layout)."""
     config = encoded.config
-    layout = DenseWgmmaLayout(config)
+    layout = WgmmaLayout(config)
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != encoded.k:
         raise InputError("x", f"must be M x {encoded.k}, got shape {x.shape}")
@@ -316,40 +432,49 @@ def emulate_dense(
     m8 = -(-m // 8) * 8
     xt16 = np.zeros((encoded.k, m8), dtype=np.float16)
     xt16[:, :m] = x.T.astype(np.float16)
-    if weight_image is None:
-        weight_image = blocked_weight(encoded.values, config)
-    image = np.ascontiguousarray(weight_image, dtype=np.float16).view(np.uint8)
+    image = weight_image(encoded) if weight_image_bytes is None else weight_image_bytes
+    image = np.ascontiguousarray(image).view(np.uint8)
     bm, bn, bk = config.bm, config.bn, config.bk
-    n, k_pad = encoded.n, encoded.k_pad
-    block_bytes = layout.a_bytes
-    yt = np.zeros((n, m8), dtype=np.float32)
-    partial = np.zeros((n, m8), dtype=np.float64)
-    split_rows = np.zeros(n, dtype=bool)
+    n_out = encoded.n
+    yt = np.zeros((n_out, m8), dtype=np.float32)
+    partial = np.zeros((n_out, m8), dtype=np.float64)
+    split_rows = np.zeros(n_out, dtype=bool)
     smem = np.zeros(layout.stage_bytes, dtype=np.uint8)  # one buffer: stages run in order
+    owner_rows, owner_cols = accumulator_owner(bn)
     for tile, block, k_begin, k_end in np.asarray(tasks, dtype=np.int64):
+        first, k_len, k_index, out_rows = _task_view(encoded, int(tile))
         tok0 = block * bn
-        acc = [np.zeros((WARPGROUP_THREADS, bn // 2), np.float32) for _ in range(config.warps // 4)]
+        acc = [None] * (config.warps // 4)
         for step in range((k_end - k_begin) // bk):
-            src = (tile * (k_pad // bk) + k_begin // bk + step) * block_bytes
-            smem[:block_bytes] = image[src : src + block_bytes]
+            src = (first + k_begin // bk + step) * layout.weight_bytes
+            smem[: layout.weight_bytes] = image[src : src + layout.weight_bytes]
             k0 = k_begin + step * bk
-            rows = np.arange(k0, k0 + bk)
-            rows[rows >= encoded.k] = -1
-            write_activation_stage(smem[block_bytes:], xt16, rows, tok0, bn)
+            if k_index is None:
+                rows = np.arange(k0, k0 + bk)
+                rows[rows >= encoded.k] = -1
+            else:
+                rows = k_index[k0 : k0 + bk]
+            write_activation_stage(smem[layout.weight_bytes :], xt16, rows, tok0, bn)
+            words = smem[layout.a_bytes : layout.weight_bytes].view(np.uint32)
             for wg in range(config.warps // 4):
-                for ks in range(bk // DENSE_WGMMA_K):
+                for ks in range(bk // layout.k_per_mma):
                     da, db = layout.descriptors(0, wg, ks)
-                    first = step == 0 and ks == 0
-                    acc[wg] = wgmma_dense(smem, da, db, bn, acc[wg], scale_d=not first)
+                    first_step = step == 0 and ks == 0
+                    if layout.sparse:
+                        e = words[128 * wg : 128 * wg + 128]
+                        acc[wg] = wgmma_sparse(
+                            smem, da, db, bn, e, ks % 2, acc[wg], scale_d=not first_step
+                        )
+                    else:
+                        acc[wg] = wgmma_dense(smem, da, db, bn, acc[wg], scale_d=not first_step)
         tile_out = np.zeros((bm, bn), dtype=np.float32)
-        rows, cols = accumulator_owner(bn)
         for wg, regs in enumerate(acc):
-            tile_out[64 * wg + rows, cols] = regs
-        out_rows = np.arange(tile * bm, tile * bm + bm)
-        keep = out_rows < n
+            if regs is not None:
+                tile_out[64 * wg + owner_rows, owner_cols] = regs
+        keep = out_rows >= 0
         toks = np.arange(tok0, min(tok0 + bn, m8))
         sub = tile_out[keep][:, : toks.size]
-        if k_begin == 0 and k_end == k_pad:
+        if k_begin == 0 and k_end == k_len:
             yt[np.ix_(out_rows[keep], toks)] = sub.astype(np.float16)
         else:
             partial[np.ix_(out_rows[keep], toks)] += sub

@@ -39,30 +39,46 @@ constexpr int kWarpgroups = WARPS / 4;
 static_assert(WARPS % 4 == 0, "a warpgroup is four warps");
 static_assert(BM == 64 * kWarpgroups, "each warpgroup owns 64 weight rows (the wgmma M)");
 static_assert(BN % 64 == 0 && BN <= 256, "BN is whole 64-token swizzle atoms, at most 256");
-static_assert(BK == 64, "a stage row of the weight is one 128-byte swizzle row: BK = 64");
+static_assert(BK == 64, "a stage is 64 logical K: one 128-byte (dense) or 64-byte "
+                        "(2:4 compressed) swizzle row of weight per row");
 
-// ---- shared memory: the 128-byte swizzle ------------------------------------------------
-// Both operands use the 128-byte swizzle mode. Its atom is 8 rows of 128 bytes (1 KiB,
-// 1 KiB-aligned); the tensor core finds the 16-byte chunk c of row r of an atom at chunk
-// c ^ r (address bits [6:4] XOR bits [9:7]). Writers put each chunk there; the eight rows
-// a tensor-core read touches at one chunk then hit eight different bank groups.
+// ---- shared memory: swizzled rows ---------------------------------------------------------
+// The tensor core applies the swizzle to the byte address it computes: in the 128-byte
+// mode address bits [6:4] are XORed with bits [9:7], in the 64-byte mode bits [5:4] with
+// bits [8:7]. For rows of 128 (64) bytes that puts 16-byte chunk c of row r at chunk
+// c ^ (r % 8) (c ^ ((r / 2) % 4)) - common.cuh's swz rule for rows of 8 (4) chunks. A
+// swizzle atom is 8 rows; every atom starts 8-row-aligned from a 1 KiB-aligned stage.
 constexpr int kSwizzleRowBytes = 128;
 constexpr int kAtomBytes = 8 * kSwizzleRowBytes;
+constexpr uint64_t kSwizzle128B = 1, kSwizzle64B = 2;  // descriptor bits 63:62
 
-// Weight (A, K-major): row r of the stage's BM x 64 tile at r * 128 bytes.
-// Activations (B, N-major): BN / 64 column blocks of 64 tokens; in block nb, K row k
-// at nb * BK * 128 + k * 128 bytes. One wgmma's 16 K rows are two 8-row atoms (SBO apart
-// along K); its BN tokens are BN / 64 atoms (LBO apart along N).
+// One stage, in this order (a 1 KiB multiple each, so every stage stays 1 KiB-aligned):
+//   W  the weight block, exactly as the launcher stores it K-blocked (one bulk copy):
+//      A  BM rows x 64 fp16 (dense, 128-byte rows) or 32 compressed fp16 (2:4, 64-byte
+//         rows), K-major, swizzled;
+//      E  2:4 only: BM / 16 blocks of 32 lane-ordered metadata words (docs/formats.md);
+//   B  the activations, N-major: BN / 64 column blocks of 64 tokens; in block nb, K row
+//      k at nb * BK * 128 + k * 128 bytes, 128-byte swizzle.
+// One wgmma's K rows of B are 8-row atoms SBO = 1 KiB apart along K; its BN tokens are
+// BN / 64 atoms LBO = BK * 128 bytes apart along N.
+template <bool SPARSE>
 struct Layout {
-    static constexpr int kABytes = BM * BK * 2;
-    static constexpr int kBBlockBytes = BK * kSwizzleRowBytes;  // one 64-token column block
+    static constexpr int kARowBytes = SPARSE ? BK : 2 * BK;
+    static constexpr int kABytes = BM * kARowBytes;
+    static constexpr int kEBytes = SPARSE ? (BM / 16) * (BK / 64) * 128 : 0;
+    static constexpr int kWeightBytes = kABytes + kEBytes;
+    static constexpr int kBBlockBytes = BK * kSwizzleRowBytes;
     static constexpr int kBBytes = BK * BN * 2;
-    static constexpr int kStageBytes = kABytes + kBBytes;
-    static_assert(kABytes % kAtomBytes == 0 && kBBytes % kAtomBytes == 0,
-                  "every stage operand starts on a 1 KiB swizzle atom");
-    // Descriptor strides (bytes): A's 8-row groups follow one another; B's atoms are
-    // 1 KiB apart along K and a column block apart along N.
-    static constexpr uint32_t kASbo = kAtomBytes;
+    static constexpr int kStageBytes = kWeightBytes + kBBytes;
+    static_assert(kWeightBytes % kAtomBytes == 0 && kBBytes % kAtomBytes == 0,
+                  "every stage operand starts on a 1 KiB boundary");
+    // A's descriptor: 8-row groups follow one another (SBO = 8 rows); a K step (16 dense
+    // or 16 stored 2:4 values) is 32 bytes further along the swizzled rows.
+    static constexpr uint64_t kASwizzle = SPARSE ? kSwizzle64B : kSwizzle128B;
+    static constexpr uint32_t kASbo = 8 * kARowBytes;
+    static constexpr uint32_t kAStepBytes = 32;
+    static constexpr int kKPerMma = SPARSE ? 32 : 16;  // logical K of one wgmma
+    static constexpr uint32_t kBStepBytes = kKPerMma / 8 * kAtomBytes;
     static constexpr uint32_t kBLbo = kBBlockBytes;
     static constexpr uint32_t kBSbo = kAtomBytes;
 };
@@ -71,13 +87,12 @@ __device__ __forceinline__ int swizzled_chunk(int row, int chunk) { return chunk
 
 // ---- matrix descriptors (PTX ISA, "Matrix Descriptor Format") ---------------------------
 // bits 13:0 start address >> 4, 29:16 leading-dimension byte offset >> 4, 45:32 stride
-// byte offset >> 4, 51:49 base offset (0: every atom is 1 KiB-aligned), 63:62 swizzle
-// mode (1 = 128-byte).
+// byte offset >> 4, 51:49 base offset (0: every atom is aligned), 63:62 swizzle mode.
 __device__ __forceinline__ uint64_t descriptor(uint32_t smem_address, uint32_t lbo,
-                                               uint32_t sbo) {
+                                               uint32_t sbo, uint64_t swizzle) {
     return static_cast<uint64_t>((smem_address & 0x3FFFF) >> 4) |
            static_cast<uint64_t>(lbo >> 4) << 16 | static_cast<uint64_t>(sbo >> 4) << 32 |
-           1ull << 62;
+           swizzle << 62;
 }
 
 // ---- warpgroup MMA ----------------------------------------------------------------------
@@ -130,7 +145,6 @@ struct Wgmma<128> {
               "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
             : "l"(a), "l"(b), "r"(scale_d));
     }
-#ifdef TVWSIM_SPARSE_KERNEL
     // D (64 x 128) += A (64 x 32 logical, 2:4, stored 64 x 16, K-major) * B (32 x 128,
     // N-major); `e` is this thread's metadata word, SELECTOR the thread pair that supplies it.
     template <int SELECTOR>
@@ -154,7 +168,6 @@ struct Wgmma<128> {
               "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
             : "l"(a), "l"(b), "r"(e), "n"(SELECTOR), "r"(scale_d));
     }
-#endif
 };
 
 template <>
@@ -195,7 +208,6 @@ struct Wgmma<256> {
               "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
             : "l"(a), "l"(b), "r"(scale_d));
     }
-#ifdef TVWSIM_SPARSE_KERNEL
     // D (64 x 256) += A (64 x 32 logical, 2:4, stored 64 x 16, K-major) * B (32 x 256,
     // N-major); `e` is this thread's metadata word, SELECTOR the thread pair that supplies it.
     template <int SELECTOR>
@@ -231,7 +243,6 @@ struct Wgmma<256> {
               "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
             : "l"(a), "l"(b), "r"(e), "n"(SELECTOR), "r"(scale_d));
     }
-#endif
 };
 
 
@@ -294,10 +305,167 @@ __device__ __forceinline__ void issue_activation_rows(uint32_t dst,
         const int tok = tok0 + c * 8;
         const bool ok = xt_row[i] >= 0 && tok < m8;
         const __half* from = ok ? xt + static_cast<int64_t>(xt_row[i]) * m8 + tok : xt;
-        const uint32_t at = (c / 8) * Layout::kBBlockBytes + r * kSwizzleRowBytes +
+        const uint32_t at = (c / 8) * Layout<false>::kBBlockBytes + r * kSwizzleRowBytes +
                             16 * swizzled_chunk(r, c % 8);
         cp_async_16(dst + at, from, ok);
     }
+}
+
+// ---- the CTA main loop ------------------------------------------------------------------
+// Loader interface (one per pattern, as in common.cuh):
+//   weight_block(step): the global address of stage `step`'s K-blocked weight block
+//                       (Layout::kWeightBytes, one bulk copy);
+//   prefetch(step):     fill next_row[] with the XT rows of stage `step` (tw/tvw read
+//                       their kept-K list here, one stage ahead of the copies);
+//   xt, m8, tok0, next_row[BPlan::kIters]: the activation side.
+//
+// STAGES buffers, every warpgroup loads and computes:
+//   prologue  issue stages 0 .. STAGES-3
+//   iter it   wait until stage it landed (this thread's cp.async group, then the weight's
+//             mbarrier phase), fence the cp.async writes into the async proxy the tensor
+//             core reads through, __syncthreads; issue stage it + STAGES - 2 into the
+//             buffer of stage it - 2 (every warpgroup finished reading it: wait_group 1
+//             at the end of iteration it - 1); BK / kKPerMma wgmma on stage it, commit,
+//             wait until at most this batch is still running.
+// While the tensor core runs stage it, stage it - 1's batch may still finish and the
+// copies of the next STAGES - 2 stages are in flight.
+static_assert(STAGES >= 3, "one buffer computing, one finishing, at least one loading");
+
+template <bool SPARSE, class Loader>
+__device__ __forceinline__ void mainloop(Loader& loader, int k_steps, char* smem,
+                                         uint64_t (&landed)[STAGES], float (&acc)[BN / 2]) {
+    using L = Layout<SPARSE>;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) mbarrier_init(&landed[s], 1);
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+
+    auto issue = [&](int step) {
+        const int buf = step % STAGES;
+        char* stage = smem + buf * L::kStageBytes;
+        if (threadIdx.x == 0) {
+            mbarrier_expect_bytes(&landed[buf], L::kWeightBytes);
+            bulk_copy(stage, loader.weight_block(step), L::kWeightBytes, &landed[buf]);
+        }
+        issue_activation_rows(smem_addr(stage + L::kWeightBytes), loader.xt, loader.m8,
+                              loader.tok0, loader.next_row);
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; ++s) {
+        if (s < k_steps) {
+            loader.prefetch(s);
+            issue(s);
+        }
+        cp_async_commit();
+    }
+    if (STAGES - 2 < k_steps) loader.prefetch(STAGES - 2);
+
+    const int warpgroup = threadIdx.x / 128;
+    for (int it = 0; it < k_steps; ++it) {
+        const int buf = it % STAGES;
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        mbarrier_wait(&landed[buf], (it / STAGES) & 1);
+        __syncthreads();
+        const int next = it + STAGES - 2;
+        if (next < k_steps) issue(next);
+        cp_async_commit();
+        if (next + 1 < k_steps) loader.prefetch(next + 1);
+
+        const char* stage = smem + buf * L::kStageBytes;
+        const uint32_t a = smem_addr(stage) + warpgroup * 64 * L::kARowBytes;
+        const uint32_t b = smem_addr(stage + L::kWeightBytes);
+        fence();
+#pragma unroll
+        for (int ks = 0; ks < BK / L::kKPerMma; ++ks) {
+            const uint64_t da = descriptor(a + ks * L::kAStepBytes, 16, L::kASbo, L::kASwizzle);
+            const uint64_t db = descriptor(b + ks * L::kBStepBytes, L::kBLbo, L::kBSbo,
+                                           kSwizzle128B);
+            // No zeroing: the task's first K step runs with scale-d = 0. Accumulators a
+            // non-wgmma instruction writes inside the loop would make ptxas serialise
+            // the wgmma pipeline.
+            const int scale_d = it > 0 || ks > 0;
+            if constexpr (SPARSE) {
+                // This warp's 16 rows: one lane-ordered metadata word per thread covers
+                // 64 logical K, selector 0 for the first k32 and 1 for the second, as
+                // for mma.sp (the PTX ISA draws wgmma.sp's metadata with mma.sp's figure).
+                const uint32_t e = reinterpret_cast<const uint32_t*>(
+                    stage + L::kABytes)[(threadIdx.x / 32) * 32 + threadIdx.x % 32];
+                if (ks % 2 == 0)
+                    Wgmma<BN>::template sparse<0>(acc, da, db, e, scale_d);
+                else
+                    Wgmma<BN>::template sparse<1>(acc, da, db, e, scale_d);
+            } else {
+                Wgmma<BN>::dense(acc, da, db, scale_d);
+            }
+        }
+        commit();
+        wait<1>();
+    }
+    wait<0>();
+    if (k_steps == 0) {  // (no schedule makes such a task; stay defined anyway)
+#pragma unroll
+        for (int v = 0; v < BN / 2; ++v) acc[v] = 0.0f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the epilogue reuses the pipeline's buffers
+}
+
+// ---- loaders ------------------------------------------------------------------------------
+// Consecutive K (dense, vw): stage s of a task is weight block first + s and XT rows
+// k_begin + s * BK ..; rows at or past K (the zero-padded k_pad) read as zeros.
+template <bool SPARSE>
+struct PlainLoader {
+    const char* w_task;  // this task's first weight block
+    const __half* xt;
+    int K, m8, tok0, k_begin;
+    int next_row[BPlan::kIters];
+
+    __device__ __forceinline__ const char* weight_block(int step) const {
+        return w_task + static_cast<int64_t>(step) * Layout<SPARSE>::kWeightBytes;
+    }
+
+    __device__ __forceinline__ void prefetch(int step) {
+        const int k0 = k_begin + step * BK;
+#pragma unroll
+        for (int i = 0; i < BPlan::kIters; ++i) {
+            const int k = k0 + BPlan::row(i);
+            next_row[i] = k < K ? k : -1;
+        }
+    }
+};
+
+// A kept-K list (tw, tvw): stage row kk is XT row tile_k_index[k_begin + s * BK + kk]
+// (-1: a zero row), read one stage ahead of its copies.
+template <bool SPARSE>
+struct GatherLoader {
+    const char* w_task;
+    const int* tile_k_index;
+    const __half* xt;
+    int m8, tok0, k_begin;
+    int next_row[BPlan::kIters];
+
+    __device__ __forceinline__ const char* weight_block(int step) const {
+        return w_task + static_cast<int64_t>(step) * Layout<SPARSE>::kWeightBytes;
+    }
+
+    __device__ __forceinline__ void prefetch(int step) {
+        const int k0 = k_begin + step * BK;
+#pragma unroll
+        for (int i = 0; i < BPlan::kIters; ++i)
+            next_row[i] = BPlan::active(i) ? __ldg(tile_k_index + k0 + BPlan::row(i)) : -1;
+    }
+};
+
+// The first weight block of a task: a row tile's blocks are consecutive, from block
+// `tile_first_block` (dense, vw: tile * k_len / BK; tw, tvw: k_ptr[tile] / BK).
+template <bool SPARSE>
+__device__ __forceinline__ const char* task_weight(const void* blocked,
+                                                   int64_t tile_first_block, int k_begin) {
+    return reinterpret_cast<const char*>(blocked) +
+           (tile_first_block + k_begin / BK) * Layout<SPARSE>::kWeightBytes;
 }
 
 // ---- accumulator ownership --------------------------------------------------------------

@@ -22,18 +22,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tvwsim.kernels import build as kbuild
 from tvwsim.kernels import checks
+from tvwsim.kernels.formats import compress_2to4, encode, metadata_to_lanes
 from tvwsim.kernels.mma_sp import pack_c
 from tvwsim.kernels.reference import matmul
 from tvwsim.kernels.wgmma import (
-    DenseWgmmaLayout,
     MatrixDescriptor,
+    WgmmaLayout,
     accumulator_owner,
-    blocked_weight,
     check_wgmma_config,
-    emulate_dense,
+    emulate,
     read_operand,
     swizzle_address,
+    weight_image,
     wgmma_dense,
+    wgmma_sparse,
     write_activation_stage,
 )
 
@@ -41,6 +43,13 @@ from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
 
 DENSE = kbuild.WGMMA_VARIANTS["dense"][0]
+SPARSE = kbuild.WGMMA_VARIANTS["tvw"][0]
+
+
+def _wgmma_config(bm: int, bn: int, mma: str = "dense") -> KernelConfig:
+    return KernelConfig(bm=bm, bn=bn, bk=64, stages=4, warps=bm // 16, mma=mma, mma_class="wgmma")
+
+
 seeds = st.integers(0, 2**32 - 1)
 
 
@@ -90,11 +99,9 @@ def test_a_k_major_tile_written_by_the_kernels_rule_reads_back_through_its_descr
     rng = np.random.default_rng(seed)
     tile = rng.standard_normal((rows, 64)).astype(np.float16)
     smem = np.zeros(rows * 128 + 1024, dtype=np.uint8)
-    # blocked_weight's writer: the kernel's bulk copy lands these bytes unchanged.
-    config = KernelConfig(
-        bm=rows, bn=256, bk=64, stages=4, warps=rows // 16, mma="dense", mma_class="wgmma"
-    )
-    smem[: rows * 128] = blocked_weight(tile, config).view(np.uint8)
+    # weight_image's writer: the kernel's bulk copy lands these bytes unchanged.
+    encoded = encode(tile.astype(np.float32), None, "dense", _wgmma_config(rows, 256))
+    smem[: rows * 128] = weight_image(encoded)
     for group in range(rows // 64):
         desc = MatrixDescriptor(group * 64 * 128 + 32 * k_step, 16, 1024)
         got = read_operand(smem, desc, 64, 16, "K")
@@ -177,10 +184,10 @@ def test_one_wgmma_is_a_at_b_plus_d_in_the_owners_registers(seed):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((64, 64)).astype(np.float16)
     xt = rng.standard_normal((64, 128)).astype(np.float16)
-    config = KernelConfig(bm=64, bn=128, bk=64, stages=3, warps=4, mma_class="wgmma")
-    layout = DenseWgmmaLayout(config)
+    config = _wgmma_config(64, 128)
+    layout = WgmmaLayout(config)
     smem = np.zeros(layout.stage_bytes, dtype=np.uint8)
-    smem[: layout.a_bytes] = blocked_weight(a, config).view(np.uint8)
+    smem[: layout.a_bytes] = weight_image(encode(a.astype(np.float32), None, "dense", config))
     write_activation_stage(smem[layout.a_bytes :], xt, np.arange(64), 0, 128)
     c = rng.standard_normal((64, 128)).astype(np.float32)
     rows, cols = accumulator_owner(128)
@@ -195,8 +202,63 @@ def test_one_wgmma_is_a_at_b_plus_d_in_the_owners_registers(seed):
     assert np.allclose(fresh, first[rows, cols], rtol=1e-5, atol=1e-4)
 
 
-# -- the dense kernel, emulated ------------------------------------------------------------
-DENSE_CASES = [
+@settings(max_examples=10, deadline=None)
+@given(seed=seeds)
+def test_one_wgmma_sp_expands_each_warps_rows_by_its_metadata_registers(seed):
+    # A 2:4 weight compressed and lane-ordered by the encoder's own helpers, stored as
+    # weight_image stores it (64-byte swizzle, then the words): one wgmma.sp per k32.
+    rng = np.random.default_rng(seed)
+    config = _wgmma_config(128, 64, "sparse")
+    layout = WgmmaLayout(config)
+    mask = np.zeros((128, 64), dtype=bool)
+    groups = np.argsort(rng.random((128, 16, 4)), axis=2)[:, :, :2]
+    np.put_along_axis(mask.reshape(128, 16, 4), groups, True, axis=2)
+    w = np.where(mask, rng.standard_normal((128, 64)), 0).astype(np.float16)
+    values, meta16 = compress_2to4(w, mask)
+    words = metadata_to_lanes(meta16)  # [8, 1, 32]
+    smem = np.zeros(layout.stage_bytes, dtype=np.uint8)
+    encoded = encode(w.astype(np.float32), mask, "vw", config)
+    smem[: layout.weight_bytes] = weight_image(encoded)
+    assert np.array_equal(smem[layout.a_bytes : layout.weight_bytes].view(np.uint32), words.ravel())
+    xt = rng.standard_normal((64, 64)).astype(np.float16)
+    write_activation_stage(smem[layout.weight_bytes :], xt, np.arange(64), 0, 64)
+    e = smem[layout.a_bytes : layout.weight_bytes].view(np.uint32)
+    rows, cols = accumulator_owner(64)
+    want = w.astype(np.float64) @ xt.astype(np.float64)
+    for wg in range(2):  # warpgroup wg: rows 64 wg .., metadata words 128 wg ..
+        d = None
+        for ks in range(2):
+            da, db = layout.descriptors(0, wg, ks)
+            e_wg = e[128 * wg : 128 * wg + 128]
+            d = wgmma_sparse(smem, da, db, 64, e_wg, ks, d, scale_d=ks > 0)
+        assert np.allclose(d, want[64 * wg + rows, cols], rtol=1e-5, atol=1e-4)
+    assert np.array_equal(
+        values[:64, :16], read_operand(smem, layout.descriptors(0, 0, 0)[0], 64, 16, "K")
+    )
+
+
+def test_wgmma_sp_reads_only_the_selectors_thread_pairs():
+    # Garbage in the lanes a selector does not read changes nothing; an illegal pair in
+    # one it reads is refused.
+    rng = np.random.default_rng(5)
+    config = _wgmma_config(128, 64, "sparse")
+    layout = WgmmaLayout(config)
+    smem = rng.integers(0, 255, layout.stage_bytes, dtype=np.uint8)
+    smem[: layout.a_bytes] = 0x3C  # finite fp16 values
+    smem[layout.weight_bytes :] = 0x3C
+    e = np.full(128, 0x44444444, dtype=np.uint32)
+    da, db = layout.descriptors(0, 0, 0)
+    clean = wgmma_sparse(smem, da, db, 64, e, 0, None, scale_d=False)
+    noisy = e.copy()
+    noisy[2::4] = noisy[3::4] = 0  # lanes 4g + 2, 4g + 3: selector 1's, not 0's
+    assert np.array_equal(wgmma_sparse(smem, da, db, 64, noisy, 0, None, scale_d=False), clean)
+    with pytest.raises(InputError) as err:
+        wgmma_sparse(smem, da, db, 64, noisy, 1, None, scale_d=False)
+    assert err.value.argument == "e_regs"
+
+
+# -- the kernels, emulated -------------------------------------------------------------------
+EMULATED_CASES = [
     (checks.CHECK_SHAPES[0], "natural"),
     (checks.CHECK_SHAPES[1], "longest-first"),
     (checks.CHECK_SHAPES[1], "forced-split"),
@@ -204,13 +266,24 @@ DENSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape, policy", DENSE_CASES)
-def test_the_emulated_dense_wgmma_kernel_matches_its_cpu_twin(shape, policy):
+@pytest.mark.parametrize("pattern", ["dense", "tw", "vw", "tvw"])
+@pytest.mark.parametrize("shape, policy", EMULATED_CASES)
+def test_the_emulated_wgmma_kernels_match_their_cpu_twins(pattern, shape, policy):
     m, n, k = shape
-    case = checks.CheckCase("dense", DENSE, m, n, k, policy, seed=11)
+    config = kbuild.WGMMA_VARIANTS[pattern][0]
+    case = checks.CheckCase(pattern, config, m, n, k, policy, seed=11)
     encoded, x, schedule = checks.make_case_inputs(case)
     tasks = np.asarray(getattr(schedule, "tasks", schedule))
-    y = emulate_dense(encoded, x, tasks)
+    y = emulate(encoded, x, tasks)
+    assert checks.relative_error(y, matmul(x, encoded)) <= checks.REL_TOLERANCE / 10
+
+
+@pytest.mark.parametrize("pattern", ["tw", "tvw"])
+def test_the_emulated_gather_kernels_handle_empty_tiles_and_pruned_rows(pattern):
+    config = kbuild.WGMMA_VARIANTS[pattern][0]
+    case = checks.CheckCase(pattern, config, 70, 300, 300, "split", seed=7, edge=True)
+    encoded, x, schedule = checks.make_case_inputs(case)
+    y = emulate(encoded, x, np.asarray(schedule.tasks))
     assert checks.relative_error(y, matmul(x, encoded)) <= checks.REL_TOLERANCE / 10
 
 
@@ -220,7 +293,7 @@ def test_a_weight_written_without_the_swizzle_gives_wrong_numbers():
     case = checks.CheckCase("dense", DENSE, *checks.CHECK_SHAPES[0], "natural", seed=2)
     encoded, x, schedule = checks.make_case_inputs(case)
     plain = encoded.values.reshape(-1, 128, encoded.k_pad // 64, 64).transpose(0, 2, 1, 3)
-    y = emulate_dense(encoded, x, schedule.tasks, weight_image=plain.reshape(-1))
+    y = emulate(encoded, x, schedule.tasks, weight_image_bytes=plain.reshape(-1))
     assert checks.relative_error(y, matmul(x, encoded)) > 0.1
 
 
@@ -231,6 +304,7 @@ def test_a_weight_written_without_the_swizzle_gives_wrong_numbers():
         {"bn": 96},  # not whole 64-token atoms
         {"bk": 32},  # a weight row of 64 bytes
         {"stages": 2},
+        {"bm": 64, "warps": 4, "mma": "sparse"},  # activations off a 1 KiB atom
     ],
 )
 def test_a_config_the_wgmma_kernels_cannot_build_is_refused(kwargs):
@@ -253,6 +327,9 @@ def test_wgmma_variants_are_built_for_sm_90a_only():
     assert ("dense", DENSE) in kbuild.selected_variants(["dense"], wgmma=True)
     with pytest.raises(InputError) as err:
         kbuild.compile_kernel("dense", DENSE, "sm_90", Path("."))
+    assert {p for p in kbuild.WGMMA_VARIANTS} == {"dense", "tw", "vw", "tvw"}
+    for pattern in kbuild.WGMMA_VARIANTS:
+        assert kbuild.kernel_source(pattern, DENSE).is_file()
     assert err.value.argument == "arch"
 
 
@@ -264,27 +341,37 @@ HAVE_NVCC = shutil.which("nvcc") is not None or any(
 )
 
 
+MMA_SASS = {"dense": "HGMMA.64x256x16.F32", "tw": "HGMMA.64x256x16.F32"}
+MMA_SASS.update({"vw": "HGMMA.SP.64x256x32.F32", "tvw": "HGMMA.SP.64x256x32.F32"})
+
+
 @pytest.fixture(scope="module")
-def dense_cubin(tmp_path_factory):
+def wgmma_cubins(tmp_path_factory):
+    """Every WGMMA_VARIANTS kernel compiled for sm_90a: (cubin, ptxas log) per pattern."""
     if not HAVE_NVCC:
         pytest.skip("nvcc not found: install the CUDA toolkit (12.5+) or put it on PATH")
     out = tmp_path_factory.mktemp("wgmma")
-    name = kbuild.cubin_name("dense", DENSE, kbuild.WGMMA_ARCH)
-    cmd = kbuild.nvcc_command(
-        kbuild.find_nvcc(),
-        kbuild.kernel_source("dense", DENSE),
-        kbuild.WGMMA_ARCH,
-        out / name,
-        kbuild.config_defines(DENSE),
-    )
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return out / name, proc.stderr + proc.stdout
+    built = {}
+    for pattern, configs in kbuild.WGMMA_VARIANTS.items():
+        config = configs[0]
+        name = kbuild.cubin_name(pattern, config, kbuild.WGMMA_ARCH)
+        cmd = kbuild.nvcc_command(
+            kbuild.find_nvcc(),
+            kbuild.kernel_source(pattern, config),
+            kbuild.WGMMA_ARCH,
+            out / name,
+            kbuild.config_defines(config),
+        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        built[pattern] = (out / name, proc.stderr + proc.stdout)
+    return built
 
 
 @pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
-def test_the_dense_wgmma_kernel_compiles_without_spills_or_a_serialised_pipeline(dense_cubin):
-    cubin, log = dense_cubin
-    report = kbuild.parse_ptxas(log)["dense_gemm"]
+@pytest.mark.parametrize("pattern", list(MMA_SASS))
+def test_the_wgmma_kernels_compile_without_spills_or_a_serialised_pipeline(wgmma_cubins, pattern):
+    cubin, log = wgmma_cubins[pattern]
+    report = kbuild.parse_ptxas(log)[kbuild.KERNEL_FUNCTIONS[pattern]]
     assert report.spill_store_bytes == report.spill_load_bytes == 0
     assert report.stack_frame_bytes == 0
     assert report.registers <= 255
@@ -294,14 +381,19 @@ def test_the_dense_wgmma_kernel_compiles_without_spills_or_a_serialised_pipeline
 
 
 @pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
-def test_the_dense_wgmma_sass_is_warpgroup_mma_fed_by_bulk_and_async_copies(dense_cubin):
-    cubin, _ = dense_cubin
-    code = kbuild.sass_functions(cubin)["dense_gemm"]
+@pytest.mark.parametrize("pattern", list(MMA_SASS))
+def test_the_wgmma_sass_is_warpgroup_mma_fed_by_bulk_and_async_copies(wgmma_cubins, pattern):
+    cubin, _ = wgmma_cubins[pattern]
+    code = kbuild.sass_functions(cubin)[kbuild.KERNEL_FUNCTIONS[pattern]]
     ops = [op for _, op, _ in code]
     hgmma = [(op, args) for _, op, args in code if op.startswith("HGMMA")]
-    # One m64n256k16 per K step of a 64-K stage, B read N-major (tnspB).
-    assert len(hgmma) == DENSE.bk // 16
-    assert all(op == "HGMMA.64x256x16.F32" and ".tnspB" in args for op, args in hgmma)
+    # One wgmma per K step of a 64-K stage (k16 dense, k32 sparse), B read N-major.
+    per_stage = 64 // (32 if pattern in ("vw", "tvw") else 16)
+    assert len(hgmma) == per_stage
+    assert all(op == MMA_SASS[pattern] and ".tnspB" in args for op, args in hgmma)
+    if pattern in ("vw", "tvw"):  # both metadata selectors, in K order
+        selectors = [re.search(r", (0x[01])\b", args).group(1) for _, args in hgmma]
+        assert selectors == ["0x0", "0x1"]
     assert not any(op.startswith("HMMA") or op.startswith("LDSM") for op in ops)
     assert any(op.startswith("UBLKCP") for op in ops)  # the weight's bulk copy
     assert any(op.startswith("LDGSTS") for op in ops)  # the activations' cp.async
