@@ -62,6 +62,19 @@ port is not saturated."""
 MMA_FLOPS = {"hmma": 2 * 16 * 8 * 16, "hmma_sp": 2 * 16 * 8 * 32}
 """Logical FLOPs of one instruction: m16n8k16 (dense), m16n8k32 with a 2:4 A (sparse)."""
 
+HMMA_884_STEP_FLOPS = 2 * 16 * 16 * 16 // 16
+"""FLOPs of one Volta HMMA.884 SASS step: a 16 x 16 x 16 fp32-accumulate mma is 16 of
+them, four sets of four steps with fp32 accumulation (Jia et al. 2018, "Dissecting the
+NVIDIA Volta GPU Architecture via Microbenchmarking", their tensor-core chapter)."""
+
+
+def mma_flops(opcode: str, cls: str) -> int:
+    """Logical FLOPs of one tensor-core instruction (0 for any other)."""
+    if cls not in MMA_FLOPS:
+        return 0
+    return HMMA_884_STEP_FLOPS if ".884" in opcode else MMA_FLOPS[cls]
+
+
 PIPES: tuple[str, ...] = ("tensor", "lsu", "alu", "fma", "uniform", "branch")
 """Per-scheduler pipes with an initiation interval (docs/model.md 5.7)."""
 
@@ -185,7 +198,7 @@ class CoreResult:
     @property
     def mma_flops_per_clk(self) -> float:
         """Logical tensor FLOPs the SM completes per cycle in steady state."""
-        per_stage = sum(MMA_FLOPS.get(i.cls, 0) for i in self.stream.instructions)
+        per_stage = sum(mma_flops(i.opcode, i.cls) for i in self.stream.instructions)
         return per_stage * self.stream.config.warps * self.ctas / self.cycles_per_stage
 
     @property
@@ -245,8 +258,18 @@ def simulate_core(
     per_cta = stream.config.warps
     nwarps = per_cta * ctas
     total = warmup + iterations
+    # The tensor pipe's interval scales with the instruction's FLOPs (a Volta HMMA.884
+    # step is an eighth of an m16n8k16).
+    tensor_step = [
+        (p.hmma_sp_interval if cls == "hmma_sp" else p.hmma_interval)
+        * mma_flops(opcode, cls)
+        / MMA_FLOPS[cls]
+        if cls in MMA_FLOPS
+        else 0.0
+        for cls, _pipe, _dst, _src, _port, opcode in code
+    ]
     interval = {
-        "tensor": None,  # per class below
+        "tensor": 0.0,  # per instruction: tensor_step
         "lsu": p.lsu_interval,
         "alu": p.alu_interval,
         "fma": p.alu_interval,
@@ -282,8 +305,8 @@ def simulate_core(
     wait_groups = max(0, stream.config.stages - 2)  # common.cuh: cp_async_wait<STAGES - 2>
 
     # Accounting, per cycle, for the window (known only at the end): record everything.
-    # Per cycle: (warp, class, pipe, bytes) of each issue.
-    issued_log: list[list[tuple[int, str, str | None, int]]] = []
+    # Per cycle: (warp, class, pipe, port bytes, pipe cycles) of each issue.
+    issued_log: list[list[tuple[int, str, str | None, float, float]]] = []
     state_log: list[list[str]] = []  # per cycle: per warp a reason or 'issued:<cls>'
 
     t = 0
@@ -300,7 +323,7 @@ def simulate_core(
             group_left[fw][fg] -= 1
             group_end[fw][fg] = max(group_end[fw].get(fg, 0.0), smem_free)
         states = [""] * nwarps
-        issued_now: list[tuple[int, str, str | None, int]] = []
+        issued_now: list[tuple[int, str, str | None, float, float]] = []
         for s in range(parts):
             warps = sp_warps[s]
             if not warps:
@@ -356,10 +379,9 @@ def simulate_core(
                 slots -= 1
                 rr[s] = (start + j + 1) % k  # the next clock starts after the last issuer
                 states[w] = "issued:" + cls
+                step = 0.0
                 if pipe is not None:
-                    step = interval[pipe]
-                    if pipe == "tensor":
-                        step = p.hmma_sp_interval if cls == "hmma_sp" else p.hmma_interval
+                    step = tensor_step[pc[w]] if pipe == "tensor" else interval[pipe]
                     pipe_free[s][pipe] = max(pipe_free[s][pipe], t) + step
                 if cls == "ldgsts":
                     g = open_group[w]
@@ -379,7 +401,7 @@ def simulate_core(
                 for r in dst:
                     rw[r] = done
                     producer[w][r] = cls
-                issued_now.append((w, cls, pipe, nbytes))
+                issued_now.append((w, cls, pipe, nbytes, step))
                 if opcode.startswith("LDGDEPBAR"):
                     open_group[w] += 1
                 if cls == "bar":
@@ -416,12 +438,9 @@ def simulate_core(
     smem_bytes = 0.0
     issued = 0
     for cycle in range(t0, t1):
-        for _w, cls, pipe, nbytes in issued_log[cycle]:
+        for _w, cls, pipe, nbytes, step in issued_log[cycle]:
             issued += 1
             if pipe is not None:
-                step = interval[pipe]
-                if pipe == "tensor":
-                    step = p.hmma_sp_interval if cls == "hmma_sp" else p.hmma_interval
                 busy[pipe] += step
             if cls in SMEM_CLASSES:
                 smem_bytes += nbytes

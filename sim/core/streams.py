@@ -15,7 +15,9 @@ kernel source or nvcc changes with
      "instructions": [[opcode, class, [dst registers], [src registers], smem bytes], ...]}
 
 The kernels exist for sm_80 and sm_90 (`tvwsim.kernels.build.ARCHS`); a GPU of another
-sm_8x runs the sm_80 code (same instruction set), an sm_90a one the sm_90 code.
+sm_8x runs the sm_80 code (same instruction set), an sm_90a one the sm_90 code, and a
+Volta GPU (sm_70, sm_72) the sm_80 loop rewritten with Volta's instructions
+(`tvwsim.sim.core.volta`: no kernel of ours compiles for it).
 """
 
 from __future__ import annotations
@@ -93,11 +95,18 @@ class Stream:
         )
 
 
-def stream_arch(arch: str, argument: str = "arch") -> str:
-    """The stored arch whose code a GPU of `arch` runs: sm_8x -> sm_80, sm_90(a) -> sm_90.
+def is_volta(arch: str) -> bool:
+    """sm_70 / sm_72: the GPUs whose loops `tvwsim.sim.core.volta` translates."""
+    major, minor = arch_version(arch)
+    return major == 7 and minor < 5
 
-    InputError(`argument`) for an arch no kernel of ours is built for (Volta, Turing, a
-    hypothetical GPU without an arch)."""
+
+def stream_arch(arch: str, argument: str = "arch") -> str:
+    """The stored arch whose code a GPU of `arch` runs: sm_8x -> sm_80, sm_90(a) -> sm_90,
+    Volta -> sm_80 (translated by `load_stream`).
+
+    InputError(`argument`) for an arch no loop of ours exists or is translated for
+    (Turing, a hypothetical GPU without an arch)."""
     if not arch:
         raise InputError(
             argument,
@@ -105,13 +114,16 @@ def stream_arch(arch: str, argument: str = "arch") -> str:
             "so set arch (e.g. --set arch=sm_80)",
         )
     major, _minor = arch_version(arch)
+    if is_volta(arch):
+        return STREAM_ARCHS[0]
     for stored in STREAM_ARCHS:
         if arch_version(stored)[0] == major:
             return stored
     raise InputError(
         argument,
         f"{arch}: the kernels are compiled for {', '.join(STREAM_ARCHS)} only "
-        "(cp.async and mma.sp need sm_80), so the core model has no code for it",
+        "(cp.async and mma.sp need sm_80; Volta's loops are translated), so the core model "
+        "has no code for it",
     )
 
 
@@ -138,13 +150,14 @@ def load_stream(
     *,
     arch_argument: str = "arch",
 ) -> Stream:
-    """The stored stream of a shipped variant; InputError naming `--kernel` if none, or
-    `arch_argument` when no kernel is compiled for the GPU's arch."""
+    """The stored stream of a shipped variant (on Volta its sm_80 loop translated); an
+    InputError naming `--kernel` if none, or `arch_argument` when no kernel is compiled
+    for the GPU's arch."""
     from tvwsim.kernels.build import BW_BLOCKS
 
     if pattern == "bw" and not block:
         block = BW_BLOCKS[0]
-    arch = stream_arch(arch, arch_argument)
+    gpu_arch, arch = arch, stream_arch(arch, arch_argument)
     path = stream_dir() / stream_file_name(pattern, config, arch, block)
     if not path.is_file():
         raise InputError(
@@ -153,6 +166,10 @@ def load_stream(
             f"{f' b{block}' if block else ''} on {arch}: only the shipped variants "
             "(tvwsim kernels list) have one",
         )
+    if is_volta(gpu_arch):
+        from tvwsim.sim.core.volta import volta_stream
+
+        return volta_stream(_load(str(path)))
     return _load(str(path))
 
 

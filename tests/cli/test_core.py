@@ -53,7 +53,7 @@ def test_set_reaches_the_core(capsys):
         (["--hw", "a100", "--kernel", "dense-100x128x32s3w4"], "--kernel"),
         (["--hw", "a100", "--kernel", "ew-128x128x32s3w4"], "--kernel"),
         (["--hw", "a100", "--kernel", "bw-128x128x32s3w4-b48"], "--kernel"),
-        (["--hw", "v100", "--kernel", "dense-128x128x32s3w4"], "--hw"),
+        (["--hw", "t4", "--kernel", "dense-128x128x32s3w4"], "--hw"),  # Turing: no loop
         (["--hw", "a100", "--kernel", "dense-128x128x32s3w4", "--ctas", "0"], "--ctas"),
         (["--hw", "a100", "--kernel", "dense-128x128x32s3w4", "--set", "core_issue_width=0"],
          "core_issue_width"),

@@ -259,7 +259,8 @@ def test_params_come_from_the_preset():
 
 def test_stream_arch_maps_gpus_to_the_compiled_code():
     assert stream_arch("sm_86") == "sm_80" and stream_arch("sm_90a") == "sm_90"
-    for arch in ("sm_70", "sm_75", ""):
+    assert stream_arch("sm_70") == "sm_80"  # translated: tests/sim/test_core_volta.py
+    for arch in ("sm_75", ""):
         with pytest.raises(InputError, match="arch"):
             stream_arch(arch)
 
