@@ -133,53 +133,83 @@ def _gemm_figures(unit: Unit) -> list[dict]:
     return out
 
 
+def _model_calls(unit: Unit) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]]:
+    """The unit's runs grouped into `simulate_model` calls: (policy, configs) -> runs.
+
+    One call runs every pattern at its first config, dense first. A pattern's other
+    configs each take a call of their own beside dense at its first config - the baseline
+    - except dense's own others, which run the whole model, not-prunable GEMMs included,
+    in that config."""
+    first: dict[str, str] = {}
+    for run in unit.runs:
+        first.setdefault(run.pattern, run.config)
+    calls: dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]] = {}
+    for run in unit.runs:
+        configs = {**first, run.pattern: run.config}
+        if run.config != first[run.pattern]:
+            configs = {BASELINE_PATTERN: first[BASELINE_PATTERN], **{run.pattern: run.config}}
+        calls.setdefault((run.policy, tuple(configs.items())), []).append(run)
+    return calls
+
+
 def _model_figures(unit: Unit) -> list[dict]:
+    from tvwsim.sim.library import LIBRARIES
     from tvwsim.sim.model import model_runs, simulate_model
 
     w, hw = unit.workload, unit.point.hardware
     workload = _workload(w.model, w.batch, w.seq)
     mapping = _mapping(w.model, w.batch, w.seq, w.trace)
-    figures: dict[tuple[str, float, str], dict] = {}
-    for policy in dict.fromkeys(run.policy for run in unit.runs):
-        patterns = [run.pattern for run in unit.runs if run.policy == policy]
+    figures: dict[Run, dict] = {}
+    for (policy, configs), runs_here in _model_calls(unit).items():
+        configs = dict(configs)
+        patterns = list(dict.fromkeys(run.pattern for run in runs_here))
         # The spec's target sparsities: those of the patterns that take one (vw's fixed
         # 0.5 is not a target - passed on, it would run tw at 0.5 too).
-        targets = [r.sparsity for r in unit.runs if PATTERNS[r.pattern].fixed_sparsity is None]
-        runs = model_runs(patterns, targets or [VW_SPARSITY])
+        targets = [r.sparsity for r in runs_here if PATTERNS[r.pattern].fixed_sparsity is None]
         result = simulate_model(
             workload,
             hw,
-            runs,
+            model_runs(patterns, targets or [VW_SPARSITY]),
             policy=policy,
             seed=unit.seed,
             profiles=mapping.profile if mapping is not None else None,
             works=_works(w.model, w.batch, w.seq, w.trace, unit.seed),
+            configs={
+                p: name if name == AUTO else kernel_config(p, name) for p, name in configs.items()
+            },
         )
-        for run in runs:
-            layers = result.of(run)
-            total = result.total_us(run)
+        by_run = {(r.pattern, r.sparsity): r for r in result.runs}
+        for run in runs_here:
+            model_run = by_run[(run.pattern, run.sparsity)]
+            layers = result.of(model_run)
+            total = result.total_us(model_run)
             by_bottleneck: dict[str, float] = {}
             for layer in layers:
                 by_bottleneck[layer.bottleneck] = (
                     by_bottleneck.get(layer.bottleneck, 0.0) + layer.time_us
                 )
 
-            def weighted(name: str, layers=layers, total=total) -> float:
-                return float(sum(getattr(x, name) * x.time_us for x in layers) / total)
+            def weighted(name: str, by: str = "time_us", layers=layers) -> float:
+                whole = sum(getattr(x, by) for x in layers)
+                part = sum(getattr(x, name) * getattr(x, by) for x in layers)
+                return float(part / whole) if whole else 0.0
 
-            figures[(run.pattern, run.sparsity, policy)] = {
+            # A library's pick differs per GEMM shape: the row names the library.
+            kernel = f"{AUTO}: {LIBRARIES[run.pattern]} per GEMM" if run.config == AUTO else None
+            figures[run] = {
                 "time_us": float(total),
-                "achieved_sparsity": float(result.achieved_sparsity(run)),
+                "achieved_sparsity": float(result.achieved_sparsity(model_run)),
                 # The bottleneck that holds the most of the end-to-end time.
                 "bottleneck": max(by_bottleneck, key=lambda b: (by_bottleneck[b], b)),
                 "compute_utilisation": weighted("compute_utilisation"),
                 "l2_utilisation": weighted("l2_utilisation"),
                 "dram_utilisation": weighted("dram_utilisation"),
-                "l2_hit_rate": None,
+                # A share of bytes: each GEMM counts by the bytes it moves through L2.
+                "l2_hit_rate": weighted("l2_hit_rate", "l2_bytes"),
                 "dram_bytes": float(sum(x.dram_bytes for x in layers)),
-                "kernel": "default",
+                "kernel": kernel or run.config,
             }
-    return [figures[(run.pattern, run.sparsity, run.policy)] for run in unit.runs]
+    return [figures[run] for run in unit.runs]
 
 
 def evaluate_unit(unit: Unit) -> list[dict]:

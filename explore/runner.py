@@ -22,6 +22,7 @@ batch is written at once as its own file (`Store.write_batch`); a Ctrl-C, an err
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from tvwsim.explore.evaluate import Unit, evaluate_batch, units
 from tvwsim.explore.spec import ExploreSpec
@@ -43,6 +45,11 @@ MAX_BATCH_UNITS = 16
 """Largest default batch: a Ctrl-C loses at most this many units per worker."""
 BATCHES_PER_WORKER = 4
 """Default batches per worker: enough to balance uneven units, few enough to schedule."""
+
+CONNECT_TIMEOUT_S = 10
+"""How long to try an existing scheduler: a wrong address fails in seconds, not a hang."""
+WORKERS_TIMEOUT_S = 120
+"""How long an existing scheduler may take to get its first worker."""
 
 BatchFn = Callable[[int, str], None]
 """Called after each batch is written: (rows written, a short label)."""
@@ -96,14 +103,24 @@ def dask_client(
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None or scheduler_file is not None:
+        where = scheduler or scheduler_file
+        what = "--scheduler" if scheduler else "--scheduler-file"
+        address = scheduler if scheduler is not None else _address_in(scheduler_file)
         try:
-            client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s")
-        except (OSError, TimeoutError) as err:
-            where = scheduler or scheduler_file
-            what = "--scheduler" if scheduler else "--scheduler-file"
-            raise InputError(what, f"cannot reach the Dask scheduler at {where}: {err}") from None
+            client = Client(address=address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except Exception as err:  # noqa: BLE001 - whatever answers there, it is no scheduler
+            # A refused port, an unknown host, a missing scheduler file and a peer that
+            # speaks another protocol all mean the same to the user: nothing ran.
+            raise InputError(
+                what, f"cannot reach a Dask scheduler at {where} ({type(err).__name__}: {err})"
+            ) from None
         with client:
-            client.wait_for_workers(1, timeout=120)
+            try:
+                client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+            except TimeoutError:
+                raise InputError(
+                    what, f"the Dask scheduler at {where} has no workers ({WORKERS_TIMEOUT_S} s)"
+                ) from None
             yield client
         return
     # The scheduler's HTTP endpoint moves to a free port when 8787 is taken (another
@@ -119,6 +136,31 @@ def dask_client(
         )
     with cluster, Client(cluster) as client:
         yield client
+
+
+def _address_in(scheduler_file: str) -> str:
+    """The address in a scheduler's JSON file, waiting up to CONNECT_TIMEOUT_S for it to
+    appear (a job script may start the scheduler and this command together). Dask's own
+    client would wait for a missing file forever."""
+    path = Path(scheduler_file).expanduser()
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise InputError(
+                "--scheduler-file",
+                f"cannot reach a Dask scheduler at {scheduler_file}: no such file after "
+                f"{CONNECT_TIMEOUT_S} s (`dask scheduler --scheduler-file FILE` writes it)",
+            )
+        time.sleep(0.1)
+    try:
+        address = json.loads(path.read_text(encoding="utf-8"))["address"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(
+            "--scheduler-file", f"{scheduler_file} is not a Dask scheduler file ({err})"
+        ) from None
+    if not isinstance(address, str):
+        raise InputError("--scheduler-file", f"{scheduler_file}: 'address' is not a string")
+    return address
 
 
 @contextmanager

@@ -128,7 +128,7 @@ class SpecFile(BaseModel):
     )
     policies: list[Literal[POLICIES]] = Field(["natural"], min_length=1)
     configs: dict[Literal[PATTERN_NAMES], list[StrictStr]] = Field(
-        {}, description="Kernel configs per pattern (GEMM workloads; default: the pattern's)."
+        {}, description="Kernel configs per pattern (default: the pattern's own)."
     )
 
     @field_validator("sparsities")
@@ -201,7 +201,7 @@ class Run:
     pattern: str
     sparsity: float
     config: str
-    """The config's name; 'default' for model workloads (each GEMM's pattern default)."""
+    """The config's name, or 'auto' (a library's pick per point and GEMM)."""
     policy: str
 
 
@@ -233,9 +233,8 @@ class ExploreSpec:
             for pattern in self.patterns:
                 spec = PATTERNS[pattern]
                 sparsities = spec.sparsities_for(self.sparsities)
-                configs = self.configs[pattern] if workload.kind == "gemm" else ("default",)
                 for sparsity in sparsities:
-                    for config in configs:
+                    for config in self.configs[pattern]:
                         out.append(Run(pattern, float(sparsity), config, policy))
         return out
 
@@ -297,15 +296,11 @@ def _check_kernels_fit(spec: ExploreSpec, label: str, given: set[str]) -> None:
     """Every pattern's kernel fits an SM of every hardware point (occupancy > 0)."""
     from tvwsim.sim.occupancy import occupancy, resources_for
 
-    models = any(w.kind == "model" for w in spec.workloads)
     seen: set[tuple] = set()
     for point in spec.points:
         hw = point.hardware
         for pattern in spec.patterns:
-            names = list(spec.configs[pattern])
-            if models:
-                names.append(default_config(pattern).name)
-            for name in dict.fromkeys(names):
+            for name in spec.configs[pattern]:
                 if name == AUTO:
                     continue  # the library's menu holds only tiles that fit
                 config = kernel_config(pattern, name)
@@ -347,14 +342,6 @@ def parse_spec(data: dict[str, Any], *, label: str = "spec", source: str = "") -
         for p in patterns
     }
     workloads = _workloads(checked.workload, label)
-    if any(w.kind == "model" for w in workloads):
-        custom = [p for p in checked.configs if configs[p] != (default_config(p).name,)]
-        if custom:
-            raise InputError(
-                f"{label}: configs.{custom[0]}",
-                "a model workload runs each pattern's default kernel; give configs only "
-                "in a spec whose workloads are all GEMM shapes",
-            )
     base_fields = {key: getattr(base, key) for key in hardware_fields()}
     spec = ExploreSpec(
         name=checked.name or Path(label).stem,

@@ -17,8 +17,10 @@ so reading back is one line:
 Resuming: a batch file appears atomically (`tvwsim.io.atomic_output`: written beside it
 under a '.'-name, then renamed), so an interrupted run leaves whole files only and loses
 at most the batches in flight. The units already in the files are skipped on the next
-run. `_explore.json` records the spec's digest (`ExploreSpec.digest`): a store refuses
-to be resumed with a different spec, whose rows would not belong together.
+run. The folder and `_explore.json` appear with the first batch, so a run that fails
+before any row leaves nothing behind. `_explore.json` records the spec's digest
+(`ExploreSpec.digest`): a store refuses to be resumed with a different spec, whose rows
+would not belong together.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from tvwsim.io import atomic_output, write_atomic
 MANIFEST = "_explore.json"
 SPEC_COPY = "_spec.toml"
 REPORT_DIR = "_report"
-FORMAT = 2
+FORMAT = 3
 """Version of the store layout; a reader refuses another. 2: the `kernel` column (what
-ran: the config, or the library's choice for config 'auto')."""
+ran: the config, or the library's choice for config 'auto'). 3: model rows name their
+config (not 'default') and have an L2 hit rate."""
 
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string()}
 
@@ -108,7 +111,8 @@ class Store:
     """An exploration store opened for writing one spec's rows."""
 
     def __init__(self, directory: str | Path, spec: ExploreSpec, *, argument: str = "--store"):
-        """Create the store, or open it to resume: it must hold the same spec (digest)."""
+        """Open a new store, or one to resume: it must hold the same spec (digest).
+        Nothing is written until the first batch (`write_batch`)."""
         self.directory = Path(directory).expanduser()
         self.spec = spec
         self.schema = row_schema(spec.varied)
@@ -131,14 +135,24 @@ class Store:
                     f"{self.directory} is not empty and not an exploration store; give a "
                     "new or empty directory",
                 )
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if spec.source:
-                write_atomic(self.directory / SPEC_COPY, Path(spec.source).read_bytes())
-            write_atomic(manifest_path, json.dumps(_manifest(spec), indent=2) + "\n")
         for stale in self.directory.glob(".batch-*"):
             stale.unlink(missing_ok=True)  # a temporary file of a batch that never finished
 
+    def _create(self) -> None:
+        """Write the manifest and the spec's copy, once, just before the first batch: a
+        run that fails before any row (a scheduler it cannot reach, a Ctrl-C during
+        start-up) leaves no store behind, not an empty one."""
+        manifest_path = self.directory / MANIFEST
+        if manifest_path.is_file():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.spec.source:
+            write_atomic(self.directory / SPEC_COPY, Path(self.spec.source).read_bytes())
+        write_atomic(manifest_path, json.dumps(_manifest(self.spec), indent=2) + "\n")
+
     def batch_files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
         return sorted(self.directory.glob("batch-*.parquet"))
 
     def done_units(self) -> set[str]:
@@ -154,6 +168,7 @@ class Store:
         units = sorted(set(table.column("unit").to_pylist()))
         name = hashlib.sha256("\n".join(units).encode()).hexdigest()[:20]
         path = self.directory / f"batch-{name}.parquet"
+        self._create()
         with atomic_output(path) as tmp:
             pq.write_table(table, tmp)
         return path

@@ -45,7 +45,7 @@ from __future__ import annotations
 import csv
 import io
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +59,7 @@ from tvwsim.sim.result import SimResult
 from tvwsim.sim.trace_work import LayerProfile, trace_tile_work
 from tvwsim.traces.catalog import Gemm, Workload
 
-from tvwsim.config import KernelConfig
+from tvwsim.config import AUTO, KernelConfig
 from tvwsim.errors import InputError
 from tvwsim.io import atomic_output
 from tvwsim.pattern_spec import (
@@ -184,6 +184,10 @@ class LayerResult:
     """DRAM bandwidth share of the launches, weighted by time."""
     dram_bytes: float = 0.0
     """DRAM bytes of all launches."""
+    l2_bytes: float = 0.0
+    """Bytes of all launches through L2."""
+    l2_hit_rate: float = 0.0
+    """L2 hit rate of the launches (`SimResult.l2_hit_rate`), weighted by their L2 bytes."""
 
     @property
     def uses_trace(self) -> bool:
@@ -253,12 +257,24 @@ def batched_launches(workload: Workload, gemm: Gemm) -> tuple[int, int]:
 class _Simulator:
     """The caches of one `simulate_model` call (work per structure, the last weight)."""
 
-    def __init__(self, hw: Hardware, policy: str, seed: int, manifest, works=None, library=False):
+    def __init__(
+        self,
+        hw: Hardware,
+        policy: str,
+        seed: int,
+        manifest,
+        works=None,
+        library=False,
+        configs=None,
+    ):
         from tvwsim.sim.engine import simulate
 
         self.hw, self.policy, self.seed, self.manifest = hw, policy, seed, manifest
-        self.library = library
-        """Run dense and vw as a vendor library would (`tvwsim.sim.library`)."""
+        configs = dict(configs or {})
+        self.library = {p for p in LIBRARIES if library or configs.get(p) == AUTO}
+        """Patterns run as a vendor library would (`tvwsim.sim.library`)."""
+        self.configs = {p: c for p, c in configs.items() if c != AUTO}
+        """Kernel config per pattern where it is not the pattern's own (`config_for`)."""
         self._simulate = simulate
         self.works: dict[tuple, TileWork] = {} if works is None else works
         self.weight_key: tuple | None = None
@@ -296,8 +312,12 @@ class _Simulator:
             self.works[key] = trace_tile_work(profile, n, k, sparsity, config, seed=self.seed)
         return self.works[key]
 
+    def config(self, pattern: str) -> KernelConfig:
+        """The kernel config `pattern`'s GEMMs run (a library pattern: the work's only)."""
+        return self.configs.get(pattern) or config_for(pattern)
+
     def run(self, work: TileWork, m: int) -> SimResult:
-        if self.library and work.pattern in LIBRARIES:
+        if work.pattern in self.library:
             choice = choose(self.hw, m, work.n, work.k, work.pattern)
             self.digests.add((choice.schedule.digest(), work.pattern))
             return choice.result
@@ -320,6 +340,7 @@ def simulate_model(
     notes: Sequence[str] = (),
     works: dict | None = None,
     library: bool = False,
+    configs: Mapping[str, KernelConfig | str] | None = None,
 ) -> ModelResult:
     """Simulate every GEMM of `workload` in every run (dense must be the first run).
 
@@ -335,6 +356,10 @@ def simulate_model(
     `library`: the GEMMs a vendor library multiplies (dense, the non-prunable attention
     GEMMs, vw) run as the kernel `tvwsim.sim.library` picks (`--config auto`: cuBLAS,
     cuSPARSELt); the other patterns keep this project's kernels.
+
+    `configs`: pattern -> the kernel config its GEMMs run instead of the pattern's own
+    (`config_for`), or `AUTO` for a pattern a library multiplies (`library` for that
+    pattern alone). The GEMMs that are not prunable run dense's entry in every run.
     """
     if not runs or runs[0].pattern != BASELINE_PATTERN:
         raise InputError("runs", f"the first run must be {BASELINE_PATTERN} (the baseline)")
@@ -342,7 +367,10 @@ def simulate_model(
         raise InputError("--policy", f"got {policy!r}; allowed: {', '.join(POLICIES)}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise InputError("--seed", f"must be a non-negative integer, got {seed!r}")
-    sim = _Simulator(hw, policy, int(seed), manifest, works, library=library)
+    bad = [p for p, c in (configs or {}).items() if c == AUTO and p not in LIBRARIES]
+    if bad:
+        raise InputError("configs", f"{bad[0]}: {AUTO!r} is for {', '.join(LIBRARIES)} only")
+    sim = _Simulator(hw, policy, int(seed), manifest, works, library=library, configs=configs)
     per_gemm: dict[tuple[str, ModelRun], LayerResult] = {}
     # GEMM-major, so that one random weight serves all runs before the next is drawn.
     for gemm in workload.gemms:
@@ -377,7 +405,7 @@ def _simulate_gemm(
     base.update(k=gemm.k, count=gemm.count, prunable=gemm.prunable)
     if not gemm.prunable:
         launches, per_launch = batched_launches(workload, gemm)
-        config = config_for(BASELINE_PATTERN)
+        config = sim.config(BASELINE_PATTERN)
         work = sim.shape_work(gemm.n, gemm.k, BASELINE_PATTERN, config)
         result = sim.run(work, gemm.m * per_launch)
         return LayerResult(
@@ -391,7 +419,7 @@ def _simulate_gemm(
             **_utilisations([(launches, result)]),
         )
 
-    config = config_for(run.pattern)
+    config = sim.config(run.pattern)
     n, k = gemm.n, gemm.k
     if pattern_spec(run.pattern).regular:
         groups = {None: (sim.shape_work(n, k, run.pattern, config), gemm.count)}
@@ -440,13 +468,18 @@ def _simulate_gemm(
 
 
 def _utilisations(launched: Sequence[tuple[int, SimResult]]) -> dict[str, float]:
-    """Time-weighted compute, L2 and DRAM shares and the DRAM bytes of (launches, result)
-    pairs: what a design-space exploration (`tvwsim.explore`) reports for a whole model."""
+    """Time-weighted compute, L2 and DRAM shares, the L2 and DRAM bytes and the byte-weighted
+    L2 hit rate of (launches, result) pairs: what a design-space exploration (`tvwsim.explore`)
+    reports for a whole model."""
     total = sum(times * r.time_us for times, r in launched)
     out = {"dram_bytes": float(sum(times * r.dram_bytes for times, r in launched))}
     for name in ("compute_utilisation", "l2_utilisation", "dram_utilisation"):
         weighted = sum(times * r.time_us * getattr(r, name) for times, r in launched)
         out[name] = float(weighted / total) if total else 0.0
+    # A hit rate is a share of bytes, so the launches count by the bytes they move.
+    out["l2_bytes"] = float(sum(times * r.l2_bytes for times, r in launched))
+    hits = sum(times * r.l2_bytes * r.l2_hit_rate for times, r in launched)
+    out["l2_hit_rate"] = float(hits / out["l2_bytes"]) if out["l2_bytes"] else 0.0
     return out
 
 

@@ -131,8 +131,11 @@ def test_an_interrupted_dask_run_keeps_its_written_batches(serial_store, tmp_pat
 
 def test_the_store_refuses_another_spec_and_foreign_folders(tmp_path):
     spec = load_spec(write_spec(tmp_path, TINY))
-    Store(tmp_path / "store", spec)
+    store = Store(tmp_path / "store", spec)
+    assert not (tmp_path / "store").exists()  # nothing until the first batch
+    run_exploration(spec, store, workers=0, batch_size=1, max_batches=1)
     assert (tmp_path / "store" / MANIFEST).is_file()
+    assert (tmp_path / "store" / "_spec.toml").read_text() == TINY
     other = load_spec(write_spec(tmp_path, TINY.replace("[2, 4]", "[2, 8]"), "other.toml"))
     with pytest.raises(InputError, match=r"^--store: .* holds the rows of another spec"):
         Store(tmp_path / "store", other)
@@ -140,8 +143,46 @@ def test_the_store_refuses_another_spec_and_foreign_folders(tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty and not an exploration store"):
         Store(tmp_path / "busy", spec)
+    for path in store.batch_files():
+        path.unlink()
     with pytest.raises(InputError, match="holds no rows yet"):
         read_rows(tmp_path / "store")
+
+
+def test_an_unreachable_scheduler_is_one_quick_error_and_writes_nothing(
+    tiny_spec, tmp_path, monkeypatch, capsys
+):
+    import socket
+    import time
+
+    from tvwsim.explore import runner
+    from tvwsim.explore.runner import CONNECT_TIMEOUT_S
+
+    from tvwsim.cli import main
+
+    with socket.socket() as probe:  # a port nobody listens on: bound, closed, then free
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    spec = load_spec(tiny_spec)
+    began = time.perf_counter()
+    with pytest.raises(InputError) as err:
+        run_exploration(spec, Store(tmp_path / "lib", spec), scheduler=address)
+    assert time.perf_counter() - began < CONNECT_TIMEOUT_S + 10  # no hang, no retry loop
+    assert err.value.argument == "--scheduler"
+    assert f"cannot reach a Dask scheduler at {address}" in err.value.problem
+    assert not (tmp_path / "lib").exists()
+    monkeypatch.setattr(runner, "CONNECT_TIMEOUT_S", 2)  # the rest: the same path, shorter
+    # The command: the same one line, exit status 2, no store folder.
+    store = tmp_path / "cli"
+    argv = ["explore", str(tiny_spec), "--store", str(store), "--scheduler", address]
+    assert main([*argv, "--no-progress"]) == 2
+    assert "tvwsim explore: error: --scheduler: cannot reach" in capsys.readouterr().err
+    assert not store.exists()
+    missing = tmp_path / "no-scheduler.json"
+    with pytest.raises(InputError, match=r"^--scheduler-file: cannot reach a Dask scheduler"):
+        run_exploration(spec, Store(store, spec), scheduler_file=str(missing))
+    assert not store.exists()
 
 
 def test_batches_keep_a_workload_together_and_stay_small(tmp_path):
@@ -203,6 +244,9 @@ def test_a_model_workload_is_its_end_to_end_time(tmp_path):
     assert rows["tw"]["compute_utilisation"] == pytest.approx(weighted)
     assert 0 < rows["tw"]["compute_utilisation"] <= 1
     assert rows["tw"]["bottleneck"] in {x.bottleneck for x in layers}
+    hits = sum(x.l2_hit_rate * x.l2_bytes for x in layers) / sum(x.l2_bytes for x in layers)
+    assert rows["tw"]["l2_hit_rate"] == pytest.approx(hits)
+    assert rows["tw"]["config"] == rows["tw"]["kernel"] == "128x128x32s3w4"
 
 
 def test_a_model_unit_simulates_only_the_spec_runs(tmp_path, monkeypatch):
@@ -258,6 +302,58 @@ def test_a_model_builds_its_work_once_for_every_hardware_point(tmp_path, monkeyp
     )
     assert [r["time_us"] for r in second] == [fresh.total_us(run) for run in fresh.runs]
     assert first[0]["time_us"] != second[0]["time_us"]  # dense: 1 SM vs 4
+
+
+def test_a_model_workload_runs_the_spec_configs_and_auto(tmp_path):
+    from tvwsim.sim.model import model_runs, simulate_model
+    from tvwsim.sim.presets import load_preset
+    from tvwsim.traces.catalog import load_workload
+
+    from tvwsim.config import AUTO
+
+    catalog = tmp_path / "toy.toml"
+    catalog.write_text(MODEL)
+    text = (
+        'base = "a100"\npatterns = ["tw", "vw"]\nsparsities = [0.75]\n'
+        '[configs]\ndense = ["auto", "64x128x32s3w4"]\ntw = ["128x128x32s3w4", "64x128x32s3w4"]\n'
+        'vw = ["auto"]\n[hardware]\nsm_count = [4]\n'
+        f'[[workload]]\nmodel = "{catalog}"\nseq = 64\ntrace = "none"\n'
+    )
+    spec = load_spec(write_spec(tmp_path, text, "toy-configs.toml"))
+    rows = {(r["pattern"], r["config"]): r for r in evaluate_unit(units(spec)[0])}
+    assert sorted(rows) == [
+        ("dense", "64x128x32s3w4"),
+        ("dense", "auto"),
+        ("tw", "128x128x32s3w4"),
+        ("tw", "64x128x32s3w4"),
+        ("vw", "auto"),
+    ]
+    hw, workload = load_preset("a100", {"sm_count": 4}), load_workload(str(catalog), seq=64)
+
+    def total(pattern: str, configs: dict) -> float:
+        from tvwsim.explore.spec import kernel_config
+
+        configs = {p: c if c == AUTO else kernel_config(p, c) for p, c in configs.items()}
+        result = simulate_model(workload, hw, model_runs([pattern], [0.75]), configs=configs)
+        return result.total_us(result.runs[-1])
+
+    # The baseline is dense's first config, the library's; its GEMMs that are not
+    # prunable run it in every run (the attention is the same kernel for every pattern).
+    library = simulate_model(workload, hw, model_runs(["vw"], [0.75]), library=True)
+    assert rows[("dense", "auto")]["time_us"] == library.total_us(library.dense)
+    assert rows[("vw", "auto")]["time_us"] == library.total_us(library.runs[1])
+    assert rows[("vw", "auto")]["kernel"] == "auto: cuSPARSELt per GEMM"
+    narrow = rows[("tw", "64x128x32s3w4")]
+    assert narrow["time_us"] == total("tw", {"dense": AUTO, "tw": "64x128x32s3w4"})
+    assert narrow["time_us"] != rows[("tw", "128x128x32s3w4")]["time_us"]
+    assert narrow["kernel"] == "64x128x32s3w4"
+    assert narrow["dense_time_us"] == rows[("dense", "auto")]["time_us"]
+    # Dense's other config is the whole model in that config, attention included.
+    other = rows[("dense", "64x128x32s3w4")]
+    assert other["time_us"] == total("dense", {"dense": "64x128x32s3w4"})
+    assert other["speedup"] == rows[("dense", "auto")]["time_us"] / other["time_us"]
+    for row in rows.values():  # every model row has its byte-weighted hit rate
+        assert 0.0 < row["l2_hit_rate"] < 1.0
 
 
 def test_config_auto_runs_what_a_library_picks_at_each_point(tmp_path):

@@ -314,6 +314,35 @@ def test_model_totals_and_random_structure_is_what_simulate_builds(toy, a100):
     assert result.achieved_sparsity(runs[1]) == pytest.approx(0.75, abs=2e-3)
 
 
+def test_configs_choose_each_patterns_kernel_and_the_hit_rate_is_by_bytes(toy, a100):
+    from tvwsim.config import AUTO, KernelConfig
+
+    narrow = {p: KernelConfig.from_name("64x128x32s3w4", mma="dense") for p in ("dense", "tw")}
+    runs = sm.model_runs(["tw"], [0.75])
+    result = sm.simulate_model(toy, a100, runs, seed=5, configs=narrow)
+    default = sm.simulate_model(toy, a100, runs, seed=5)
+    for run in runs:
+        for r in result.of(run):
+            m = r.m * (r.count // r.launches)  # a not-prunable launch stacks its instances
+            pattern = run.pattern if r.prunable else "dense"
+            one = simulate(
+                schedule_for_shape(m, r.n, r.k, pattern, run.sparsity if r.prunable else 0.0,
+                                   config=narrow[pattern], seed=5),
+                a100,
+            )  # fmt: skip
+            assert r.time_us == pytest.approx(r.launches * one.time_us)
+            assert r.l2_bytes == pytest.approx(r.launches * one.l2_bytes)
+            assert r.l2_hit_rate == pytest.approx(one.l2_hit_rate)  # equal launches
+            assert 0.0 < r.l2_hit_rate < 1.0
+    assert result.total_us(runs[1]) != default.total_us(runs[1])  # the config mattered
+    # 'auto' for dense is `library` for dense alone: the same dense total.
+    library = sm.simulate_model(toy, a100, runs[:1], library=True)
+    auto = sm.simulate_model(toy, a100, runs[:1], configs={"dense": AUTO})
+    assert auto.total_us(auto.dense) == library.total_us(library.dense)
+    with pytest.raises(InputError, match=r"^configs: tw: 'auto' is for dense, vw only"):
+        sm.simulate_model(toy, a100, runs, configs={"tw": AUTO})
+
+
 def test_model_asks_a_profile_per_instance(toy, a100, minilm):
     """Instances of one GEMM may follow different trace layers; the profile function is
     asked for ew/bw/tw/tvw only, once per instance, and its sources are reported."""
