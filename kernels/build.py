@@ -72,6 +72,9 @@ FINALIZE_FUNCTION = "finalize_rows"
 
 PROBE_SOURCE = "mma_sp_probe.cu"
 PROBE_FUNCTIONS: tuple[str, ...] = ("mma_sp_probe", "mma_probe")
+WGMMA_PROBE_SOURCE = "wgmma_probe.cu"
+"""The one-warpgroup wgmma / wgmma.sp probes (sm_90a), compiled with the layout of the
+shipped warpgroup-MMA variants."""
 
 
 def _dense(bm: int, bn: int, bk: int, stages: int, warps: int = 4) -> KernelConfig:
@@ -158,6 +161,16 @@ def kernel_source(pattern: str, config: KernelConfig) -> Path:
     return CUDA_DIR / f"{pattern}{suffix}.cu"
 
 
+def wgmma_arch(device_arch: str) -> str:
+    """The target of warpgroup-MMA cubins for a GPU of `device_arch` (WGMMA_ARCH on sm_90),
+    else InputError: wgmma exists on sm_90 only (sm_100 has another tensor-core ISA)."""
+    if device_arch not in ("sm_90", WGMMA_ARCH):
+        raise InputError(
+            "device", f"warpgroup-MMA kernels run on sm_90 GPUs (H100, H200), not {device_arch}"
+        )
+    return WGMMA_ARCH
+
+
 def builds_for(config: KernelConfig, arch: str) -> bool:
     """Whether `config` is compiled for `arch`: warpgroup-MMA configs for WGMMA_ARCH only,
     the others for every arch."""
@@ -233,6 +246,10 @@ def cubin_name(pattern: str, config: KernelConfig, arch: str, block: int | None 
 
 def probe_cubin_name(arch: str) -> str:
     return f"mma_sp_probe-{arch}.cubin"
+
+
+def wgmma_probe_cubin_name(arch: str = "sm_90a") -> str:
+    return f"wgmma_probe-{arch}.cubin"
 
 
 def check_pattern_config(pattern: str, config: KernelConfig) -> None:
@@ -456,6 +473,16 @@ def compile_probe(arch: str, out_dir: Path, nvcc: str | None = None) -> dict[str
     return parse_ptxas(_run_nvcc(cmd))
 
 
+def compile_wgmma_probe(out_dir: Path, nvcc: str | None = None) -> dict[str, PtxasReport]:
+    """Compile the one-warpgroup wgmma / wgmma.sp probes for WGMMA_ARCH."""
+    nvcc = nvcc or find_nvcc()
+    out = Path(out_dir) / wgmma_probe_cubin_name(WGMMA_ARCH)
+    defines = config_defines(WGMMA_VARIANTS["dense"][0])
+    defines = [d for d in defines if not d.startswith("-DTVW_SMEM_BYTES")]
+    cmd = nvcc_command(nvcc, CUDA_DIR / WGMMA_PROBE_SOURCE, WGMMA_ARCH, out, defines)
+    return parse_ptxas(_run_nvcc(cmd))
+
+
 # -- the whole build --------------------------------------------------------------------
 def selected_variants(
     patterns: Iterable[str] | None = None,
@@ -512,6 +539,8 @@ def build(
     ]
     if probe:
         jobs_list += [("probe", None, a, None) for a in archs]
+        if WGMMA_ARCH in archs:
+            jobs_list.append(("wgmma_probe", None, WGMMA_ARCH, None))
     total = len(jobs_list)
     built: list[BuiltKernel] = []
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out))
@@ -523,11 +552,14 @@ def build(
             pattern, config, arch, block = job
             start = time.perf_counter()
             if config is None:
-                res = compile_probe(arch, tmp, nvcc)
-                name = probe_cubin_name(arch)
+                if pattern == "wgmma_probe":
+                    res, name = compile_wgmma_probe(tmp, nvcc), wgmma_probe_cubin_name(arch)
+                else:
+                    res, name = compile_probe(arch, tmp, nvcc), probe_cubin_name(arch)
                 os.replace(tmp / name, out / name)
                 regs = max(r.registers for r in res.values())
-                return f"probe {arch}: {regs} regs ({time.perf_counter() - start:.1f} s)", None
+                took = time.perf_counter() - start
+                return f"{pattern.replace('_', ' ')} {arch}: {regs} regs ({took:.1f} s)", None
             k = compile_kernel(pattern, config, arch, tmp, nvcc, block)
             os.replace(tmp / k.cubin, out / k.cubin)
             spill = k.spill_store_bytes + k.spill_load_bytes

@@ -85,7 +85,7 @@ class CheckResult:
 CHECK_SHAPES: tuple[tuple[int, int, int], ...] = ((256, 512, 512), (200, 333, 457), (5, 300, 200))
 
 
-def check_cases(quick: bool = False) -> list[CheckCase]:
+def check_cases(quick: bool = False, *, wgmma: bool = False) -> list[CheckCase]:
     """Every shipped variant x (shape, policy) pairs that use each policy at least once.
 
     Full: each variant runs the regular shape with `natural`, the ragged shape with
@@ -93,14 +93,21 @@ def check_cases(quick: bool = False) -> list[CheckCase]:
     add a hand-made edge layout. `split` cuts only tiles longer than the median, which a
     pattern with equal tiles (dense, vw) never has; `forced-split` (natural order, every
     task cut into up to three K pieces) makes every variant run its split-K path.
-    Quick: the first variant of each pattern only. bw runs all of this once per compiled
-    block side (`build.BW_BLOCKS`), the quick check included.
+    Quick: the first variant of each pattern (and class) only. bw runs all of this once per compiled
+    block side (`build.BW_BLOCKS`), the quick check included. `wgmma` (an sm_90 GPU) adds
+    the warpgroup-MMA variants (`build.WGMMA_VARIANTS`), each with the same plan.
     """
     cases = []
-    for pattern, configs in kbuild.VARIANTS.items():
+    shipped = {p: list(cs) for p, cs in kbuild.VARIANTS.items()}
+    firsts = {p: [cs[0]] for p, cs in kbuild.VARIANTS.items()}
+    if wgmma:
+        for pattern, configs in kbuild.WGMMA_VARIANTS.items():
+            shipped[pattern] += configs
+            firsts[pattern].append(configs[0])
+    for pattern, configs in shipped.items():
         variants = [(c, b) for c in configs for b in kbuild.variant_blocks(pattern)]
         if quick:
-            variants = [(c, b) for c, b in variants if c == configs[0]]
+            variants = [(c, b) for c, b in variants if c in firsts[pattern]]
         for i, (config, block) in enumerate(variants):
             plan = [
                 (CHECK_SHAPES[0], "natural"),
@@ -298,6 +305,32 @@ def probe_cases(seed: int = 0, trials: int = 8) -> list[tuple[str, Callable[[], 
     ]
 
 
+def wgmma_probe_cases(seed: int = 0, trials: int = 4) -> list[tuple[str, Callable[[], float]]]:
+    """One-warpgroup wgmma layout checks (sm_90 only): one m64n256k16 and one wgmma.sp
+    m64n256k32 per selector on a stage laid out exactly as the sm_90a kernels lay it out
+    (`tvwsim.kernels.wgmma.probe_case`: random warpgroup, K step, values, 2:4 pairs, C
+    and garbage in the metadata lanes a selector skips). Silicon must equal the emulation
+    register for register, and the emulation the plain matrix math: one run settles the
+    descriptors, both swizzle modes, the accumulator ownership and wgmma.sp's metadata."""
+    from tvwsim.kernels.probes import wgmma_probe
+    from tvwsim.kernels.wgmma import probe_case
+
+    def trial(sparse: bool, selector: int) -> float:
+        worst = 0.0
+        for i in range(trials):
+            case, plain = probe_case(sparse, seed + i, selector)
+            want = case.expected()
+            got = wgmma_probe(case)
+            worst = max(worst, relative_error(got, want), relative_error(want, plain))
+        return worst
+
+    return [
+        ("wgmma.sp probe selector 0", lambda: trial(True, 0)),
+        ("wgmma.sp probe selector 1", lambda: trial(True, 1)),
+        ("wgmma probe (dense)", lambda: trial(False, 0)),
+    ]
+
+
 PROBE_TOLERANCE = 1e-5
 """Probe D vs emulation: one instruction, fp32 accumulation of exact fp16 products; only
 the order of the fp32 adds may differ."""
@@ -305,9 +338,11 @@ the order of the fp32 adds may differ."""
 
 def run_probe(name: str, fn: Callable[[], float]) -> CheckResult:
     err = fn()
-    return CheckResult(
-        name, "16x8x32" if "sp" in name else "16x8x16", "-", err, err <= PROBE_TOLERANCE
-    )
+    if name.startswith("wgmma"):
+        shape = "64x256x32" if ".sp" in name else "64x256x16"
+    else:
+        shape = "16x8x32" if "sp" in name else "16x8x16"
+    return CheckResult(name, shape, "-", err, err <= PROBE_TOLERANCE)
 
 
 def run_all_checks(
@@ -315,13 +350,19 @@ def run_all_checks(
     build_dir: Path | str | None = None,
     progress: Callable[[CheckResult], None] | None = None,
 ) -> list[CheckResult]:
-    """Probes first (a layout mistake there explains everything after), then kernels."""
+    """Probes first (a layout mistake there explains everything after), then kernels.
+    On an sm_90 GPU the warpgroup probes and the sm_90a kernels (build.WGMMA_VARIANTS)
+    are checked too."""
+    from tvwsim.kernels.device import device_info
+
+    hopper = device_info().arch in ("sm_90", kbuild.WGMMA_ARCH)
     results = []
-    for name, fn in probe_cases():
+    probes = probe_cases() + (wgmma_probe_cases() if hopper else [])
+    for name, fn in probes:
         results.append(run_probe(name, fn))
         if progress:
             progress(results[-1])
-    for case in check_cases(quick):
+    for case in check_cases(quick, wgmma=hopper):
         try:
             result = run_check(case, build_dir)
         except KernelError as err:  # a crashed kernel is a failed check, with its reason

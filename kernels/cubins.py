@@ -39,24 +39,32 @@ class LoadedKernel:
     """bw: the block side compiled into the cubin (None for the other patterns)."""
 
 
-def _sources(pattern: str) -> list[Path]:
-    name = kbuild.PROBE_SOURCE if pattern == "probe" else f"{pattern}.cu"
-    return [kbuild.CUDA_DIR / "common.cuh", kbuild.CUDA_DIR / name]
+def _sources(pattern: str, config: KernelConfig | None = None) -> list[Path]:
+    common = [kbuild.CUDA_DIR / "common.cuh"]
+    if pattern == "probe":
+        return [*common, kbuild.CUDA_DIR / kbuild.PROBE_SOURCE]
+    hopper = [*common, kbuild.CUDA_DIR / "wgmma.cuh"]
+    if pattern == "wgmma_probe":
+        return [*hopper, kbuild.CUDA_DIR / kbuild.WGMMA_PROBE_SOURCE]
+    source = kbuild.kernel_source(pattern, config) if config is not None else None
+    if config is not None and config.mma_class == "wgmma":
+        return [*hopper, source]
+    return [*common, source or kbuild.CUDA_DIR / f"{pattern}.cu"]
 
 
-def _source_digest(pattern: str) -> str:
+def _source_digest(pattern: str, config: KernelConfig | None = None) -> str:
     h = hashlib.sha256()
-    for path in _sources(pattern):
+    for path in _sources(pattern, config):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def _fresh(cubin: Path, pattern: str) -> bool:
+def _fresh(cubin: Path, pattern: str, config: KernelConfig | None = None) -> bool:
     """A built cubin is used only if it is newer than every source it was built from."""
     if not cubin.is_file():
         return False
     built = cubin.stat().st_mtime
-    return all(src.stat().st_mtime <= built for src in _sources(pattern))
+    return all(src.stat().st_mtime <= built for src in _sources(pattern, config))
 
 
 def _jit_dir() -> Path:
@@ -77,16 +85,20 @@ def find_cubin(
     up to date, else compiled now into a per-source-version cache (pattern 'probe' for the
     one-warp probes, config None)."""
     directory = Path(build_dir) if build_dir else kernel_dir()
+    if pattern == "wgmma_probe" or (config is not None and config.mma_class == "wgmma"):
+        arch = kbuild.wgmma_arch(arch)  # an H100 / H200 runs the sm_90a cubins
     if pattern == "probe":
         name = kbuild.probe_cubin_name(arch)
+    elif pattern == "wgmma_probe":
+        name = kbuild.wgmma_probe_cubin_name(arch)
     else:
         kbuild.check_pattern_config(pattern, config)
         block = kbuild.check_block(pattern, block)
         name = kbuild.cubin_name(pattern, config, arch, block)
     candidate = directory / name
-    if _fresh(candidate, pattern):
+    if _fresh(candidate, pattern, config):
         return candidate
-    cache = _jit_dir() / _source_digest(pattern)
+    cache = _jit_dir() / _source_digest(pattern, config)
     cached = cache / name
     if cached.is_file():
         return cached
@@ -97,6 +109,8 @@ def find_cubin(
     try:
         if pattern == "probe":
             kbuild.compile_probe(arch, tmp)
+        elif pattern == "wgmma_probe":
+            kbuild.compile_wgmma_probe(tmp)
         else:
             kbuild.compile_kernel(pattern, config, arch, tmp, block=block)
         os.replace(tmp / name, cached)

@@ -42,6 +42,7 @@ from tvwsim.kernels.cubins import LoadedKernel, load_kernel
 from tvwsim.kernels.device import device_info, gpu_status, session
 from tvwsim.kernels.launch_plan import LaunchPlan, check_encoded, check_x, plan_launch
 from tvwsim.kernels.tile_work import tile_work
+from tvwsim.kernels.wgmma import weight_image
 
 from tvwsim.errors import InputError
 
@@ -228,29 +229,35 @@ def prepare(
         return int(buf[name])
 
     tasks_p, xt_p, yt_p = int(buf["tasks"]), int(buf["xt"]), int(buf["yt"])
+    if config.mma_class == "wgmma":
+        # The sm_90a kernels read the weight K-blocked and pre-swizzled, (2:4) with each
+        # stage's metadata beside its values: one bulk copy per stage. Same argument list.
+        values = dev("values", weight_image(encoded), np.uint8)
+    else:
+        values = dev("values", encoded.values, np.float16)
     if pattern == "dense":
         sig = "PPiiPiiPP"
-        args = [tasks_p, dev("values", encoded.values, np.float16), n, encoded.k_pad]
+        args = [tasks_p, values, n, encoded.k_pad]
         args += [xt_p, k, m8, yt_p, ws]
     elif pattern == "vw":
         sig = "PPPiiiPiiPP"
-        args = [tasks_p, dev("values", encoded.values, np.float16)]
+        args = [tasks_p, values]
         args += [dev("metadata", encoded.metadata, np.uint32), n, encoded.n_pad, encoded.k_pad]
         args += [xt_p, k, m8, yt_p, ws]
     elif pattern == "tw":
         sig = "PPPPPPiPP"
-        args = [tasks_p, dev("values", encoded.values, np.float16)]
+        args = [tasks_p, values]
         args += [dev("row_map", encoded.row_map, i32), dev("k_ptr", encoded.k_ptr, i32)]
         args += [dev("k_index", encoded.k_index, i32), xt_p, m8, yt_p, ws]
     elif pattern == "tvw":
         sig = "PPPPPPPiPP"
-        args = [tasks_p, dev("values", encoded.values, np.float16)]
+        args = [tasks_p, values]
         args += [dev("metadata", encoded.metadata, np.uint32)]
         args += [dev("row_map", encoded.row_map, i32), dev("k_ptr", encoded.k_ptr, i32)]
         args += [dev("k_index", encoded.k_index, i32), xt_p, m8, yt_p, ws]
     else:  # bw
         sig = "PPPPPiiPiiPP"
-        args = [tasks_p, dev("values", encoded.values, np.float16)]
+        args = [tasks_p, values]
         args += [dev("tile_col_ptr", encoded.tile_col_ptr, i32)]
         args += [dev("tile_col", encoded.tile_col, i32), dev("tile_block", encoded.tile_block, i32)]
         args += [encoded.n_pad // int(encoded.block), n]  # the block is the cubin's

@@ -97,3 +97,49 @@ def mma_probe(
     d = np.empty((32, 4), dtype=np.float32)
     s.call("copying D back", s.cuda.memcpy_dtoh, d, d_buf)
     return d
+
+
+def wgmma_probe(case: Any, *, build_dir: Path | str | None = None) -> np.ndarray:
+    """Execute exactly one wgmma m64n256k16 (or, for a 2:4 case, wgmma.sp m64n256k32) on
+    one warpgroup of an sm_90 GPU with `case` (a `tvwsim.kernels.wgmma.ProbeCase`: the
+    stage's shared-memory bytes, descriptor fields, C and metadata registers); returns
+    every thread's D (128, 128) float32, to compare with `case.expected()`."""
+    from tvwsim.kernels.wgmma import ProbeCase
+
+    if not isinstance(case, ProbeCase):
+        raise InputError("case", f"must be a wgmma ProbeCase, got {type(case).__name__}")
+    image = np.ascontiguousarray(case.image, dtype=np.uint8)
+    c = _regs("c", case.c, (128, 128), np.float32)
+    s = session()
+    if not s.info.arch.startswith("sm_90"):
+        raise InputError("device", f"wgmma needs an sm_90 GPU (H100, H200), got {s.info.arch}")
+    name = "wgmma_sp_probe" if case.sparse else "wgmma_probe"
+    cubin = find_cubin("wgmma_probe", None, s.info.arch, build_dir)
+    fn = s.call(f"finding {name}", s.module(cubin).get_function, name)
+    image_p = s.to_device(image, "the stage image")
+    c_p = s.to_device(c, "C")
+    d_p = s.alloc(128 * 128 * 4, "D")
+    fields = [image.size, case.a_offset, case.a_sbo, case.a_swizzle]
+    fields += [case.b_offset, case.b_lbo, case.b_sbo]
+    smem = image.size
+    attr = s.cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
+    s.call(f"allowing {name} {smem} bytes of shared memory", fn.set_attribute, attr, smem)
+    if case.sparse:
+        e_p = s.to_device(_regs("e", case.e, (128,), np.uint32), "E")
+        fn.prepare("Piiiiiii" + "PPiP")
+        args = [int(image_p), *fields, int(c_p), int(e_p), int(case.selector), int(d_p)]
+    else:
+        fn.prepare("Piiiiiii" + "PP")
+        args = [int(image_p), *fields, int(c_p), int(d_p)]
+    s.call(
+        f"launching {name}",
+        fn.prepared_call,
+        (1, 1),
+        (128, 1, 1),
+        *args,
+        shared_size=smem,
+    )
+    s.synchronize(f"running {name}")
+    d = np.empty((128, 128), dtype=np.float32)
+    s.call("copying D back", s.cuda.memcpy_dtoh, d, d_p)
+    return d

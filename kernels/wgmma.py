@@ -45,6 +45,8 @@ __all__ = [
     "weight_image",
     "write_activation_stage",
     "emulate",
+    "ProbeCase",
+    "probe_case",
 ]
 
 SWIZZLE_MODES: dict[str, int] = {"none": 0, "128B": 1, "64B": 2, "32B": 3}
@@ -481,3 +483,102 @@ def emulate(
             split_rows[out_rows[keep]] = True
     yt[split_rows] = partial[split_rows].astype(np.float32).astype(np.float16)
     return np.ascontiguousarray(yt[:, :m].T)
+
+
+# -- the one-warpgroup probe (cuda/wgmma_probe.cu) -----------------------------------------
+PROBE_CONFIGS = {
+    False: KernelConfig(bm=128, bn=256, bk=64, stages=4, warps=8, mma="dense", mma_class="wgmma"),
+    True: KernelConfig(bm=128, bn=256, bk=64, stages=4, warps=8, mma="sparse", mma_class="wgmma"),
+}
+"""The stage layouts the probes use: the shipped sm_90a variants' (build.WGMMA_VARIANTS)."""
+
+
+@dataclass(frozen=True)
+class ProbeCase:
+    """Everything one wgmma (.sp) probe launch takes: one stage's shared-memory bytes, the
+    descriptor fields a kernel's K step uses, C, and (2:4) the metadata registers."""
+
+    image: np.ndarray
+    """uint8: one stage exactly as the kernels hold it (weight block, then activations)."""
+    a_offset: int
+    a_sbo: int
+    a_swizzle: int
+    """Descriptor swizzle code (SWIZZLE_MODES): 1 = 128-byte (dense A), 2 = 64-byte (2:4)."""
+    b_offset: int
+    b_lbo: int
+    b_sbo: int
+    c: np.ndarray
+    """(128, 128) fp32: every thread's accumulators before the instruction."""
+    e: np.ndarray | None = None
+    """(128,) uint32 metadata registers (2:4 only); lanes the selector skips hold garbage."""
+    selector: int = 0
+
+    @property
+    def sparse(self) -> bool:
+        return self.e is not None
+
+    def descriptors(self) -> tuple[int, int]:
+        swizzle = {v: k for k, v in SWIZZLE_MODES.items()}[self.a_swizzle]
+        a = MatrixDescriptor(self.a_offset, 16, self.a_sbo, swizzle)
+        return a.encode(), MatrixDescriptor(self.b_offset, self.b_lbo, self.b_sbo).encode()
+
+    def expected(self) -> np.ndarray:
+        """D (128, 128) by the emulation (`wgmma_dense` / `wgmma_sparse`)."""
+        da, db = self.descriptors()
+        if self.sparse:
+            return wgmma_sparse(self.image, da, db, 256, self.e, self.selector, self.c)
+        return wgmma_dense(self.image, da, db, 256, self.c)
+
+
+def probe_case(sparse: bool, seed: int, selector: int = 0) -> tuple[ProbeCase, np.ndarray]:
+    """A random probe case and the D plain matrix math gives for it (the emulation's own
+    check). One warpgroup's K step of the shipped layout: a random warpgroup (its 64 rows)
+    and K step (dense: any of 4; 2:4: the selector's k32), random fp16 values, every
+    legal 2:4 position pair, random C, garbage metadata in the lanes not read."""
+    from tvwsim.kernels.formats import encode
+
+    rng = np.random.default_rng(seed)
+    config = PROBE_CONFIGS[sparse]
+    layout = WgmmaLayout(config)
+    w = rng.standard_normal((config.bm, config.bk))
+    mask = None
+    if sparse:
+        mask = np.zeros(w.shape, dtype=bool)
+        pairs = np.array([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)])
+        picked = pairs[rng.integers(0, 6, (config.bm, config.bk // 4))]  # (bm, groups, 2)
+        groups = np.arange(config.bk // 4)[None, :, None] * 4
+        np.put_along_axis(mask, (groups + picked).reshape(config.bm, -1), True, axis=1)
+        w = np.where(mask, w, 0)
+    encoded = encode(w.astype(np.float32), mask, "vw" if sparse else "dense", config)
+    xt = rng.standard_normal((config.bk, config.bn)).astype(np.float16)
+    image = np.zeros(layout.stage_bytes, dtype=np.uint8)
+    image[: layout.weight_bytes] = weight_image(encoded)
+    write_activation_stage(image[layout.weight_bytes :], xt, np.arange(config.bk), 0, config.bn)
+    warpgroup = int(rng.integers(0, config.warps // 4))
+    k_step = selector if sparse else int(rng.integers(0, config.bk // DENSE_WGMMA_K))
+    da, db = (MatrixDescriptor.decode(v) for v in layout.descriptors(0, warpgroup, k_step))
+    c = rng.standard_normal((WARPGROUP_THREADS, config.bn // 2)).astype(np.float32)
+    e = None
+    if sparse:
+        words = image[layout.a_bytes : layout.weight_bytes].view(np.uint32)
+        e = words[128 * warpgroup : 128 * warpgroup + 128].copy()
+        unread = (np.arange(128) & 3) // 2 != selector
+        e[unread] = rng.integers(0, 2**32, int(unread.sum()), dtype=np.uint32)
+    case = ProbeCase(
+        image=image,
+        a_offset=da.start_bytes,
+        a_sbo=da.sbo_bytes,
+        a_swizzle=SWIZZLE_MODES[da.swizzle],
+        b_offset=db.start_bytes,
+        b_lbo=db.lbo_bytes,
+        b_sbo=db.sbo_bytes,
+        c=c,
+        e=e,
+        selector=selector,
+    )
+    k = layout.k_per_mma
+    rows = slice(64 * warpgroup, 64 * warpgroup + 64)
+    logical = encoded.decode()[rows, k * k_step : k * k_step + k].astype(np.float64)
+    plain = logical @ xt[k * k_step : k * k_step + k].astype(np.float64)
+    owner_rows, owner_cols = accumulator_owner(config.bn)
+    return case, (plain[owner_rows, owner_cols] + c).astype(np.float32)

@@ -400,3 +400,96 @@ def test_the_wgmma_sass_is_warpgroup_mma_fed_by_bulk_and_async_copies(wgmma_cubi
     assert any(op.startswith("SYNCS.PHASECHK") for op in ops)  # waiting on the mbarrier
     assert any(op.startswith("WARPGROUP.DEPBAR") for op in ops)  # wgmma.wait_group
     assert not any(re.match(r"(LDL|STL)\b", op) for op in ops)  # no local memory
+
+
+# -- the wgmma probe and where the kernels plug in ---------------------------------------------
+@pytest.mark.parametrize("sparse, selector", [(False, 0), (True, 0), (True, 1)])
+def test_a_probe_case_expects_what_plain_matrix_math_gives(sparse, selector):
+    from tvwsim.kernels.wgmma import probe_case
+
+    for seed in range(3):
+        case, plain = probe_case(sparse, seed, selector)
+        assert case.c.shape == plain.shape == (128, 128)
+        assert np.allclose(case.expected(), plain, rtol=1e-5, atol=1e-4)
+        if sparse:
+            # The lanes the selector skips hold garbage: words no encoder writes.
+            skipped = case.e[(np.arange(128) & 3) // 2 != selector]
+            assert not np.all(skipped == case.e[(np.arange(128) & 3) // 2 == selector])
+
+
+def test_the_wgmma_probe_refuses_anything_but_a_probe_case():
+    from tvwsim.kernels.probes import wgmma_probe
+
+    with pytest.raises(InputError) as err:
+        wgmma_probe(np.zeros(4))
+    assert err.value.argument == "case"
+
+
+def test_the_checks_add_the_wgmma_variants_only_on_an_sm_90_gpu():
+    default = checks.check_cases()
+    hopper = checks.check_cases(wgmma=True)
+    assert not any(c.config.mma_class == "wgmma" for c in default)
+    added = [c for c in hopper if c.config.mma_class == "wgmma"]
+    assert {c.pattern for c in added} == set(kbuild.WGMMA_VARIANTS)
+    assert {c.policy for c in added} >= {"natural", "forced-split", "split"}
+    quick = checks.check_cases(quick=True, wgmma=True)
+    assert {c.pattern for c in quick if c.config.mma_class == "wgmma"} == set(kbuild.WGMMA_VARIANTS)
+    assert [name for name, _ in checks.wgmma_probe_cases()] == [
+        "wgmma.sp probe selector 0",
+        "wgmma.sp probe selector 1",
+        "wgmma probe (dense)",
+    ]
+
+
+def test_an_sm_90_gpu_takes_the_sm_90a_cubins_and_no_other_gpu_does():
+    from tvwsim.kernels import cubins
+
+    assert kbuild.wgmma_arch("sm_90") == kbuild.wgmma_arch("sm_90a") == "sm_90a"
+    for arch in ("sm_80", "sm_86", "sm_100"):
+        with pytest.raises(InputError) as err:
+            kbuild.wgmma_arch(arch)
+        assert err.value.argument == "device"
+    names = [p.name for p in cubins._sources("tvw", SPARSE)]
+    assert names == ["common.cuh", "wgmma.cuh", "tvw_wgmma.cu"]
+    assert [p.name for p in cubins._sources("tvw", kbuild.VARIANTS["tvw"][0])] == [
+        "common.cuh",
+        "tvw.cu",
+    ]
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_the_wgmma_probe_is_one_warpgroup_mma_each(tmp_path):
+    report = kbuild.compile_wgmma_probe(tmp_path)
+    assert set(report) == {"wgmma_probe", "wgmma_sp_probe"}
+    assert all(r.spill_store_bytes == r.stack_frame_bytes == 0 for r in report.values())
+    code = kbuild.sass_functions(tmp_path / kbuild.wgmma_probe_cubin_name())
+
+    # ptxas joins the two selector branches with a no-op HGMMA writing RZ; the real ones
+    # accumulate into registers.
+    def real(function):
+        return [op for _, op, args in code[function] if op.startswith("HGMMA") and args[:2] != "RZ"]
+
+    assert real("wgmma_probe") == ["HGMMA.64x256x16.F32"]
+    # One instruction per selector branch (the selector is an immediate).
+    assert real("wgmma_sp_probe") == ["HGMMA.SP.64x256x32.F32"] * 2
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_a_build_for_sm_90a_lists_the_wgmma_kernels_and_ships_the_probe(tmp_path):
+    variants = [(p, cs[0]) for p, cs in kbuild.WGMMA_VARIANTS.items()]
+    manifest = kbuild.build(["sm_90a"], tmp_path, variants=variants, jobs=2, progress=None)
+    entries = {k.pattern: k for k in manifest.kernels}
+    assert set(entries) == set(kbuild.WGMMA_VARIANTS)
+    for pattern, entry in entries.items():
+        assert entry.arch == "sm_90a" and entry.config.endswith("-wgmma")
+        assert entry.spill_store_bytes == entry.spill_load_bytes == 0
+        assert entry.shared_dynamic_bytes == kbuild.WGMMA_VARIANTS[pattern][0].smem_bytes
+        assert (tmp_path / entry.cubin).is_file()
+    assert (tmp_path / kbuild.wgmma_probe_cubin_name()).is_file()
+    # The sm_80-style build of the same call list skips them (no wgmma before sm_90a).
+    assert (
+        kbuild.build(
+            ["sm_80"], tmp_path / "a", variants=variants, probe=False, progress=None
+        ).kernels
+        == ()
+    )
