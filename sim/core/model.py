@@ -44,6 +44,7 @@ second, which is what a per-variant cache needs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -52,6 +53,8 @@ from tvwsim.sim.core.streams import Stream
 from tvwsim.sim.hardware import Hardware
 
 from tvwsim.errors import InputError
+
+INF = float("inf")
 
 MIO_QUEUE_CYCLES = 64.0
 """Backlog of the SM's shared-memory port (cycles of queued bytes) beyond which a
@@ -210,9 +213,20 @@ class CoreResult:
         return name if value >= 0.8 else "latency"
 
 
+def _role(opcode: str) -> str:
+    """What the cycle loop must do beyond issue: 'wait' (cp.async wait group), 'commit'
+    (close a cp.async group), 'slow' (a result from the constant cache or a shuffle, as
+    late as a shared-memory load) or ''."""
+    if opcode.startswith("DEPBAR"):
+        return "wait"
+    if opcode.startswith("LDGDEPBAR"):
+        return "commit"
+    return "slow" if opcode.startswith(("LDC", "S2R", "SHFL")) else ""
+
+
 def _intern(stream: Stream, swizzle: bool = True):
     """The stream as tuples of ints: (class, pipe, dst ids, src ids, smem port bytes,
-    opcode); the port bytes are the bytes a warp moves times the bank replays of its kind
+    opcode, role); the port bytes are the bytes a warp moves times the bank replays of its kind
     of access in the kernel's layout (`banks.replay_factors`)."""
     replays = replay_factors(stream.config, swizzle)
     ids: dict[str, int] = {}
@@ -222,7 +236,8 @@ def _intern(stream: Stream, swizzle: bool = True):
         src = tuple(ids.setdefault(r, len(ids)) for r in ins.src)
         kind = kind_of(ins.opcode, ins.cls)
         port = ins.smem_bytes * (replays[kind] if kind else 1.0)
-        out.append((ins.cls, pipe_of(ins.opcode, ins.cls), dst, src, port, ins.opcode))
+        pipe = pipe_of(ins.opcode, ins.cls)
+        out.append((ins.cls, pipe, dst, src, port, ins.opcode, _role(ins.opcode)))
     return out, len(ids)
 
 
@@ -266,7 +281,7 @@ def simulate_core(
         / MMA_FLOPS[cls]
         if cls in MMA_FLOPS
         else 0.0
-        for cls, _pipe, _dst, _src, _port, opcode in code
+        for cls, _pipe, _dst, _src, _port, opcode, _role in code
     ]
     interval = {
         "tensor": 0.0,  # per instruction: tensor_step
@@ -317,13 +332,18 @@ def simulate_core(
             raise RuntimeError(f"core model made no progress on {stream.name}")
         # cp.async data lands from L2 and is written into shared memory when the port
         # has nothing else to do: the fill takes port bandwidth, not a read's place.
+        wrote = False
         while fills and fills[0][0] <= t and smem_free <= t:
+            wrote = True
             _arrival, cycles, fw, fg = fills.popleft()
             smem_free = float(t) + cycles
             group_left[fw][fg] -= 1
             group_end[fw][fg] = max(group_end[fw].get(fg, 0.0), smem_free)
         states = [""] * nwarps
         issued_now: list[tuple[int, str, str | None, float, float]] = []
+        # The earliest time a stalled warp's reason may clear (a lower bound): when no
+        # warp issues, nothing changes before then, so the clock jumps there.
+        wake = INF
         for s in range(parts):
             warps = sp_warps[s]
             if not warps:
@@ -342,24 +362,27 @@ def simulate_core(
                         bar_release[w] = 0.0
                     else:
                         states[w] = "barrier"
+                        if bar_release[w] and bar_release[w] < wake:
+                            wake = bar_release[w]
                         continue
-                cls, pipe, dst, src, nbytes, opcode = code[pc[w]]
+                cls, pipe, dst, src, nbytes, _opcode, role = code[pc[w]]
                 rw = ready[w]
                 blocked = None
+                until = INF
                 for r in src:
                     if rw[r] > t:
-                        blocked = "dependency:" + producer[w][r]
+                        blocked, until = "dependency:" + producer[w][r], rw[r]
                         break
                 if blocked is None:
                     for r in dst:
                         if rw[r] > t:
-                            blocked = "dependency:" + producer[w][r]
+                            blocked, until = "dependency:" + producer[w][r], rw[r]
                             break
                 if blocked is None and pipe is not None and pipe_free[s][pipe] >= t + 1:
-                    blocked = "pipe:" + pipe
+                    blocked, until = "pipe:" + pipe, pipe_free[s][pipe] - 1
                 if blocked is None and cls in SMEM_CLASSES and smem_free - t > MIO_QUEUE_CYCLES:
-                    blocked = "mio"
-                if blocked is None and opcode.startswith("DEPBAR"):
+                    blocked, until = "mio", smem_free - MIO_QUEUE_CYCLES
+                if blocked is None and role == "wait":
                     g = oldest_group[w]
                     while (
                         g < open_group[w]
@@ -369,11 +392,15 @@ def simulate_core(
                         g += 1
                     oldest_group[w] = g
                     if open_group[w] - g > wait_groups:
-                        blocked = "cp.async"
+                        blocked = "cp.async"  # wakes with a fill's write (below)
+                        if not group_left[w].get(g, 0):
+                            until = group_end[w].get(g, 0.0)
                 if blocked is None and slots == 0:
                     blocked = "not_selected"
                 if blocked is not None:
                     states[w] = blocked
+                    if until < wake:
+                        wake = until
                     continue
                 # Issue.
                 slots -= 1
@@ -394,7 +421,7 @@ def simulate_core(
                     done = smem_free + p.smem_latency
                 elif cls in latency:
                     done = t + latency[cls]
-                elif opcode.startswith(("LDC", "S2R", "SHFL")):
+                elif role == "slow":
                     done = t + p.smem_latency
                 else:
                     done = t + p.alu_latency
@@ -402,7 +429,7 @@ def simulate_core(
                     rw[r] = done
                     producer[w][r] = cls
                 issued_now.append((w, cls, pipe, nbytes, step))
-                if opcode.startswith("LDGDEPBAR"):
+                if role == "commit":
                     open_group[w] += 1
                 if cls == "bar":
                     cta = w // per_cta
@@ -422,6 +449,17 @@ def simulate_core(
         issued_log.append(issued_now)
         state_log.append(states)
         t += 1
+        if issued_now or wrote or finished == nwarps:
+            continue
+        if fills:
+            wake = min(wake, max(fills[0][0], smem_free))
+        if wake != INF and wake > t:
+            # Nothing issued and nothing can change before `wake`: the cycles in
+            # between repeat this one's states.
+            skip = min(math.ceil(wake), limit + 1) - t
+            issued_log.extend([] for _ in range(skip))
+            state_log.extend([states] * skip)
+            t += skip
 
     # Steady state: from the end of the warm-up to the end of the last iteration.
     cta_end = [
