@@ -5,9 +5,11 @@
 #
 #   0. nvidia-smi -q (device, clocks, throttling)
 #   1. Python environment: carried wheels; PyCUDA built on the machine if its wheel fails
-#   2. build the kernels (sm_90)
-#   3. one-warp mma / mma.sp probes, then every kernel variant against its CPU twin
-#   4. the quick sweep (our kernels, cuBLAS, cuSPARSELt, cuSPARSE)
+#   2. build the kernels (sm_90, and on sm_90 also the warpgroup-MMA kernels for sm_90a)
+#   3. one-warp mma / mma.sp probes (on sm_90 also the one-warpgroup wgmma / wgmma.sp
+#      probes), then every kernel variant against its CPU twin
+#   4. the quick sweep (our kernels, cuBLAS, cuSPARSELt, cuSPARSE), then hopper (the
+#      sm_90a kernels beside the sm_80-style ones and the vendor libraries, same shapes)
 #   5. the targets sweep (8192^3: dense vs cuBLAS, tw/tvw vs dense, tvw vs cuSPARSELt),
 #      then grouped (natural vs grouped CTA order) and variants (8-warp tiles)
 #   6. hardware counters of a few points under Nsight Compute (DRAM and L2 bytes, L2 hit
@@ -39,10 +41,10 @@
 #                points in time to write their last row and exit cleanly
 #   RESUME_FROM  an earlier measurement file (e.g. traces/measured/h200-20261201.jsonl):
 #                copied to $OUT first, so the sweeps skip the points it already holds
-#   ARCH         nvcc target (default sm_90)
+#   ARCH         nvcc target (default sm_90); sm_90 also builds the sm_90a (wgmma) kernels
 #   TAG          suffix of the measurement file's name (<device>-<date>-<TAG>.jsonl), for a
 #                second campaign on the same day
-#   SWEEPS       the sweeps before the counters (default "quick targets grouped
+#   SWEEPS       the sweeps before the counters (default "quick hopper targets grouped
 #                variants"); the full sweep always comes last, with what is left
 #
 # Every step is tolerant: a failed step is logged and the script goes on to the next one
@@ -53,6 +55,8 @@ cd "$(dirname "$0")/.."
 
 BUDGET_S=${BUDGET_S:-500}
 ARCH=${ARCH:-sm_90}
+# The warpgroup-MMA kernels exist for sm_90a only; an sm_90 campaign builds them too.
+[ "$ARCH" = sm_90 ] && BUILD_ARCHS=sm_90,sm_90a || BUILD_ARCHS=$ARCH
 DRY_RUN=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 
@@ -80,9 +84,9 @@ if [ "$DRY_RUN" = 1 ]; then
     echo "campaign plan (BUDGET_S=$BUDGET_S, ARCH=$ARCH); each step's ceiling in seconds:"
     echo "  0. nvidia-smi -q                                   ~2"
     echo "  1. wheels from .whl; PyCUDA built on the machine   $PYCUDA_BUILD_S (only if its wheel fails)"
-    echo "  2. tvwsim kernels build --arch $ARCH               $BUILD_S"
+    printf '  2. %-47s %s\n' "tvwsim kernels build --arch $BUILD_ARCHS" "$BUILD_S"
     echo "  3. tvwsim kernels check (probes first)             $CHECK_S"
-    for name in ${SWEEPS:-quick targets grouped variants}; do
+    for name in ${SWEEPS:-quick hopper targets grouped variants}; do
         [ "$name" = quick ] && limit=$QUICK_S || limit=$TARGETS_S
         printf '  4. tvwsim validate --sweep %-22s %s\n' "$name" "$limit"
     done
@@ -160,10 +164,12 @@ if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM" ] && [ ! -e "$MEAS" ]; then
 fi
 
 # -- 2. build the kernels for this GPU ---------------------------------------------------
-run_for "$(cap $BUILD_S 120)" "${TVWSIM[@]}" kernels build --arch "$ARCH" --build-dir build/kernels
+run_for "$(cap $BUILD_S 120)" "${TVWSIM[@]}" kernels build --arch "$BUILD_ARCHS" --build-dir build/kernels
 cp build/kernels/manifest.json "$OUT/manifest.json" 2>/dev/null || note "no manifest.json" | tee -a "$LOG"
 
 # -- 3. probes, then every kernel against its CPU twin -------------------------------------
+# On sm_90 this includes the wgmma / wgmma.sp probes (one run settles the descriptors,
+# swizzle, accumulator ownership and wgmma.sp metadata) and the sm_90a kernels.
 run_for "$(cap $CHECK_S 120)" "${TVWSIM[@]}" kernels check --build-dir build/kernels
 
 # -- 4, 5. the sweeps before the counters (quick, targets by default) ----------------------
@@ -177,7 +183,7 @@ sweep() { # sweep NAME CEILING RESERVE
 }
 # Each named sweep gets its ceiling (quick: QUICK_S, others: TARGETS_S) and leaves the
 # counters and the tail their time.
-for name in ${SWEEPS:-quick targets grouped variants}; do
+for name in ${SWEEPS:-quick hopper targets grouped variants}; do
     if [ "$name" = quick ]; then
         sweep quick $QUICK_S $((TARGETS_S + COUNTERS_S + TAIL_S))
     else

@@ -172,9 +172,9 @@ def wgmma_arch(device_arch: str) -> str:
 
 
 def builds_for(config: KernelConfig, arch: str) -> bool:
-    """Whether `config` is compiled for `arch`: warpgroup-MMA configs for WGMMA_ARCH only,
-    the others for every arch."""
-    return config.mma_class != "wgmma" or arch == WGMMA_ARCH
+    """Whether a build for `arch` compiles `config`: warpgroup-MMA configs for WGMMA_ARCH
+    only, and WGMMA_ARCH only them (an sm_90 GPU runs the sm_90 cubins of the others)."""
+    return (config.mma_class == "wgmma") == (arch == WGMMA_ARCH)
 
 
 BW_BLOCKS: tuple[int, ...] = (32, 64, 128)
@@ -432,7 +432,7 @@ def compile_kernel(
     """
     check_pattern_config(pattern, config)
     block = check_block(pattern, block)
-    if not builds_for(config, arch):
+    if config.mma_class == "wgmma" and arch != WGMMA_ARCH:
         raise InputError(
             "arch", f"{config.name} is a warpgroup-MMA kernel: build it for {WGMMA_ARCH}"
         )

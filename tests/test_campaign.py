@@ -60,3 +60,15 @@ def test_sweeps_named_by_the_campaign_ship_and_parse():
 def test_sweeps_named_in_the_environment_appear_in_the_plan():
     plan = _plan(SWEEPS="quick variants")
     assert "--sweep variants" in plan and "--sweep targets" not in plan
+
+
+def test_an_sm_90_campaign_builds_checks_and_times_the_wgmma_kernels_after_quick():
+    plan = _plan()
+    assert "kernels build --arch sm_90,sm_90a" in plan
+    at = [plan.index(step) for step in ("kernels check", "--sweep quick", "--sweep hopper")]
+    assert at == sorted(at) and plan.index("--sweep hopper") < plan.index("--sweep targets")
+    assert "sm_90a" not in _plan(ARCH="sm_80")
+    hopper = load_spec("hopper").points()
+    wgmma = {p.pattern for p in hopper if p.config is not None and p.config.mma_class == "wgmma"}
+    assert wgmma == {"dense", "tw", "vw", "tvw"}
+    assert {p.implementation for p in hopper} == {"tvwsim", "cublas", "cusparselt"}

@@ -87,11 +87,12 @@ def kernel_config(pattern: str, name: str, hardware: Any = None) -> KernelConfig
         kbuild.check_pattern_config(pattern, config)
     except InputError as err:
         raise ValueError(f"{name!r}: {err.problem}") from None
-    shipped = [c.name for c in kbuild.VARIANTS.get(pattern, [])]
+    built = kbuild.VARIANTS.get(pattern, []) + kbuild.WGMMA_VARIANTS.get(pattern, [])
+    shipped = [c.name for c in built]
     if config.name not in shipped:
         raise ValueError(
             f"{name!r} is not a built {pattern} variant; shipped: {', '.join(shipped)} "
-            "(kernels/build.py VARIANTS)"
+            "(kernels/build.py VARIANTS, WGMMA_VARIANTS)"
         )
     if hardware is not None and config.smem_bytes > hardware.smem_per_cta_bytes:
         raise ValueError(

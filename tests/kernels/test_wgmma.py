@@ -321,6 +321,7 @@ def test_wgmma_variants_are_built_for_sm_90a_only():
     assert kbuild.builds_for(DENSE, "sm_90a")
     assert not kbuild.builds_for(DENSE, "sm_90")
     assert kbuild.builds_for(kbuild.VARIANTS["dense"][0], "sm_80")
+    assert not kbuild.builds_for(kbuild.VARIANTS["dense"][0], "sm_90a")
     assert kbuild.kernel_source("dense", DENSE).name == "dense_wgmma.cu"
     # The default selection (and so the default build and the checks) is unchanged.
     assert all(c.mma_class == "mma.sync" for _, c in kbuild.selected_variants())
@@ -493,3 +494,15 @@ def test_a_build_for_sm_90a_lists_the_wgmma_kernels_and_ships_the_probe(tmp_path
         ).kernels
         == ()
     )
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_kernels_build_for_sm_90a_builds_the_wgmma_variants_only(tmp_path, capsys):
+    from tvwsim.cli import main
+    from tvwsim.manifest import read_manifest
+
+    args = ["kernels", "build", "--arch", "sm_90a", "--pattern", "dense"]
+    assert main([*args, "--build-dir", str(tmp_path)]) == 0
+    assert "built 1 kernels for sm_90a" in capsys.readouterr().out
+    built = read_manifest(tmp_path / "manifest.json").kernels
+    assert [(k.pattern, k.config, k.arch) for k in built] == [("dense", DENSE.name, "sm_90a")]

@@ -277,7 +277,8 @@ def run_build(args: argparse.Namespace) -> int:
     patterns = None
     if args.pattern is not None:
         patterns = parse_patterns("--pattern", args.pattern, allowed=tuple(kbuild.VARIANTS))
-    variants = kbuild.selected_variants(patterns)
+    # sm_90a in --arch adds the warpgroup-MMA variants (built for sm_90a only).
+    variants = kbuild.selected_variants(patterns, wgmma=kbuild.WGMMA_ARCH in archs)
     out = args.build_dir if args.build_dir is not None else str(kernel_dir())
     start = time.perf_counter()
     try:
@@ -292,7 +293,9 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"tvwsim kernels build: error: {err}", file=sys.stderr)
         return 1
     spilling = [k for k in manifest.kernels if k.spill_store_bytes or k.spill_load_bytes]
-    count = sum(len(kbuild.variant_blocks(p)) for p, _ in variants) * len(archs)
+    count = sum(
+        len(kbuild.variant_blocks(p)) for a in archs for p, c in variants if kbuild.builds_for(c, a)
+    )
     print(
         f"built {count} kernels for {', '.join(archs)} in "
         f"{time.perf_counter() - start:.1f} s -> {os.path.join(out, kbuild.MANIFEST_NAME)}"
