@@ -17,7 +17,12 @@ What stays warm in a worker process between batches:
   whole-model run on one hardware point;
 - the engine's result cache (`tvwsim.sim.engine.simulate`) and, inside one whole-model
   run, `simulate_model`'s reuse of identical layers;
-- trace mappings of model workloads (`_mapping`).
+- trace mappings of model workloads (`_mapping`);
+- whole-model results (`_model_result`) of the kernels that do not use the sparse tensor
+  core. Those kernels (dense, ew, bw, tw) never read the sparse core's fields
+  (`SPARSE_MMA_FIELDS`), so they run on the point with those fields at their defaults
+  (`seen_by`), and points that differ only in the sparse core share their simulations;
+  `units` puts such points next to each other so that one batch holds them.
 
 Nothing here depends on which worker runs a unit or in what order: a unit's rows are a
 function of the unit alone, so a serial run and a Dask run give equal rows.
@@ -25,6 +30,7 @@ function of the unit alone, so a serial run and a Dask run give equal rows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +39,17 @@ from tvwsim.explore.design import HardwarePoint
 from tvwsim.explore.spec import ExploreSpec, Run, WorkloadSpec, kernel_config
 
 from tvwsim.config import AUTO
-from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERNS, VW_SPARSITY
+from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERNS, VW_SPARSITY, mma_kind
+
+SPARSE_MMA_FIELDS = (
+    "sparse_tflop_ratio",
+    "mma_efficiency_sparse",
+    "wgmma_efficiency_sparse",
+    "core_mma_sp_peak_fraction",
+)
+"""Hardware fields that only a kernel issuing sparse MMA (mma.sp: vw, tvw) reads: the 2:4
+tensor core's rate (`tvwsim.sim.sm`). tests/explore checks that a dense-MMA kernel's
+result does not move with them."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +67,51 @@ class Unit:
         return f"{self.point.id}|{self.workload.label}"
 
 
+@functools.lru_cache(maxsize=256)
+def _dense_mma_view(hw):
+    defaults = {f.name: f.default for f in dataclasses.fields(hw) if f.name in SPARSE_MMA_FIELDS}
+    # The record of what was changed is part of a Hardware's identity (and of the
+    # engine's cache key): the view forgets the sparse core there too.
+    kept = tuple((k, v) for k, v in hw.overrides if k not in SPARSE_MMA_FIELDS)
+    return dataclasses.replace(hw, **defaults, overrides=kept)
+
+
+def seen_by(pattern: str, hw):
+    """`hw` as `pattern`'s kernels see it: for a kernel without sparse MMA, the sparse
+    core's fields at their defaults, so that points differing only there are one point."""
+    return hw if mma_kind(pattern) == "sparse" else _dense_mma_view(hw)
+
+
 def units(spec: ExploreSpec) -> list[Unit]:
     """Every unit of `spec`, workload-major: consecutive units share a workload, so a
-    batch reuses its schedules and trace mapping."""
+    batch reuses its schedules and trace mapping. Within a workload, points that differ
+    only in the sparse core's fields come together (in design order otherwise): a batch
+    then simulates their dense-MMA kernels once."""
+    first: dict = {}
+    for point in spec.points:
+        first.setdefault(_dense_mma_view(point.hardware), len(first))
+    points = sorted(spec.points, key=lambda p: first[_dense_mma_view(p.hardware)])
     return [
         Unit(point, workload, tuple(spec.runs(workload)), spec.seed)
         for workload in spec.workloads
-        for point in spec.points
+        for point in points
     ]
+
+
+def siblings(todo: Sequence[Unit]) -> list[list[Unit]]:
+    """`todo` cut into runs of consecutive units of one workload whose points differ only
+    in the sparse core's fields: a batch that holds a whole run simulates its dense-MMA
+    kernels once (`units` puts such points together)."""
+    groups: list[list[Unit]] = []
+    last = None
+    for unit in todo:
+        key = (unit.workload, _dense_mma_view(unit.point.hardware))
+        if groups and key == last:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+        last = key
+    return groups
 
 
 def row_key(unit: Unit, run: Run) -> str:
@@ -122,62 +175,75 @@ def _gemm_figures(unit: Unit) -> list[dict]:
         if run.config == AUTO:
             # What a vendor library would run on this hardware point (its own tile,
             # split-K and grouped order; warpgroup MMA where the point has it).
-            choice = choose(hw, w.m, w.n, w.k, run.pattern)
+            choice = choose(seen_by(run.pattern, hw), w.m, w.n, w.k, run.pattern)
             split = f" split-K {choice.split_k}" if choice.split_k > 1 else ""
             out.append({**_measure(choice.result), "kernel": choice.config.name + split})
             continue
         schedule = _schedule(
             w.m, w.n, w.k, run.pattern, run.sparsity, run.config, run.policy, unit.seed
         )
-        out.append({**_measure(simulate(schedule, hw)), "kernel": run.config})
+        out.append({**_measure(simulate(schedule, seen_by(run.pattern, hw))), "kernel": run.config})
     return out
 
 
-def _model_calls(unit: Unit) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]]:
-    """The unit's runs grouped into `simulate_model` calls: (policy, configs) -> runs.
+Call = tuple[str, tuple[tuple[str, str], ...], str]
+"""One `simulate_model` call of a model unit: policy, (pattern, config) pairs, MMA kind."""
 
-    One call runs every pattern at its first config, dense first. A pattern's other
-    configs each take a call of their own beside dense at its first config - the baseline
-    - except dense's own others, which run the whole model, not-prunable GEMMs included,
-    in that config."""
+
+def _model_calls(unit: Unit) -> dict[Call, list[Run]]:
+    """The unit's runs grouped into `simulate_model` calls.
+
+    The patterns at their first config run together, dense first, in two calls: those
+    with dense MMA (on `seen_by`'s view of the point, shared with its sparse-core
+    siblings) and those with sparse MMA. A pattern's other configs each take a call of
+    their own beside dense at its first config - the baseline - except dense's own
+    others, which run the whole model, not-prunable GEMMs included, in that config."""
     first: dict[str, str] = {}
     for run in unit.runs:
         first.setdefault(run.pattern, run.config)
-    calls: dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]] = {}
+    calls: dict[Call, list[Run]] = {}
     for run in unit.runs:
         configs = {**first, run.pattern: run.config}
         if run.config != first[run.pattern]:
             configs = {BASELINE_PATTERN: first[BASELINE_PATTERN], **{run.pattern: run.config}}
-        calls.setdefault((run.policy, tuple(configs.items())), []).append(run)
+        key = (run.policy, tuple(configs.items()), mma_kind(run.pattern))
+        calls.setdefault(key, []).append(run)
     return calls
+
+
+@functools.lru_cache(maxsize=32)
+def _model_result(w: WorkloadSpec, hw, call: Call, runs: tuple, seed: int):
+    """One whole-model simulation, kept for the next unit: a point's sparse-core siblings
+    ask for the same dense-MMA runs on the same view of the hardware."""
+    from tvwsim.sim.model import simulate_model
+
+    policy, configs, _ = call
+    mapping = _mapping(w.model, w.batch, w.seq, w.trace)
+    return simulate_model(
+        _workload(w.model, w.batch, w.seq),
+        hw,
+        runs,
+        policy=policy,
+        seed=seed,
+        profiles=mapping.profile if mapping is not None else None,
+        works=_works(w.model, w.batch, w.seq, w.trace, seed),
+        configs={p: name if name == AUTO else kernel_config(p, name) for p, name in configs},
+    )
 
 
 def _model_figures(unit: Unit) -> list[dict]:
     from tvwsim.sim.library import LIBRARIES
-    from tvwsim.sim.model import model_runs, simulate_model
+    from tvwsim.sim.model import model_runs
 
     w, hw = unit.workload, unit.point.hardware
-    workload = _workload(w.model, w.batch, w.seq)
-    mapping = _mapping(w.model, w.batch, w.seq, w.trace)
     figures: dict[Run, dict] = {}
-    for (policy, configs), runs_here in _model_calls(unit).items():
-        configs = dict(configs)
+    for call, runs_here in _model_calls(unit).items():
         patterns = list(dict.fromkeys(run.pattern for run in runs_here))
         # The spec's target sparsities: those of the patterns that take one (vw's fixed
         # 0.5 is not a target - passed on, it would run tw at 0.5 too).
         targets = [r.sparsity for r in runs_here if PATTERNS[r.pattern].fixed_sparsity is None]
-        result = simulate_model(
-            workload,
-            hw,
-            model_runs(patterns, targets or [VW_SPARSITY]),
-            policy=policy,
-            seed=unit.seed,
-            profiles=mapping.profile if mapping is not None else None,
-            works=_works(w.model, w.batch, w.seq, w.trace, unit.seed),
-            configs={
-                p: name if name == AUTO else kernel_config(p, name) for p, name in configs.items()
-            },
-        )
+        runs = tuple(model_runs(patterns, targets or [VW_SPARSITY]))
+        result = _model_result(w, seen_by(patterns[0], hw), call, runs, unit.seed)
         by_run = {(r.pattern, r.sparsity): r for r in result.runs}
         for run in runs_here:
             model_run = by_run[(run.pattern, run.sparsity)]

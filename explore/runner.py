@@ -15,9 +15,10 @@ reference the tests compare a cluster run with).
 Units (one hardware point x one workload) are grouped into batches so that the
 scheduler sees a few tasks per worker rather than one per point: about four batches per
 worker, at most `MAX_BATCH_UNITS` units each, consecutive units of one workload
-together, so a worker's schedule and trace caches serve the whole batch. A finished
-batch is written at once as its own file (`Store.write_batch`); a Ctrl-C, an error or
-`max_batches` cancels what is still in flight and keeps every file written.
+together (and points that differ only in the sparse tensor core, whose other kernels
+are simulated once for all of them), so a worker's caches serve the whole batch. A
+finished batch is written at once as its own file (`Store.write_batch`); a Ctrl-C, an
+error or `max_batches` cancels what is still in flight and keeps every file written.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tvwsim.explore.evaluate import Unit, evaluate_batch, units
+from tvwsim.explore.evaluate import Unit, evaluate_batch, siblings, units
 from tvwsim.explore.spec import ExploreSpec
 from tvwsim.explore.store import Store
 
@@ -79,11 +80,20 @@ class RunSummary:
 def plan_batches(
     todo: Sequence[Unit], workers: int, batch_size: int | None = None
 ) -> list[list[Unit]]:
-    """Consecutive units in batches of `batch_size` (default: the module docstring's rule)."""
+    """Consecutive units in batches of at most `batch_size` (default: the module
+    docstring's rule). A batch takes whole groups of siblings (`evaluate.siblings`:
+    points that differ only in the sparse core, which share simulations) while they fit,
+    so that a group is simulated in one worker."""
     if batch_size is None:
         share = math.ceil(len(todo) / (max(1, workers) * BATCHES_PER_WORKER))
         batch_size = min(MAX_BATCH_UNITS, max(1, share))
-    return [list(todo[i : i + batch_size]) for i in range(0, len(todo), batch_size)]
+    batches: list[list[Unit]] = []
+    for group in siblings(todo):
+        if batches and len(batches[-1]) + len(group) <= batch_size:
+            batches[-1].extend(group)
+            continue
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    return batches
 
 
 def default_workers() -> int:
