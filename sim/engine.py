@@ -47,14 +47,26 @@ fp32 workspace rows of split tiles before the launch and converting them to fp16
 it (their own launch overhead is not counted: a real implementation fuses or graphs
 them).
 
-`simulate` caches results keyed on (schedule digest, hardware, kernel resources), so
-identical layers of a network are simulated once.
+Fast-forward
+------------
+A big GEMM spends most of its time repeating itself. Unless asked for the exact engine
+(`simulate(..., exact=True)`, `--exact`), a `SteadyState` (`tvwsim.sim.steady`) watches the
+launch and, once every slot's state is seen repeating, moves every CTA whole periods
+ahead at once (stages, or whole waves), adding the periods' busy time, bytes and L2
+traffic, and returns to event-by-event detail for the tail. That is why each slot keeps
+its progress in a `SlotRun` the fast-forward can move, and why the launch has two clocks:
+SimPy's, and `Gpu.now()` = SimPy's plus what was skipped, which every recorded time uses.
+
+`simulate` caches results keyed on (schedule digest, hardware, kernel resources, engine),
+so identical layers of a network are simulated once.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +82,18 @@ from tvwsim.sim.occupancy import (
 )
 from tvwsim.sim.result import SimResult
 from tvwsim.sim.sm import MathPipe, Sm, math_pipe_for, stage_smem_bytes
-from tvwsim.sim.stages import CtaTask, Stage, StageTable, cta_tasks
+from tvwsim.sim.stages import (
+    DRAIN,
+    IDLE,
+    LOOP,
+    STORE,
+    CtaTask,
+    SlotRun,
+    Stage,
+    StageTable,
+    cta_tasks,
+)
+from tvwsim.sim.steady import SteadyState
 
 from tvwsim.errors import InputError
 from tvwsim.schedule import Schedule
@@ -81,12 +104,27 @@ __all__ = [
     "Stage",
     "clear_cache",
     "cta",
+    "exact_engine",
     "simulate",
     "stage_smem_bytes",
 ]
 
 _CACHE_SIZE = 256
 _cache: OrderedDict[tuple, SimResult] = OrderedDict()
+
+_exact_default: ContextVar[bool] = ContextVar("tvwsim_exact_engine", default=False)
+"""What `simulate` runs when not told: the fast-forward (False) or the exact engine."""
+
+
+@contextmanager
+def exact_engine(exact: bool = True) -> Iterator[None]:
+    """Within the block, `simulate` runs the exact engine (`exact`) unless a call says
+    otherwise: how `--exact` reaches every simulation a command makes."""
+    token = _exact_default.set(bool(exact))
+    try:
+        yield
+    finally:
+        _exact_default.reset(token)
 
 
 def clear_cache() -> None:
@@ -101,6 +139,7 @@ def simulate(
     *,
     manifest: str | Path | None = None,
     cache: bool = True,
+    exact: bool | None = None,
 ) -> SimResult:
     """Simulate one launch of `schedule` on `hw` and return its `SimResult`.
 
@@ -108,6 +147,11 @@ def simulate(
     read from the kernel manifest (`manifest`, default: the kernel directory's) when
     it lists this kernel for the hardware's arch, else to an estimate from the config.
     A kernel that does not fit on an SM raises InputError('tile').
+
+    `exact`: run every stage of every CTA as an event (the reference engine) instead of
+    skipping the repeats of a steady state (`tvwsim.sim.steady`, within a fraction of a
+    percent of the exact time and much faster on big GEMMs); None: what the enclosing
+    `exact_engine` block says, else the fast engine.
     """
     if not isinstance(schedule, Schedule):
         raise InputError("schedule", f"must be a tvwsim.schedule.Schedule, got {type(schedule)}")
@@ -117,11 +161,13 @@ def simulate(
     if resources is None:
         resources = resources_for(hw, schedule.pattern, schedule.config, manifest)
     occ = occupancy(hw, resources)
-    key = (schedule.digest(), hw, resources)
+    if exact is None:
+        exact = _exact_default.get()
+    key = (schedule.digest(), hw, resources, exact)
     if cache and key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    result = Gpu(schedule, hw, resources, occ).run()
+    result = Gpu(schedule, hw, resources, occ, exact=exact).run()
     if cache:
         _cache[key] = result
         while len(_cache) > _CACHE_SIZE:
@@ -130,43 +176,62 @@ def simulate(
 
 
 # -- the actors ------------------------------------------------------------------------------
-def cta(env: simpy.Environment, gpu: Gpu, sm: Sm, slot: int, task: CtaTask) -> Iterator:
-    """One CTA on `slot` of `sm`: prologue loads, the K loop, the epilogue (docs/model.md 5.2)."""
-    loads, math = gpu.loads, sm.math
-    stages = gpu.stages.of_task(task)
-    start = env.now
+def cta(env: simpy.Environment, gpu: Gpu, run: SlotRun, task: CtaTask) -> Iterator:
+    """One CTA on slot `run`: prologue loads, the K loop, the epilogue (docs/model.md 5.2)."""
+    loads, math, steady = gpu.loads, run.sm.math, gpu.steady
+    watch = steady is not None and run is steady.ref
+    now = env.now
+    run.phase, run.task, run.stages = LOOP, task, gpu.stages.of_task(task)
+    run.start, run.math_done = gpu.now(), now
 
     # Prologue: the loads of the first `depth` stages go out together.
-    in_flight = deque(loads.load(stage, task, start) for stage in stages[: loads.depth])
-    next_load = len(in_flight)
+    run.in_flight = deque(loads.load(stage, task, now) for stage in run.stages[: loads.depth])
+    run.pos, run.next_load = 0, len(run.in_flight)
+    if steady is not None:
+        for pos in range(run.next_load):
+            steady.loaded(task, pos)
 
     # K loop: wait for the stage and for our previous math, refill the freed buffer,
     # queue the stage on the SM's math pipe.
-    math_done = start
-    for stage in stages:
-        ready = in_flight.popleft()
-        if math_done > ready:
-            ready = math_done
+    while run.pos < len(run.stages):
+        if watch:
+            run.wake = env.now
+            steady.observe(env.now)  # may move every slot ahead: read the state again
+        ready = run.in_flight[0]
+        if run.math_done > ready:
+            ready = run.math_done
         if ready > env.now:
+            run.wake = ready
             yield gpu.wait_until(ready)
-        now = env.now
-        if next_load < len(stages):
-            in_flight.append(loads.load(stages[next_load], task, now))
-            next_load += 1
-        math_done = math.reserve(now, stage.math_cycles)
+        run.in_flight.popleft()
+        now, stages = env.now, run.stages
+        if run.next_load < len(stages):
+            stage = stages[run.next_load]
+            run.in_flight.append(loads.load(stage, run.task, now))
+            if steady is not None:
+                steady.loaded(run.task, run.next_load)
+            run.next_load += 1
+        run.math_done = math.reserve(now, stages[run.pos].math_cycles)
+        run.pos += 1
 
     # Epilogue: store the tile once the last stage is computed, then the fixed cost.
-    if math_done > env.now:
-        yield gpu.wait_until(math_done)
-    stored = gpu.memory.write_tile(task, env.now)
-    yield gpu.wait_until(stored + gpu.hw.cta_fixed_cycles)
-    gpu.record(task, sm, slot, start, env.now)
+    run.phase = DRAIN
+    if run.math_done > env.now:
+        run.wake = run.math_done
+        yield gpu.wait_until(run.math_done)
+    stored = gpu.memory.write_tile(run.task, env.now)
+    if steady is not None:
+        steady.stored(run.task)
+    run.phase, run.wake = STORE, stored + gpu.hw.cta_fixed_cycles
+    yield gpu.wait_until(run.wake)
+    gpu.record(run.task, run.sm, run.slot, run.start, gpu.now())
+    run.phase, run.task = IDLE, None
 
 
-def cta_slot(env: simpy.Environment, gpu: Gpu, sm: Sm, slot: int) -> Iterator:
+def cta_slot(env: simpy.Environment, gpu: Gpu, run: SlotRun) -> Iterator:
     """One resident-CTA slot of an SM: runs the dispatcher's next task until none is left."""
-    while (task := gpu.dispatcher.next_task(sm, slot)) is not None:
-        yield from cta(env, gpu, sm, slot, task)
+    while (task := gpu.dispatcher.next_task(run.sm, run.slot)) is not None:
+        yield from cta(env, gpu, run, task)
 
 
 class Dispatcher:
@@ -217,6 +282,7 @@ class Gpu:
         load_path: type[LoadPath] | None = None,
         l2_policy: type[L2Policy] | None = None,
         dispatcher: type[Dispatcher] = Dispatcher,
+        exact: bool = False,
     ):
         self.schedule, self.hw, self.resources, self.occ = schedule, hw, resources, occ
         self.env = simpy.Environment()
@@ -229,6 +295,11 @@ class Gpu:
         )
         self.tasks = cta_tasks(schedule)
         self.dispatcher = dispatcher(self.tasks)
+        self.runs = [SlotRun(sm, slot) for sm, slot in self.dispatcher.slots(self.sms)]
+        self.skipped_cycles = 0.0
+        """Launch time the fast-forward skipped: `now()` is engine time plus this."""
+        self.steady = None if exact else SteadyState.for_launch(self)
+        """The fast-forward (`tvwsim.sim.steady`); None in the exact engine."""
 
         n = len(self.tasks)
         self.cta_sm = np.full(n, -1, dtype=np.int32)
@@ -237,6 +308,10 @@ class Gpu:
         self.cta_end = np.zeros(n)
         self.events = 0
         """SimPy events: one per slot process started and one per timeout."""
+
+    def now(self) -> float:
+        """The launch's time: engine time plus what the fast-forward skipped."""
+        return self.env.now + self.skipped_cycles
 
     def wait_until(self, time: float) -> simpy.Timeout:
         """The event a process yields to resume at `time` (counted in `events`)."""
@@ -251,10 +326,12 @@ class Gpu:
 
     def run(self) -> SimResult:
         """Run the launch to its end and return the result."""
-        for sm, slot in self.dispatcher.slots(self.sms):
-            self.env.process(cta_slot(self.env, self, sm, slot))
+        for run in self.runs:
+            self.env.process(cta_slot(self.env, self, run))
             self.events += 1
         self.env.run()
+        if self.steady is not None:
+            self.steady.finish()
         return self._result()
 
     # -- the result ------------------------------------------------------------------------
@@ -294,7 +371,7 @@ class Gpu:
             dram_busy_cycles=memory.dram.busy_cycles,
             # Output write-backs are queued, never waited for: DRAM may still be busy when
             # the last CTA retires, and that service is not the kernel's time.
-            dram_busy_until_cycles=memory.dram.free_at,
+            dram_busy_until_cycles=memory.dram.free_at + self.skipped_cycles,
             l2_bytes=memory.l2.bytes_moved,
             dram_bytes=memory.dram.bytes_moved + reduction_bytes,
             l2_hit_rate=memory.l2_cache.hit_rate,

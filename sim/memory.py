@@ -277,20 +277,28 @@ class LoadPath:
         when both are done plus the trip latency (a DRAM one if anything missed).
         """
         cache = self.l2_cache
-        row_bytes = task.act_row_bytes
-        base = task.act_chunk_base
-        missed = cache.access(stage.weight_key, 1, stage.weight_bytes)
-        for chunk, mask in stage.act_chunks:
-            missed += cache.access(base + chunk, mask, row_bytes)
+        missed = self.touch(stage, task)
         if cache.pending_writeback:  # dirty outputs these misses evicted go out first
             self.dram.serve(now, cache.take_writeback())
-        arrived = self.l2.serve(now, stage.act_rows * row_bytes + stage.weight_bytes)
+        arrived = self.l2.serve(now, stage.act_rows * task.act_row_bytes + stage.weight_bytes)
         if missed > 0:
             from_dram = self.dram.serve(now, missed)
             if from_dram > arrived:
                 arrived = from_dram
             return arrived + self.dram_latency
         return arrived + self.l2_latency
+
+    def touch(self, stage: Stage, task: CtaTask) -> float:
+        """Show the L2 policy the chunks `stage`'s loads read for `task`; return the
+        missed bytes. (The fast-forward's L2 replay, `tvwsim.sim.steady`, walks the same
+        chunks; a path that overrides this runs on the exact engine.)"""
+        cache = self.l2_cache
+        row_bytes = task.act_row_bytes
+        base = task.act_chunk_base
+        missed = cache.access(stage.weight_key, 1, stage.weight_bytes)
+        for chunk, mask in stage.act_chunks:
+            missed += cache.access(base + chunk, mask, row_bytes)
+        return missed
 
 
 class CpAsyncLoads(LoadPath):

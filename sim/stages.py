@@ -14,11 +14,16 @@ scattered rows (docs/model.md 5.4).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tvwsim.schedule import ELEMENT_BYTES, Schedule
+
+if TYPE_CHECKING:
+    from tvwsim.sim.sm import Sm
 
 ACT_CHUNK_ROWS = 64
 """Activation rows per L2 residency chunk (one 64-bit row mask)."""
@@ -148,3 +153,49 @@ class StageTable:
             )
             for s in range(n_stages)
         ]
+
+
+LOOP, DRAIN, STORE, IDLE = range(4)
+"""What a slot's CTA is doing: in its K loop, waiting for its last math, storing its tile,
+or nothing (no task left)."""
+
+
+class SlotRun:
+    """What one resident-CTA slot is doing, kept outside its SimPy process.
+
+    The process reads its position from here after every wait, so the fast-forward
+    (`tvwsim.sim.steady`) can move every slot ahead at once: to a later stage of the same
+    task, or to the same stage of an equivalent later task.
+    """
+
+    __slots__ = (
+        "sm",
+        "slot",
+        "phase",
+        "task",
+        "stages",
+        "pos",
+        "next_load",
+        "in_flight",
+        "math_done",
+        "start",
+        "wake",
+    )
+
+    def __init__(self, sm: Sm, slot: int):
+        self.sm, self.slot = sm, slot
+        self.phase = IDLE
+        self.task: CtaTask | None = None
+        self.stages: list[Stage] = []
+        self.pos = 0
+        """The next stage to compute."""
+        self.next_load = 0
+        """The next stage to load."""
+        self.in_flight: deque[float] = deque()
+        """Arrival times of the loads issued for stages pos .. next_load - 1."""
+        self.math_done = 0.0
+        """When the CTA's last queued stage leaves the math pipe."""
+        self.start = 0.0
+        """When the CTA started, in the launch's time (`Gpu.now`)."""
+        self.wake = 0.0
+        """When the slot's process resumes (engine time)."""

@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = getattr(args, "command_name", f"tvwsim {args.command}")
     try:
-        return int(args.func(args) or 0)
+        from tvwsim.sim.engine import exact_engine
+
+        with exact_engine(getattr(args, "exact", False)):
+            return int(args.func(args) or 0)
     except InputError as err:
         print(f"{command}: error: {err}", file=sys.stderr)
         return 2

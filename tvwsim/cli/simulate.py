@@ -53,6 +53,12 @@ def add_hardware_arguments(p: argparse.ArgumentParser, default: str | None = Non
         help="override a hardware field, e.g. --set sm_count=216 (repeatable); every "
         "output names the hardware with its overrides, 'a100 (sm_count=216)'",
     )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="run the exact engine, one event per stage of every CTA (the reference; "
+        "slower on big GEMMs) instead of skipping the repeats of a steady state",
+    )
 
 
 def add_force_argument(p: argparse.ArgumentParser) -> None:

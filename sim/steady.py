@@ -1,0 +1,527 @@
+"""The fast-forward: once a launch repeats itself, skip the repeats (docs/model.md 5.8).
+
+Covers
+------
+`SteadyState`, the part of a launch (`tvwsim.sim.engine.Gpu`) that makes the engine's
+cost stop growing with K and with the number of waves. The exact engine
+(`simulate(..., exact=True)`, `--exact`) runs without it and is the reference.
+
+Scenario
+--------
+A big GEMM spends most of its time in a steady state: every resident CTA loads and
+computes stage after stage, the math pipes and the L2 and DRAM servers settle into the
+same queueing pattern, and one stretch of time looks like the one before it, shifted.
+The engine's state is small and explicit (each slot's `SlotRun`, each pipe's and server's
+next free time, the L2 policy's contents), so "looks the same" can be checked exactly:
+
+1. *Watch.* One slot (the first) is the reference. Every `SNAPSHOT_STAGES` stages of its
+   K loop, just before it waits for its next stage, `observe` takes a snapshot: every
+   slot's phase, task and stage, the times of its loads in flight, its math and its
+   wake-up, every pipe's and server's free time (all relative to now), the L2's resident
+   bytes, and the running totals (busy cycles, bytes, L2 requests and misses).
+2. *Recognise a period.* Two kinds of repeat are recognised, each only when seen twice
+   in a row (three snapshots, two periods with equal totals added):
+   - a *stage period*: every slot is on the same task, d stages further on, with every
+     relative time equal;
+   - a *task period*: every slot is at the same stage of a task q further on in the
+     schedule (q tasks were dispatched), with every relative time equal: whole waves
+     repeating.
+3. *Skip.* Knowing the launch repeats with period T, skip n periods at once: move every
+   slot n x d stages on (or n x q tasks on), add n times one period's totals, and add
+   n x T to the launch's clock (`Gpu.skipped_cycles`; the SimPy clock itself never
+   jumps, since nothing in the state depends on its absolute value). n stops short of
+   anything that is not periodic: a slot's last stages, a tile whose stages differ
+   (padding, the last token block, another tile length), the end of the schedule.
+4. *Keep the L2 honest.* The L2 policy's contents after the skip are what the last
+   loads of the skipped stretch left there; the engine replays the most recent L2-sized
+   stretch of loads and stores, shifted by the skip, without counting them again.
+5. *Fill in the skipped CTAs.* A task period skips whole CTAs; at the end of the launch
+   each gets its SM, slot, start and end from the CTA one period earlier, shifted by the
+   periods between them.
+
+Everything else (the prologue of the first wave, the tail, imbalance, tiles that differ
+from their neighbours) runs event by event as in the exact engine. The skip is exact for
+a launch that is periodic from the snapshots on; what it assumes is that a state seen
+repeating twice keeps repeating for the n periods it skips. The test
+(tests/sim/test_steady.py) and `benchmarks/bench_engine.py` check the fast engine against
+the exact one on random shapes, patterns, policies and presets.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tvwsim.sim.memory import OUTPUT_KEY_BASE, LoadPath, LruL2
+from tvwsim.sim.stages import IDLE, LOOP
+
+from tvwsim.schedule import ELEMENT_BYTES
+
+if TYPE_CHECKING:
+    from tvwsim.sim.engine import Gpu
+    from tvwsim.sim.stages import CtaTask
+
+SNAPSHOT_STAGES = 4
+"""The reference slot takes a snapshot every this many of its stages, so a stage period
+is found when it divides this (1, 2, 4 or 8 stages: dense bk=32 stages repeat every two,
+since two of them share an L2 activation chunk)."""
+MIN_PERIODS = 2
+"""Skip only when at least this many periods fit: a shorter skip saves less than it costs."""
+MARGIN_STAGES = 2
+"""Stages every CTA keeps before its end, run event by event after a stage skip."""
+WAVE_TOLERANCE = 0.005
+"""Two waves count as alike when their times and totals differ by at most this fraction."""
+KEEP_WAVES = 2
+"""Waves a wave skip leaves before the end of the schedule, run event by event."""
+WAVE_L2_TURNOVER = 2.0
+"""A wave skip needs each wave to miss at least this many L2 capacities of data, so that
+nothing a wave reads can still be in L2 a wave later."""
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The state of a launch at one moment, relative to that moment."""
+
+    now: float
+    """The launch's time (`Gpu.now()`)."""
+    ref_task: int
+    ref_pos: int
+    ints: np.ndarray
+    """int64 [slots, 4]: phase, task index (-1 idle), stage, loads in flight."""
+    times: np.ndarray
+    """float64: every slot's wake-up, math and loads in flight, every pipe's and server's
+    free time, minus now (clipped at 0: a past time acts as now)."""
+    totals: np.ndarray
+    """float64: busy cycles of every pipe, of L2 and DRAM; bytes of L2 and DRAM; L2
+    requested and missed bytes (the running sums a skip adds to)."""
+    resident_bytes: float
+    dispatched: int
+    logged: int
+    """Loads and stores logged before this moment (a sequence number into the log)."""
+
+
+class SteadyState:
+    """Watches a launch for a repeating state and skips the repeats (module docstring)."""
+
+    def __init__(self, gpu: Gpu):
+        self.gpu = gpu
+        self.ref = gpu.runs[0]
+        """The slot whose K loop paces the snapshots."""
+        self.depth = gpu.loads.depth
+        self.stage_history: deque[Snapshot] = deque(maxlen=3)
+        """The last snapshots of the reference's current task, one SNAPSHOT_STAGES apart."""
+        self.wave_history: dict[int, deque[Snapshot]] = {}
+        """Reference stage -> the last two snapshots taken at that stage, of earlier tasks."""
+        self.log: deque[tuple[bool, int, int]] = deque()
+        """(is a store, task index, stage) of every load and store since the oldest
+        snapshot a period can start at."""
+        self.log_start = 0
+        """Sequence number of the log's first entry (`Snapshot.logged` counts from 0)."""
+        self.skips: list[tuple[str, int, int, float]] = []
+        """(kind, periods, stages or tasks per period, period cycles) of every skip."""
+        self._task_jumps: list[tuple[int, int, float, int, np.ndarray]] = []
+        """(periods, tasks per period, period cycles, dispatched, active tasks) of every
+        task skip, for `finish` to fill in the skipped CTAs."""
+        self._stage_signature: dict[int, np.ndarray] = {}
+        self._stage_ids: dict[tuple, int] = {}
+        self._task_signature: np.ndarray | None = None
+
+    @classmethod
+    def for_launch(cls, gpu: Gpu) -> SteadyState | None:
+        """A fast-forward for `gpu`, or None where the launch has a dispatcher, an L2
+        policy or a load path's L2 touch other than the shipped ones: their state is not
+        in the snapshots, or the L2 replay would not match them."""
+        from tvwsim.sim.engine import Dispatcher
+
+        if type(gpu.dispatcher) is not Dispatcher or not isinstance(gpu.memory.l2_cache, LruL2):
+            return None
+        if type(gpu.loads).touch is not LoadPath.touch:
+            return None  # the L2 replay mirrors LoadPath.touch
+        if not gpu.runs or not gpu.tasks:
+            return None
+        return cls(gpu)
+
+    # -- what the CTAs report ------------------------------------------------------------
+    def loaded(self, task: CtaTask, pos: int) -> None:
+        """A CTA issued the load of stage `pos` of `task`."""
+        self.log.append((False, task.index, pos))
+
+    def stored(self, task: CtaTask) -> None:
+        """A CTA stored its output tile."""
+        self.log.append((True, task.index, 0))
+
+    def _trim_log(self) -> None:
+        """Drop log entries older than every snapshot a period could start at."""
+        marks = [earlier[-1].logged for earlier in self.wave_history.values() if earlier]
+        if self.stage_history:
+            marks.append(self.stage_history[0].logged)
+        oldest = min(marks, default=self.log_start + len(self.log))
+        for _ in range(oldest - self.log_start):
+            self.log.popleft()
+        self.log_start = max(self.log_start, oldest)
+
+    def _period_log(self, b: Snapshot, c: Snapshot) -> list[tuple[bool, int, int]]:
+        """The loads and stores between snapshots b and c, in order."""
+        lo = b.logged - self.log_start
+        return [self.log[i] for i in range(lo, lo + c.logged - b.logged)]
+
+    # -- watching ------------------------------------------------------------------------
+    def observe(self, now: float) -> None:
+        """The reference slot is about to wait for a stage at engine time `now`: take a
+        snapshot when due, and skip ahead if the launch is seen repeating."""
+        ref = self.ref
+        if ref.pos % SNAPSHOT_STAGES:
+            return
+        snap = self._snapshot(now)
+        history = self.stage_history
+        if history and history[-1].ref_task != snap.ref_task:
+            history.clear()
+        history.append(snap)
+        if len(history) == 3 and self._try_stage_skip(*history):
+            return
+        earlier = self.wave_history.setdefault(snap.ref_pos, deque(maxlen=2))
+        if len(earlier) == 2 and self._try_wave_skip(earlier[0], earlier[1], snap):
+            return
+        earlier.append(snap)
+        self._trim_log()
+
+    def _snapshot(self, now: float) -> Snapshot:
+        gpu, depth = self.gpu, self.depth
+        runs = gpu.runs
+        ints = np.empty((len(runs), 4), dtype=np.int64)
+        times = []
+        for i, run in enumerate(runs):
+            task = run.task
+            ints[i] = (run.phase, -1 if task is None else task.index, run.pos, len(run.in_flight))
+            times.append(run.wake)
+            times.append(run.math_done)
+            times.extend(run.in_flight)
+            times.extend([now] * (depth - len(run.in_flight)))
+        times.extend(sm.math.free_at for sm in gpu.sms)
+        memory = gpu.memory
+        times.append(memory.l2.free_at)
+        times.append(memory.dram.free_at)
+        relative = np.maximum(np.asarray(times) - now, 0.0)
+        cache = memory.l2_cache
+        totals = np.array(
+            [sm.math.busy_cycles for sm in gpu.sms]
+            + [
+                memory.l2.busy_cycles,
+                memory.dram.busy_cycles,
+                memory.l2.bytes_moved,
+                memory.dram.bytes_moved,
+                cache.requested_bytes,
+                cache.miss_bytes,
+            ]
+        )
+        ref = self.ref
+        return Snapshot(
+            now=gpu.now(),
+            ref_task=ref.task.index,
+            ref_pos=ref.pos,
+            ints=ints,
+            times=relative,
+            totals=totals,
+            resident_bytes=cache.resident_bytes,
+            dispatched=gpu.dispatcher.next_index,
+            logged=self.log_start + len(self.log),
+        )
+
+    @staticmethod
+    def _same_times(a: Snapshot, b: Snapshot) -> bool:
+        return np.allclose(a.times, b.times, rtol=0.0, atol=1e-6 + 1e-9 * b.now)
+
+    @staticmethod
+    def _same_totals(a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
+        """The two periods a -> b and b -> c added the same totals."""
+        first, second = b.totals - a.totals, c.totals - b.totals
+        return np.allclose(first, second, rtol=1e-9, atol=1e-6)
+
+    # -- a stage period --------------------------------------------------------------------
+    @staticmethod
+    def _stage_steps(a: Snapshot, b: Snapshot) -> np.ndarray | None:
+        """Stages every slot moved on from a to b, if every slot is idle or in its K loop on
+        the same task (at least one stage on) at equal relative times; else None. Slots
+        may move at different rates (a CTA alone on its SM runs faster)."""
+        ai, bi = a.ints, b.ints
+        phase = bi[:, 0]
+        if not np.array_equal(ai[:, 0], phase) or not np.all((phase == LOOP) | (phase == IDLE)):
+            return None
+        if not np.array_equal(ai[:, 1], bi[:, 1]) or not np.array_equal(ai[:, 3], bi[:, 3]):
+            return None
+        steps = bi[:, 2] - ai[:, 2]
+        if np.any(steps[phase == LOOP] <= 0) or b.dispatched != a.dispatched:
+            return None
+        return steps if SteadyState._same_times(a, b) else None
+
+    def _try_stage_skip(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
+        steps = self._stage_steps(b, c)
+        if steps is None:
+            return False
+        before = self._stage_steps(a, b)
+        if before is None or not np.array_equal(before, steps):
+            return False
+        if not self._same_totals(a, b, c):
+            return False
+        periods = self._stage_room(a, steps)
+        growth = c.resident_bytes - b.resident_bytes
+        if growth > 1e-9 * c.resident_bytes:
+            # The L2 is still filling: the launch repeats only until it is full.
+            room = self.gpu.memory.l2_cache.capacity_bytes - c.resident_bytes
+            periods = min(periods, int(room // growth))
+        elif abs(growth) > 1e-9 * max(1.0, c.resident_bytes):
+            return False
+        if periods < MIN_PERIODS:
+            return False
+        self._skip_stages(b, c, periods, steps)
+        return True
+
+    def _stage_room(self, first: Snapshot, steps: np.ndarray) -> int:
+        """Stage periods every slot can skip: its stages from the first snapshot on repeat
+        with its own step until MARGIN_STAGES before its end."""
+        room = None
+        rows = zip(self.gpu.runs, first.ints.tolist(), steps.tolist(), strict=True)
+        for run, (phase, _, pos0, _), d in rows:
+            if phase != LOOP:
+                continue
+            task = run.task
+            signature = self._stages_of(task.tile)[task.first_stage : task.end_stage]
+            end = len(run.stages) - MARGIN_STAGES
+            same = signature[pos0 + d : end] == signature[pos0 : end - d]
+            bad = np.flatnonzero(~same)
+            periodic_to = pos0 + d + int(bad[0]) if bad.size else end
+            fits = (min(end, periodic_to) - run.next_load) // d
+            room = fits if room is None else min(room, fits)
+            if room < MIN_PERIODS:
+                return 0
+        return room or 0
+
+    def _skip_stages(self, b: Snapshot, c: Snapshot, periods: int, steps: np.ndarray) -> None:
+        step_of = {}
+        for run, d in zip(self.gpu.runs, steps.tolist(), strict=True):
+            if run.phase == LOOP:
+                run.pos += periods * d
+                run.next_load += periods * d
+                step_of[run.task.index] = d
+        cycles = c.now - b.now
+        self._jump(
+            b.totals,
+            c.totals,
+            cycles,
+            periods,
+            b,
+            c,
+            lambda task, pos, k: (task, pos + k * step_of[task]),
+        )
+        self.skips.append(("stage", periods, int(steps.max()), cycles))
+        self.stage_history.clear()
+
+    # -- a wave period -----------------------------------------------------------------------
+    def _try_wave_skip(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
+        """a, b, c: the reference at the same stage of three successive tasks. When the two
+        waves between them dispatched as many tasks, took the same time and added the
+        same totals to within WAVE_TOLERANCE, skip whole waves at their mean."""
+        q = c.dispatched - b.dispatched
+        if q <= 0 or b.dispatched - a.dispatched != q or np.any(c.ints[:, 0] == IDLE):
+            return False
+        first, second = b.now - a.now, c.now - b.now
+        if abs(first - second) > WAVE_TOLERANCE * second:
+            return False
+        d1, d2 = b.totals - a.totals, c.totals - b.totals
+        n_sms = len(self.gpu.sms)
+        whole = (
+            np.concatenate([[d1[:n_sms].sum()], d1[n_sms:]]),
+            np.concatenate([[d2[:n_sms].sum()], d2[n_sms:]]),
+        )
+        if not np.allclose(whole[0], whole[1], rtol=WAVE_TOLERANCE, atol=1e-6):
+            return False
+        periods = self._wave_room(b, c, q)
+        if periods < MIN_PERIODS:
+            return False
+        # Each missed byte enters the L2 and pushes an older one out (LRU), so a wave that
+        # misses WAVE_L2_TURNOVER L2s of data leaves nothing of the waves before it. A wave
+        # that misses less may find its data again waves later, and whether it hits then
+        # depends on where in the schedule it is (a tile's first wave misses, its next
+        # ones hit), not on the waves just seen.
+        missed = c.totals[-1] - b.totals[-1]
+        if missed < WAVE_L2_TURNOVER * self.gpu.memory.l2_cache.capacity_bytes:
+            return False
+        self._skip_waves(a, b, c, periods, q)
+        return True
+
+    def _wave_room(self, b: Snapshot, c: Snapshot, q: int) -> int:
+        """Waves that can be skipped: every task from the oldest one running in the wave
+        b -> c to the last the skip covers runs alike, and KEEP_WAVES waves are left."""
+        signature = self._tasks_signature()
+        lo = int(b.ints[:, 1].min())
+        most = (len(signature) - c.dispatched) // q - KEEP_WAVES
+        if most < MIN_PERIODS:
+            return 0
+        span = signature[lo : c.dispatched + most * q]
+        differs = np.flatnonzero(span != span[0])
+        if differs.size:
+            most = min(most, (lo + int(differs[0]) - c.dispatched) // q)
+        return most
+
+    def _skip_waves(self, a: Snapshot, b: Snapshot, c: Snapshot, periods: int, q: int) -> None:
+        gpu = self.gpu
+        cycles = (c.now - a.now) / 2  # the mean of the two waves seen
+        shift = periods * q
+        active = np.array([run.task.index for run in gpu.runs], dtype=np.int64)
+        for run in gpu.runs:
+            i = run.task.index
+            # The CTA being replaced started here; its end is its replacement's, shifted.
+            gpu.cta_sm[i], gpu.cta_slot[i], gpu.cta_start[i] = run.sm.index, run.slot, run.start
+            task = gpu.tasks[i + shift]
+            run.task, run.stages = task, gpu.stages.of_task(task)
+            run.start += periods * cycles
+        self._task_jumps.append((periods, q, cycles, c.dispatched, active))
+        gpu.dispatcher.next_index += shift
+        mean = (c.totals - a.totals) / 2
+        self._jump(
+            c.totals - mean,
+            c.totals,
+            cycles,
+            periods,
+            b,
+            c,
+            lambda task, pos, k: (task + k * q, pos),
+        )
+        self.skips.append(("wave", periods, q, cycles))
+        self.stage_history.clear()
+        self.wave_history.clear()
+
+    # -- skipping ----------------------------------------------------------------------------
+    def _jump(self, before, after, cycles, periods, b, c, moved) -> None:
+        """Add `periods` periods of `cycles` each and of the totals `after - before`, and
+        rebuild the L2 from the period b -> c."""
+        gpu, memory = self.gpu, self.gpu.memory
+        delta = (after - before) * periods
+        for sm, busy in zip(gpu.sms, delta[: len(gpu.sms)].tolist(), strict=True):
+            sm.math.busy_cycles += busy
+        l2_busy, dram_busy, l2_bytes, dram_bytes, requested, missed = delta[len(gpu.sms) :]
+        memory.l2.busy_cycles += l2_busy
+        memory.dram.busy_cycles += dram_busy
+        memory.l2.bytes_moved += l2_bytes
+        memory.dram.bytes_moved += dram_bytes
+        self._replay_l2(b, c, periods, moved)
+        cache = memory.l2_cache
+        cache.requested_bytes += requested
+        cache.miss_bytes += missed
+        gpu.skipped_cycles += periods * cycles
+
+    def _last_uses(self, b: Snapshot, c: Snapshot, periods: int, moved, enough: float):
+        """Walk the stretch (`periods` copies of the period b -> c, copy k moved by
+        `moved`) back from its end until `enough` distinct bytes are seen. Returns
+        (chunk key -> [row mask (None: a stored tile), bytes per row (the tile's bytes)],
+        latest use first; the distinct bytes seen)."""
+        gpu = self.gpu
+        tasks, tile_stages = gpu.tasks, gpu.stages.of_tile
+        period = self._period_log(b, c)
+        last_use: dict[int, list] = {}  # insertion order: latest use first
+        seen_bytes = 0.0
+        for k in range(periods, 0, -1):
+            for store, index, pos in reversed(period):
+                index, pos = moved(index, pos, k)
+                task = tasks[index]
+                if store:
+                    key = OUTPUT_KEY_BASE + index
+                    if key not in last_use:
+                        last_use[key] = [None, ELEMENT_BYTES * task.out_elements]
+                        seen_bytes += last_use[key][1]
+                    continue
+                stage = tile_stages(task.tile)[task.first_stage + pos]
+                # The chunks LoadPath.touch shows the policy: the weight stage, whole, and
+                # the activation rows of the token block.
+                key = stage.weight_key
+                if key not in last_use:
+                    last_use[key] = [1, stage.weight_bytes]
+                    seen_bytes += stage.weight_bytes
+                base, row_bytes = task.act_chunk_base, task.act_row_bytes
+                for chunk, mask in stage.act_chunks:
+                    entry = last_use.get(base + chunk)
+                    if entry is None:
+                        last_use[base + chunk] = [mask, row_bytes]
+                        seen_bytes += mask.bit_count() * row_bytes
+                    elif mask & ~entry[0]:
+                        seen_bytes += (mask & ~entry[0]).bit_count() * row_bytes
+                        entry[0] |= mask
+            if seen_bytes >= enough:
+                break
+        return last_use, seen_bytes
+
+    def _replay_l2(self, b: Snapshot, c: Snapshot, periods: int, moved) -> None:
+        """Touch the L2 with the loads and stores of the skipped stretch that it still
+        holds at the end (`_last_uses` up to an L2's worth of distinct bytes), so its
+        contents are what the stretch left; no totals change. The stretch is `periods`
+        copies of the period b -> c, copy k moved by `moved(task, stage, k)`."""
+        cache = self.gpu.memory.l2_cache
+        last_use, _ = self._last_uses(b, c, periods, moved, cache.capacity_bytes)
+        requested, missed = cache.requested_bytes, cache.miss_bytes
+        pending = cache.pending_writeback
+        for key, (mask, size) in reversed(last_use.items()):
+            if mask is None:
+                cache.store(key, size)
+            else:
+                cache.access(key, mask, size)
+        # The replayed stretch's requests, misses and write-backs are in the skip's totals.
+        cache.requested_bytes, cache.miss_bytes = requested, missed
+        cache.pending_writeback = pending
+
+    # -- equivalence of stages and tasks -----------------------------------------------------
+    def _stages_of(self, tile: int) -> np.ndarray:
+        """int64 [stages of `tile`]: equal ids for stages that load and compute alike."""
+        signature = self._stage_signature.get(tile)
+        if signature is None:
+            ids = self._stage_ids
+            keys = []
+            for stage in self.gpu.stages.of_tile(tile):
+                first = stage.act_chunks[0][0] if stage.act_chunks else 0
+                shape = tuple((chunk - first, mask) for chunk, mask in stage.act_chunks)
+                keys.append((stage.math_cycles, stage.weight_bytes, stage.act_rows, shape))
+            signature = np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
+            self._stage_signature[tile] = signature
+        return signature
+
+    def _tasks_signature(self) -> np.ndarray:
+        """int64 [tasks]: equal ids for tasks that run alike (same stages, same geometry)."""
+        if self._task_signature is None:
+            tiles: dict[int, int] = {}
+            ids: dict[tuple, int] = {}
+            out = np.empty(len(self.gpu.tasks), dtype=np.int64)
+            for i, task in enumerate(self.gpu.tasks):
+                tile_id = tiles.get(task.tile)
+                if tile_id is None:
+                    tile_id = tiles[task.tile] = ids.setdefault(
+                        ("tile", self._stages_of(task.tile).tobytes()), len(ids)
+                    )
+                key = (
+                    tile_id,
+                    task.first_stage,
+                    task.end_stage,
+                    task.split,
+                    task.act_row_bytes,
+                    task.out_elements,
+                )
+                out[i] = ids.setdefault(key, len(ids))
+            self._task_signature = out
+        return self._task_signature
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self) -> None:
+        """Fill in the CTAs the task skips jumped over, latest skip first (an earlier
+        skip's CTAs may end in a later one's)."""
+        gpu = self.gpu
+        sm, slot, start, end = gpu.cta_sm, gpu.cta_slot, gpu.cta_start, gpu.cta_end
+        for periods, q, cycles, dispatched, active in reversed(self._task_jumps):
+            shift = periods * q
+            end[active] = end[active + shift] - periods * cycles
+            skipped = np.arange(dispatched, dispatched + shift)
+            skipped = skipped[~np.isin(skipped, active + shift)]
+            back = (skipped - dispatched) // q + 1  # periods to a CTA that ran
+            source = skipped - back * q
+            sm[skipped], slot[skipped] = sm[source], slot[source]
+            start[skipped] = start[source] + back * cycles
+            end[skipped] = end[source] + back * cycles
