@@ -42,6 +42,7 @@ __all__ = [
     "wgmma_sparse",
     "check_wgmma_config",
     "WgmmaLayout",
+    "swizzle_rows",
     "weight_image",
     "write_activation_stage",
     "emulate",
@@ -317,9 +318,10 @@ class WgmmaLayout:
         return a.encode(), b.encode()
 
 
-def _swizzled_rows(rows: np.ndarray) -> np.ndarray:
+def swizzle_rows(rows: np.ndarray) -> np.ndarray:
     """A (rows x 64 or 32) fp16 block as the 128- or 64-byte swizzle stores it: chunk c
-    of row r at chunk c ^ (r % 8) (8 chunks a row) or c ^ ((r / 2) % 4) (4 chunks)."""
+    of row r at chunk c ^ (r % 8) (8 chunks a row) or c ^ ((r / 2) % 4) (4 chunks). An
+    XOR permutation is its own inverse: applied to a stored block it gives the rows back."""
     chunks = rows.shape[1] // 8
     r = np.arange(rows.shape[0])[:, None]
     c = np.arange(chunks)[None, :]
@@ -374,7 +376,7 @@ def weight_image(encoded) -> np.ndarray:
     for values, meta in _tile_blocks(encoded):
         for s in range(values.shape[1] // stage_values):
             part = values[:, s * stage_values : (s + 1) * stage_values]
-            blocks.append(_swizzled_rows(np.ascontiguousarray(part)).view(np.uint8).ravel())
+            blocks.append(swizzle_rows(np.ascontiguousarray(part)).view(np.uint8).ravel())
             if meta is not None:
                 blocks.append(np.ascontiguousarray(meta[:, s]).view(np.uint8).ravel())
     if not blocks:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tvwsim.kernels import build as kbuild
 
-from tvwsim.config import KernelConfig
+from tvwsim.config import WGMMA_SUFFIX, KernelConfig
 from tvwsim.pattern_spec import mma_kind
 
 # C scalar type -> the PyCUDA `prepare` code that passes it with the right size: an
@@ -168,7 +168,9 @@ class FakeModule:
         if path.name.startswith("mma_sp_probe-"):
             self.pattern, self.config = "probe", None
             return
-        pattern, name, *block, _arch = path.stem.split("-")
+        stem = path.stem.replace(WGMMA_SUFFIX, "")  # the sm_90a kernels' configs
+        pattern, name, *block, _arch = stem.split("-")
+        name += WGMMA_SUFFIX if WGMMA_SUFFIX in path.stem else ""
         self.pattern = pattern
         # bw cubins are per block side (bw-<config>-b<block>-<arch>): the kernel has it
         # compiled in, not as an argument.
@@ -185,6 +187,8 @@ class FakeFunction:
     def __init__(self, module: FakeModule, name: str):
         self.module, self.name, self.attrs = module, name, {}
         src = kbuild.CUDA_DIR / f"{module.pattern}.cu"
+        if module.config is not None:
+            src = kbuild.kernel_source(module.pattern, module.config)
         if module.pattern == "probe":
             src = kbuild.CUDA_DIR / kbuild.PROBE_SOURCE
         elif name == kbuild.FINALIZE_FUNCTION:
@@ -228,6 +232,8 @@ def _fake_gemm(
     """What each .cu kernel computes, restated in numpy from its raw arguments."""
     from tvwsim.kernels.reference import expand_sparse_block
 
+    if cfg.mma_class == "wgmma":
+        a = _plain_weight(drv, pattern, cfg, a)
     bm, bn = cfg.bm, cfg.bn
     m8 = a["m8"]
     tasks = drv.view(a["tasks"], np.int32, 4 * n_tasks).reshape(-1, 4)
@@ -316,6 +322,62 @@ def _fake_gemm(
             yt[out_rows[keep], tok] = acc[keep].astype(np.float16)
         else:
             ws[out_rows[keep], tok] += acc[keep]
+
+
+def _plain_weight(drv: FakeDriver, pattern: str, cfg: KernelConfig, a: dict) -> dict:
+    """The arguments of an sm_90a kernel with its K-blocked weight image (kernels/wgmma.py
+    `weight_image`: per tile and 64-K stage, swizzled rows, then 2:4 metadata words) read
+    back into the sm_80 kernels' buffers, so one numpy kernel serves both classes."""
+    from tvwsim.kernels.wgmma import WgmmaLayout, swizzle_rows
+
+    layout = WgmmaLayout(cfg)
+    first = "w_blocked" if pattern == "dense" else "values"
+    image = drv.view(a[first], np.uint8)
+    if pattern in ("dense", "vw"):
+        rows, k_len = (a["n"], a["ldw"]) if pattern == "dense" else (a["n_pad"], a["k_pad"])
+        lengths = [k_len] * -(-rows // cfg.bm)
+    else:
+        # The allocation may hold more than tiles + 1 offsets: walk tiles while they stay
+        # inside the image (the blocks are the tiles' stages in order).
+        k_ptr = drv.view(a["k_ptr"], np.int32).astype(np.int64)
+        total = image.size // layout.weight_bytes * cfg.bk
+        lengths = []
+        for lo, hi in zip(k_ptr[:-1], k_ptr[1:], strict=True):
+            if hi < lo or hi > total:
+                break
+            lengths.append(int(hi - lo))
+    stored = layout.a_row_bytes // 2  # fp16 of one row per stage
+    values, words, at = [], [], 0
+    for length in lengths:
+        tile_values, tile_words = [], []
+        for _ in range(length // cfg.bk):
+            block = image[at : at + layout.weight_bytes]
+            at += layout.weight_bytes
+            raw = block[: layout.a_bytes].view(np.float16).reshape(cfg.bm, stored)
+            tile_values.append(swizzle_rows(raw))
+            if layout.sparse:  # this stage's words of the tile's 16-row blocks
+                words_of_stage = block[layout.a_bytes :].view(np.uint32)
+                tile_words.append(words_of_stage.reshape(cfg.bm // 16, 1, 32))
+        values.append(np.concatenate(tile_values, axis=1) if tile_values else None)
+        words.append(np.concatenate(tile_words, axis=1) if tile_words else None)
+    plain = dict(a)
+
+    def put(name: str, arrays: list) -> None:
+        data = np.concatenate([x.ravel() for x in arrays if x is not None] or [np.zeros(0)])
+        alloc = FakeAlloc(drv.mem, max(data.nbytes, 16))
+        drv.htod(alloc, data)
+        plain[name] = int(alloc)
+
+    if pattern == "dense":
+        put("w", [np.concatenate(values)[: a["n"]]])
+    elif pattern == "vw":
+        put("values", [np.concatenate(values)[: a["n_pad"]]])
+        put("meta", [np.concatenate(words)[: a["n_pad"] // 16]])
+    else:
+        put("values", values)
+        if pattern == "tvw":
+            put("meta", words)
+    return plain
 
 
 def _fake_probe(drv: FakeDriver, name: str, a: dict):

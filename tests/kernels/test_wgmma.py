@@ -506,3 +506,23 @@ def test_kernels_build_for_sm_90a_builds_the_wgmma_variants_only(tmp_path, capsy
     assert "built 1 kernels for sm_90a" in capsys.readouterr().out
     built = read_manifest(tmp_path / "manifest.json").kernels
     assert [(k.pattern, k.config, k.arch) for k in built] == [("dense", DENSE.name, "sm_90a")]
+
+
+@pytest.mark.parametrize("pattern", ["dense", "tw", "vw", "tvw"])
+def test_the_launcher_hands_the_sm_90a_kernels_the_blocked_weight(fake_gpu, pattern):
+    # The stand-in driver checks the argument list against <pattern>_wgmma.cu's
+    # parameters and reads the weight image back into the sm_80 buffers: the result is
+    # right only if the launcher passed weight_image in the weight's place.
+    from tvwsim.kernels import launch
+
+    config = kbuild.WGMMA_VARIANTS[pattern][0]
+    case = checks.CheckCase(pattern, config, 139, 290, 333, "forced-split", seed=4)
+    encoded, x, schedule = checks.make_case_inputs(case)
+    y = launch.gemm(encoded, x, schedule)
+    assert np.isfinite(y).all()
+    assert checks.relative_error(y, matmul(x, encoded)) < 2e-3
+    name, args = fake_gpu.arguments[0]
+    assert name == kbuild.KERNEL_FUNCTIONS[pattern]
+    weight = "w_blocked" if pattern == "dense" else "values"
+    assert np.array_equal(fake_gpu.view(args[weight], np.uint8), weight_image(encoded))
+    assert any(c.endswith("-wgmma-sm_90a.cubin") for c in fake_gpu.compiled)
