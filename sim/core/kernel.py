@@ -68,6 +68,8 @@ class KernelCore:
     result: CoreResult
     limited_by: str
     """What limits the CTAs per SM (occupancy), or 'given' when --ctas set it."""
+    swizzle: bool = True
+    """False: the loop was run with its tiles stored row-major (bank conflicts)."""
 
     @property
     def sm_cycles_per_stage(self) -> float:
@@ -89,18 +91,19 @@ def analyse_kernel(
     ctas: int | None = None,
     picture_cycles: int = 0,
     arch_argument: str = "arch",
+    swizzle: bool = True,
 ) -> KernelCore:
     """Run the core model on a shipped kernel; `ctas` None takes the occupancy's CTAs per
-    SM (the compiled kernel's registers where a manifest lists them, else the estimate)."""
+    SM (the compiled kernel's registers where a manifest lists them, else the estimate).
+    `swizzle` False: its tiles stored row-major instead (`simulate_core`)."""
     stream = load_stream(pattern, config, hw.arch, block, arch_argument=arch_argument)
     limited_by = "given"
     if ctas is None:
         occ = occupancy(hw, resources_for(hw, pattern, config, block=block))
         ctas, limited_by = occ.ctas_per_sm, occ.limited_by
-    result = simulate_core(
-        stream, CoreParams.from_hardware(hw), ctas=ctas, picture_cycles=picture_cycles
-    )
-    return KernelCore(pattern, config, block, hw, result, limited_by)
+    result = simulate_core(stream, CoreParams.from_hardware(hw), ctas=ctas,
+                           picture_cycles=picture_cycles, swizzle=swizzle)  # fmt: skip
+    return KernelCore(pattern, config, block, hw, result, limited_by, swizzle)
 
 
 @lru_cache(maxsize=256)

@@ -47,6 +47,23 @@ def test_set_reaches_the_core(capsys):
     assert slower > slow
 
 
+def test_no_swizzle_shows_the_bank_conflicts(capsys):
+    base = ["core", "--hw", "a100", "--kernel", "dense-128x128x32s3w4", "--json", "--cycles", "0"]
+    main(base)
+    swizzled = json.loads(capsys.readouterr().out)
+    main([*base, "--no-swizzle"])
+    plain = json.loads(capsys.readouterr().out)
+    assert swizzled["swizzled"] is True and plain["swizzled"] is False
+    assert plain["bound"] == "smem" != swizzled["bound"]
+    assert plain["sm_cycles_per_stage"] > 2 * swizzled["sm_cycles_per_stage"]
+
+
+def test_v100_runs_the_translated_loop(capsys):
+    assert main(["core", "--hw", "v100", "--kernel", "dense-128x128x32s3w4", "--cycles", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "(sm_80 code as sm_70 runs it" in out and "hmma 512" in out  # 64 x 8 HMMA.884
+
+
 @pytest.mark.parametrize(
     ("argv", "argument"),
     [

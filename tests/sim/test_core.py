@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from tvwsim.kernels import build as kbuild
 from tvwsim.kernels.sass_stream import CLASSES, SassInstruction, classify, operands
+from tvwsim.sim.core import banks
 from tvwsim.sim.core.banks import replay_factors, wavefronts
 from tvwsim.sim.core.model import CoreParams, simulate_core
 from tvwsim.sim.core.streams import (
@@ -193,6 +194,22 @@ def test_the_shipped_swizzle_is_conflict_free_and_row_major_is_not(pattern):
         assert set(replay_factors(config).values()) == {1.0}
         plain = replay_factors(config, swizzle=False)
         assert plain == {"ldsm_a": 4.0, "ldsm_b": 8.0, "fill": 1.0, "lds": 1.0}, config.name
+
+
+@pytest.mark.parametrize("pattern", list(kbuild.VARIANTS))
+def test_the_layout_twin_is_the_kernels_stage(pattern):
+    """The twin's stage is the config's (common.cuh asserts the same against
+    KernelConfig.smem_bytes): its cp.async chunks write every byte of the stage exactly
+    once, and its ldmatrix rows stay inside the tiles they read."""
+    for config in kbuild.VARIANTS[pattern]:
+        for swizzle in (True, False):
+            written = [a for access in banks._fill_accesses(config, swizzle) for a in access]
+            stage = config.weight_stage_bytes + config.activation_stage_bytes
+            assert sorted(written) == list(range(0, stage, 16)), config.name
+            _a_chunks, _b_chunks, a_bytes, e_bytes = banks._layout(config)
+            reads = banks._ldsm_accesses(config, swizzle)
+            assert all(0 <= a < a_bytes for access in reads["ldsm_a"] for a in access)
+            assert all(a_bytes + e_bytes <= a < stage for acc in reads["ldsm_b"] for a in acc)
 
 
 def test_an_unswizzled_layout_costs_the_expected_replays():

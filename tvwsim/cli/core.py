@@ -1,7 +1,7 @@
 """`tvwsim core`: one kernel's main loop on one SM, cycle by cycle (the teaching view).
 
     tvwsim core --hw a100 --kernel tvw-128x128x64s3w4 [--ctas N] [--cycles 200]
-                [--set key=value]... [--json]
+                [--no-swizzle] [--set key=value]... [--json]
 
 Prints what limits the kernel's steady-state K stage on that GPU: the stage's cycles
 from the cycle-level core (docs/model.md 5.7) next to the efficiency model's figure, the
@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a hardware field, e.g. --set core_issue_width=2 (repeatable)",
     )
+    p.add_argument(
+        "--no-swizzle",
+        action="store_true",
+        help="what if the tiles were stored row-major: the same loop with its bank conflicts",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_core)
 
@@ -58,8 +63,9 @@ def _core(args: argparse.Namespace) -> int:
     ctas = parse_int("--ctas", args.ctas) if args.ctas is not None else None
     cycles = parse_int("--cycles", args.cycles, minimum=0)
     found = analyse_kernel(
-        hw, pattern, config, block, ctas=ctas, picture_cycles=cycles, arch_argument="--hw"
-    )
+        hw, pattern, config, block, ctas=ctas, picture_cycles=cycles, arch_argument="--hw",
+        swizzle=not args.no_swizzle,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(_record(found), indent=2))
     else:
@@ -81,6 +87,7 @@ def _record(found) -> dict:
         "block": found.block,
         "hardware": found.hw.label,
         "code": r.stream.arch,
+        "swizzled": found.swizzle,
         "ctas": r.ctas,
         "ctas_limited_by": found.limited_by,
         "warps": r.warps,
@@ -105,9 +112,13 @@ def _text(found) -> str:
     peak = hw.sparse_flops_per_clk_per_sm if s.config.mma == "sparse" else (
         hw.dense_flops_per_clk_per_sm
     )  # fmt: skip
+    from tvwsim.sim.core.streams import STREAM_ARCHS
+
+    code = f"{s.arch} code" if s.arch in STREAM_ARCHS else f"sm_80 code as {s.arch} runs it"
+    layout = "" if found.swizzle else ", tiles row-major (no swizzle)"
     lines = [
         f"{found.pattern}-{found.config.name}{f' b{found.block}' if found.block else ''} on "
-        f"{hw.label} ({s.arch} code, nvcc {s.nvcc.split()[-1] if s.nvcc else '?'}): "
+        f"{hw.label} ({code}, nvcc {s.nvcc.split()[-1] if s.nvcc else '?'}{layout}): "
         f"{r.ctas} CTA(s) per SM ({found.limited_by}), {r.warps} warps on "
         f"{r.params.sub_partitions} schedulers",
         "",
