@@ -179,7 +179,6 @@ def simulate(
 def cta(env: simpy.Environment, gpu: Gpu, run: SlotRun, task: CtaTask) -> Iterator:
     """One CTA on slot `run`: prologue loads, the K loop, the epilogue (docs/model.md 5.2)."""
     loads, math, steady = gpu.loads, run.sm.math, gpu.steady
-    watch = steady is not None and run is steady.ref
     now = env.now
     run.phase, run.task, run.stages = LOOP, task, gpu.stages.of_task(task)
     run.start, run.math_done = gpu.now(), now
@@ -194,7 +193,7 @@ def cta(env: simpy.Environment, gpu: Gpu, run: SlotRun, task: CtaTask) -> Iterat
     # K loop: wait for the stage and for our previous math, refill the freed buffer,
     # queue the stage on the SM's math pipe.
     while run.pos < len(run.stages):
-        if watch:
+        if steady is not None and run is steady.ref:
             run.wake = env.now
             steady.observe(env.now)  # may move every slot ahead: read the state again
         ready = run.in_flight[0]
@@ -232,6 +231,8 @@ def cta_slot(env: simpy.Environment, gpu: Gpu, run: SlotRun) -> Iterator:
     """One resident-CTA slot of an SM: runs the dispatcher's next task until none is left."""
     while (task := gpu.dispatcher.next_task(run.sm, run.slot)) is not None:
         yield from cta(env, gpu, run, task)
+    if gpu.steady is not None:
+        gpu.steady.retire(run)
 
 
 class Dispatcher:

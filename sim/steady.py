@@ -61,7 +61,7 @@ from tvwsim.schedule import ELEMENT_BYTES
 
 if TYPE_CHECKING:
     from tvwsim.sim.engine import Gpu
-    from tvwsim.sim.stages import CtaTask
+    from tvwsim.sim.stages import CtaTask, SlotRun
 
 SNAPSHOT_STAGES = 4
 """The reference slot takes a snapshot every this many of its stages, so a stage period
@@ -73,11 +73,20 @@ MARGIN_STAGES = 2
 """Stages every CTA keeps before its end, run event by event after a stage skip."""
 WAVE_TOLERANCE = 0.005
 """Two waves count as alike when their times and totals differ by at most this fraction."""
-KEEP_WAVES = 2
+KEEP_WAVES = 1
 """Waves a wave skip leaves before the end of the schedule, run event by event."""
 WAVE_L2_TURNOVER = 2.0
 """A wave skip needs each wave to miss at least this many L2 capacities of data, so that
 nothing a wave reads can still be in L2 a wave later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """How far one period moves a load or store of the period seen: `tasks` on in the
+    schedule (a wave period), or `stages[task]` on in its task (a stage period)."""
+
+    tasks: int
+    stages: dict[int, int] | None
 
 
 @dataclass(slots=True)
@@ -166,6 +175,17 @@ class SteadyState:
         """The loads and stores between snapshots b and c, in order."""
         lo = b.logged - self.log_start
         return [self.log[i] for i in range(lo, lo + c.logged - b.logged)]
+
+    def retire(self, run: SlotRun) -> None:
+        """Slot `run` has no task left. If it was the reference, the slot with the most
+        stages left takes over (the last, partial wave can still be skipped)."""
+        if run is not self.ref:
+            return
+        busy = [r for r in self.gpu.runs if r.phase == LOOP]
+        if busy:
+            self.ref = max(busy, key=lambda r: len(r.stages) - r.pos)
+            self.stage_history.clear()
+            self.wave_history.clear()
 
     # -- watching ------------------------------------------------------------------------
     def observe(self, now: float) -> None:
@@ -313,7 +333,7 @@ class SteadyState:
             periods,
             b,
             c,
-            lambda task, pos, k: (task, pos + k * step_of[task]),
+            Moved(tasks=0, stages=step_of),
         )
         self.skips.append(("stage", periods, int(steps.max()), cycles))
         self.stage_history.clear()
@@ -387,14 +407,14 @@ class SteadyState:
             periods,
             b,
             c,
-            lambda task, pos, k: (task + k * q, pos),
+            Moved(tasks=q, stages=None),
         )
         self.skips.append(("wave", periods, q, cycles))
         self.stage_history.clear()
         self.wave_history.clear()
 
     # -- skipping ----------------------------------------------------------------------------
-    def _jump(self, before, after, cycles, periods, b, c, moved) -> None:
+    def _jump(self, before, after, cycles, periods, b, c, moved: Moved) -> None:
         """Add `periods` periods of `cycles` each and of the totals `after - before`, and
         rebuild the L2 from the period b -> c."""
         gpu, memory = self.gpu, self.gpu.memory
@@ -412,7 +432,7 @@ class SteadyState:
         cache.miss_bytes += missed
         gpu.skipped_cycles += periods * cycles
 
-    def _last_uses(self, b: Snapshot, c: Snapshot, periods: int, moved, enough: float):
+    def _last_uses(self, b: Snapshot, c: Snapshot, periods: int, moved: Moved, enough: float):
         """Walk the stretch (`periods` copies of the period b -> c, copy k moved by
         `moved`) back from its end until `enough` distinct bytes are seen. Returns
         (chunk key -> [row mask (None: a stored tile), bytes per row (the tile's bytes)],
@@ -421,27 +441,41 @@ class SteadyState:
         tasks, tile_stages = gpu.tasks, gpu.stages.of_tile
         period = self._period_log(b, c)
         last_use: dict[int, list] = {}  # insertion order: latest use first
+        lookup = last_use.get
         seen_bytes = 0.0
+        geometry: dict[int, tuple] = {}  # task index -> what the walk needs of it
         for k in range(periods, 0, -1):
+            task_shift = k * moved.tasks
             for store, index, pos in reversed(period):
-                index, pos = moved(index, pos, k)
-                task = tasks[index]
+                if moved.stages is not None:
+                    pos += k * moved.stages[index]
+                index += task_shift
+                g = geometry.get(index)
+                if g is None:
+                    task = tasks[index]
+                    g = geometry[index] = (
+                        tile_stages(task.tile),
+                        task.first_stage,
+                        task.act_chunk_base,
+                        task.act_row_bytes,
+                        ELEMENT_BYTES * task.out_elements,
+                    )
+                stages, first, base, row_bytes, out_bytes = g
                 if store:
                     key = OUTPUT_KEY_BASE + index
                     if key not in last_use:
-                        last_use[key] = [None, ELEMENT_BYTES * task.out_elements]
-                        seen_bytes += last_use[key][1]
+                        last_use[key] = [None, out_bytes]
+                        seen_bytes += out_bytes
                     continue
-                stage = tile_stages(task.tile)[task.first_stage + pos]
+                stage = stages[first + pos]
                 # The chunks LoadPath.touch shows the policy: the weight stage, whole, and
                 # the activation rows of the token block.
                 key = stage.weight_key
                 if key not in last_use:
                     last_use[key] = [1, stage.weight_bytes]
                     seen_bytes += stage.weight_bytes
-                base, row_bytes = task.act_chunk_base, task.act_row_bytes
                 for chunk, mask in stage.act_chunks:
-                    entry = last_use.get(base + chunk)
+                    entry = lookup(base + chunk)
                     if entry is None:
                         last_use[base + chunk] = [mask, row_bytes]
                         seen_bytes += mask.bit_count() * row_bytes
@@ -452,11 +486,11 @@ class SteadyState:
                 break
         return last_use, seen_bytes
 
-    def _replay_l2(self, b: Snapshot, c: Snapshot, periods: int, moved) -> None:
+    def _replay_l2(self, b: Snapshot, c: Snapshot, periods: int, moved: Moved) -> None:
         """Touch the L2 with the loads and stores of the skipped stretch that it still
         holds at the end (`_last_uses` up to an L2's worth of distinct bytes), so its
         contents are what the stretch left; no totals change. The stretch is `periods`
-        copies of the period b -> c, copy k moved by `moved(task, stage, k)`."""
+        copies of the period b -> c, copy k moved k times by `moved`."""
         cache = self.gpu.memory.l2_cache
         last_use, _ = self._last_uses(b, c, periods, moved, cache.capacity_bytes)
         requested, missed = cache.requested_bytes, cache.miss_bytes
