@@ -30,15 +30,16 @@ loop's SASS (`tvwsim.sim.core.streams`) on an SM of
   that are still unwritten in shared memory.
 
 What is left out, on purpose: operand-collector and register-bank conflicts,
-instruction-cache misses, the dual issue of
-older GPUs, and memory: a cp.async's bytes and a global load (LDG) arrive `global_latency` after
-issue (an L2 hit), since how long DRAM and the L2 take under load is the engine's memory
-system's business (docs/model.md 5.4).
+instruction-cache misses, the dual issue of older GPUs, and memory: a cp.async's bytes
+and a global load (LDG) arrive `global_latency` after issue (an L2 hit), since how long
+DRAM and the L2 take under load is the engine's memory system's business (docs/model.md
+5.4).
 
 Why a plain cycle loop and not SimPy: every clock of every scheduler is a decision, so a
 SimPy event per cycle would cost microseconds each for no gain; a loop over integer cycles
 with the warps' state in lists runs one CTA loop of a few thousand cycles in well under a
-second, which is what a per-variant cache needs.
+second, which is what a per-variant cache needs. Cycles in which no warp can issue are
+skipped to the first one in which a stall may clear (their stall states repeat).
 """
 
 from __future__ import annotations
@@ -225,9 +226,9 @@ def _role(opcode: str) -> str:
 
 
 def _intern(stream: Stream, swizzle: bool = True):
-    """The stream as tuples of ints: (class, pipe, dst ids, src ids, smem port bytes,
-    opcode, role); the port bytes are the bytes a warp moves times the bank replays of its kind
-    of access in the kernel's layout (`banks.replay_factors`)."""
+    """The stream as tuples: (class, pipe, dst ids, src ids, smem port bytes, opcode,
+    role); the port bytes are the bytes a warp moves times the bank replays of its kind of
+    access in the kernel's layout (`banks.replay_factors`)."""
     replays = replay_factors(stream.config, swizzle)
     ids: dict[str, int] = {}
     out = []
