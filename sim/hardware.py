@@ -100,8 +100,16 @@ class Hardware:
     used only where `has_warpgroup_mma`."""
     wgmma_efficiency_sparse: float = 0.6
     """Achieved fraction of the sparse tensor-core rate by wgmma.sp (library) kernels."""
+    k_contiguous_stream_efficiency: float = 1.0
+    """Fraction of `dram_efficiency` a vendor library kernel reaches while streaming an
+    operand stored with K contiguous (short row segments per tile) rather than M or N
+    contiguous; 1: no difference (`tvwsim.sim.library.layout_hardware`)."""
     cuda_core_efficiency: float = 0.85
     """Achieved fraction of the CUDA-core FMA rate in ew's CSR SpMM main loop."""
+    csr_nonzero_cycles: float = 10.0
+    """SM cycles a vendor CSR SpMM (cuSPARSE) spends per stored nonzero besides its FMAs:
+    row pointer walk, index and value loads, the gather's address
+    (`tvwsim.sim.library.cusparse_csr_us`)."""
     cta_fixed_cycles: float = 500.0
     """Per-CTA fixed cost: launch into a slot, index setup, epilogue bookkeeping."""
 

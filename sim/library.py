@@ -13,6 +13,9 @@ four ways that matter to the model (docs/model.md 5.6):
 4. *The MMA class.* On Hopper the libraries use warpgroup MMA (`wgmma`, operands read
    from shared memory by the tensor core; `tvwsim.sim.sm.WarpgroupMma`) with its own
    efficiency fields; elsewhere mma.sync, like our kernels.
+5. *The operand layout* (`Layout`): a library multiplies operands stored either way, and
+   streams a K-contiguous operand from DRAM at a lower rate than an M- or N-contiguous
+   one on some GPUs (`k_contiguous_stream_efficiency`, `layout_hardware`).
 
 The choice works like a library's heuristic: every candidate of the menu (tile x split
 factor) that fits on the SM is estimated in closed form (`estimate_cycles`: waves of
@@ -24,6 +27,7 @@ cuSPARSELt).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,7 +40,7 @@ from tvwsim.sim.sm import math_pipe_for
 
 from tvwsim.config import KernelConfig
 from tvwsim.errors import InputError
-from tvwsim.schedule import ELEMENT_BYTES, Schedule, build_schedule
+from tvwsim.schedule import ELEMENT_BYTES, INDEX_BYTES, Schedule, build_schedule
 
 LIBRARIES = {"dense": "cuBLAS", "vw": "cuSPARSELt"}
 """The pattern each modelled library multiplies, and the library's name."""
@@ -78,6 +82,66 @@ two waves and every piece keeps at least two stages)."""
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Which operands of the GEMM are stored with K contiguous.
+
+    Our kernels and baselines read W (N x K) row-major, K contiguous, and the activations
+    as XT (K x M) row-major, M contiguous (docs/design.md); torch.nn.Linear reads X
+    (M x K) row-major, K contiguous. In cuBLAS terms (column-major, A the weight, B the
+    tokens; traces/published/README.md) ours is "TT" and torch.nn.Linear's "TN".
+    """
+
+    w_k_contiguous: bool = True
+    x_k_contiguous: bool = False
+
+    @property
+    def blas(self) -> str:
+        """The transposes in cuBLAS terms (column-major, A the weight, B the tokens)."""
+        return ("T" if self.w_k_contiguous else "N") + ("N" if self.x_k_contiguous else "T")
+
+    @classmethod
+    def from_blas(cls, transposes: str, *, argument: str = "--layout") -> Layout:
+        """'NN', 'TN', 'NT' or 'TT' (A = the weight, B = the tokens, column-major)."""
+        text = str(transposes).strip().upper()
+        if len(text) != 2 or any(c not in "NT" for c in text):
+            raise InputError(
+                argument, f"got {transposes!r}; allowed: NN, NT, TN, TT (transposes of A, B)"
+            )
+        return cls(w_k_contiguous=text[0] == "T", x_k_contiguous=text[1] == "N")
+
+
+OURS = Layout()
+"""W with K contiguous, activations as XT with M contiguous: our kernels' and baselines'."""
+
+
+def layout_hardware(hw: Hardware, layout: Layout, schedule: Schedule) -> Hardware:
+    """`hw` with the DRAM efficiency a library kernel reaches on `layout`'s operands.
+
+    A stage of a K-contiguous operand is many short row segments (128 rows at K step 32:
+    64 bytes from each row, rows K x 2 bytes apart), of an M- or N-contiguous one a few
+    long ones. DeepBench's V100 and T4 cuBLAS rows stream a K-contiguous weight at
+    0.4-1.0 of the rate of the same weight stored N-contiguous (docs/validation.md,
+    "Published silicon"). The engine has one DRAM server, so the launch gets the
+    byte-weighted rate of its compulsory streams: each K-contiguous operand at
+    `dram_efficiency x k_contiguous_stream_efficiency`, the others (and the output,
+    written N-contiguous) at `dram_efficiency`.
+    """
+    factor = hw.k_contiguous_stream_efficiency
+    if factor >= 1.0 or not (layout.w_k_contiguous or layout.x_k_contiguous):
+        return hw
+    w_bytes = float(schedule.work.weight_bytes)
+    x_bytes = float(schedule.m * schedule.k * ELEMENT_BYTES)
+    y_bytes = float(schedule.m * schedule.n * ELEMENT_BYTES)
+    seconds = (
+        (w_bytes / factor if layout.w_k_contiguous else w_bytes)
+        + (x_bytes / factor if layout.x_k_contiguous else x_bytes)
+        + y_bytes
+    )
+    efficiency = hw.dram_efficiency * (w_bytes + x_bytes + y_bytes) / seconds
+    return dataclasses.replace(hw, dram_efficiency=efficiency)
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One kernel a library could run: a tile, a split factor, and what it would cost."""
 
@@ -101,6 +165,8 @@ class LibraryChoice:
     result: SimResult
     candidates: tuple[Candidate, ...]
     """Every candidate considered, best estimate first."""
+    layout: Layout = OURS
+    """How the operands lie in memory (the DRAM rate of K-major streams depends on it)."""
 
     def describe(self) -> str:
         split = f", split-K {self.split_k}" if self.split_k > 1 else ""
@@ -113,6 +179,7 @@ class LibraryChoice:
             "mma_class": self.config.mma_class,
             "split_k": self.split_k,
             "policy": LIBRARY_POLICY,
+            "layout": self.layout.blas,
             "candidates": [
                 {
                     "config": c.config.name,
@@ -218,14 +285,22 @@ _cache: OrderedDict[tuple, LibraryChoice] = OrderedDict()
 
 
 def choose(
-    hw: Hardware, m: int, n: int, k: int, pattern: str = "dense", *, shortlist: int = SHORTLIST
+    hw: Hardware,
+    m: int,
+    n: int,
+    k: int,
+    pattern: str = "dense",
+    *,
+    shortlist: int = SHORTLIST,
+    layout: Layout = OURS,
 ) -> LibraryChoice:
     """The kernel a library would run for an M x N x K GEMM of `pattern` on `hw`, with its
-    simulated result (module docstring). Cached per (hw, shape, pattern, shortlist)."""
+    simulated result (module docstring), its operands stored as `layout` says. Cached per
+    (hw, shape, pattern, shortlist, layout)."""
     from tvwsim.sim.engine import simulate
 
     library = library_for(pattern)
-    key = (hw, m, n, k, pattern, shortlist)
+    key = (hw, m, n, k, pattern, shortlist, layout)
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
@@ -236,7 +311,7 @@ def choose(
         work = regular_tile_work(pattern, n, k, config)
         for split in split_factors(hw, m, n, k, config):
             schedule = build_schedule(work, m, LIBRARY_POLICY, split_k=split)
-            cycles = estimate_cycles(hw, schedule)
+            cycles = estimate_cycles(layout_hardware(hw, layout, schedule), schedule)
             ranked.append((cycles / hw.clock_mhz, config, split, schedule))
     if not ranked:
         raise InputError("--hw", f"no library tile fits on an SM of {hw.label}")
@@ -244,7 +319,9 @@ def choose(
     best: tuple[float, int, SimResult] | None = None
     simulated: dict[int, float] = {}
     for i, (_, config, _, schedule) in enumerate(ranked[: max(1, shortlist)]):
-        result = simulate(schedule, hw, estimate_resources(config))
+        result = simulate(
+            schedule, layout_hardware(hw, layout, schedule), estimate_resources(config)
+        )
         simulated[i] = result.time_us
         if best is None or result.time_us < best[0] - 1e-9:
             best = (result.time_us, i, result)
@@ -262,11 +339,41 @@ def choose(
         schedule=schedule,
         result=result,
         candidates=candidates,
+        layout=layout,
     )
     _cache[key] = choice
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return choice
+
+
+def cusparse_csr_us(
+    hw: Hardware, m: int, n: int, k: int, nnz: float, *, element_bytes: int = ELEMENT_BYTES
+) -> float:
+    """Time of a cuSPARSE CSR SpMM, Y (M x N) = X W^T with W (N x K) holding `nnz`
+    stored nonzeros, in closed form (docs/model.md 5.6).
+
+    cuSPARSE's CSR SpMM is no tiled kernel: rows of W are split over the SMs and each
+    stored nonzero is visited once, whatever the tokens, then multiplied into all M
+    tokens on the CUDA cores. So a nonzero costs `csr_nonzero_cycles` of an SM (row
+    pointer walk, index and value loads, the gather's address) plus M FMAs at
+    `cuda_core_flops_per_clk_per_sm / 2 x cuda_core_efficiency`. The measured times have
+    that shape: nnz x (c0 + c1 x M), with c0 far above one FMA (docs/validation.md,
+    "Published silicon"). DRAM sets a floor: the CSR arrays (a value and an int32 index
+    per nonzero, N + 1 row pointers), X and Y once each.
+    """
+    if min(m, n, k) <= 0 or nnz < 0:
+        raise InputError("shape", f"got M={m}, N={n}, K={k}, nnz={nnz}: need positive sizes")
+    fma_per_cycle = hw.cuda_core_flops_per_clk_per_sm / 2.0 * hw.cuda_core_efficiency
+    math_cycles = nnz * (hw.csr_nonzero_cycles + m / fma_per_cycle) / hw.sm_count
+    dram_bytes = (
+        nnz * (element_bytes + INDEX_BYTES)
+        + (n + 1) * INDEX_BYTES
+        + (m * k + m * n) * element_bytes
+    )
+    dram_cycles = dram_bytes / (hw.dram_bytes_per_cycle * hw.dram_efficiency)
+    kernel_cycles = max(math_cycles, dram_cycles) + hw.dram_latency_cycles
+    return kernel_cycles / hw.clock_mhz + hw.launch_overhead_us
 
 
 def library_tflops(choice: LibraryChoice) -> float:

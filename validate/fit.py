@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from tvwsim.sim.hardware import Hardware
-from tvwsim.validate.replay import RowCase, RowSimulator
+from tvwsim.validate.replay import RowCase, RowSimulator, row_layout
 
 from tvwsim.errors import InputError
 
@@ -40,9 +40,11 @@ FITTABLE = (
     "wgmma_efficiency_dense",
     "wgmma_efficiency_sparse",
     "cuda_core_efficiency",
+    "k_contiguous_stream_efficiency",
+    "csr_nonzero_cycles",
 )
-"""Every field a fit may change: the warpgroup-MMA ones and the CUDA-core one (cuSPARSE
-CSR) only describe library kernels."""
+"""Every field a fit may change: the warpgroup-MMA ones, the CUDA-core one and the cost
+per nonzero (cuSPARSE CSR) and the layout's DRAM rate only describe library kernels."""
 
 BOUNDS: dict[str, tuple[float, float]] = {
     "mma_efficiency_dense": (0.02, 1.0),
@@ -54,6 +56,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "wgmma_efficiency_dense": (0.02, 1.0),
     "wgmma_efficiency_sparse": (0.02, 1.0),
     "cuda_core_efficiency": (0.005, 1.0),
+    "k_contiguous_stream_efficiency": (0.05, 1.0),
+    "csr_nonzero_cycles": (0.01, 10_000.0),
 }
 """Search ranges: efficiencies are fractions of a peak (`Hardware` refuses 0 and > 1);
 the fixed costs are positive and far below any kernel of interest at the top."""
@@ -132,7 +136,8 @@ def default_fit(kind: str, hw: Hardware, rows: Sequence) -> tuple[str, ...]:
 
     Our kernels: DEFAULT_FIT. Library rows: the efficiency of the MMA class the library
     runs on `hw` (warpgroup MMA on Hopper, else mma.sync), the sparse one only when some
-    rows are 2:4, and the memory and fixed-cost fields."""
+    rows are 2:4, the memory and fixed-cost fields, and the rate of K-contiguous operand
+    streams when the rows hold both weight layouts."""
     if kind == "tvwsim":
         return DEFAULT_FIT
     prefix = "wgmma_efficiency" if hw.has_warpgroup_mma else "mma_efficiency"
@@ -140,9 +145,13 @@ def default_fit(kind: str, hw: Hardware, rows: Sequence) -> tuple[str, ...]:
     if any(r["pattern"] == "vw" for r in rows):
         names.append(f"{prefix}_sparse")
     if any(r["pattern"] == "ew" for r in rows):
-        names.append("cuda_core_efficiency")  # cuSPARSE CSR, the model's ew
+        names += ["cuda_core_efficiency", "csr_nonzero_cycles"]  # cuSPARSE CSR
     if not any(r["pattern"] in ("dense", "vw") for r in rows):
         names.remove(f"{prefix}_dense")  # no tensor-core row to see it
+    if len({row_layout(r).w_k_contiguous for r in rows}) > 1:
+        # Only rows of both weight layouts separate the K-contiguous stream's rate from
+        # dram_efficiency (the weight is the stream of skinny GEMMs).
+        names.append("k_contiguous_stream_efficiency")
     return (*names, "dram_efficiency", "l2_efficiency", "cta_fixed_cycles", "launch_overhead_us")
 
 

@@ -168,8 +168,9 @@ def operand_layout(a_transpose: str, b_transpose: str) -> dict[str, str]:
 
     A not transposed is an M x K column-major array, i.e. our W stored N-contiguous
     (K x N row-major); A transposed is our W as we store it (N x K, K contiguous). B not
-    transposed is our X as we store it (M x K, K contiguous); B transposed is X stored
-    M-contiguous. TN is therefore exactly our layout.
+    transposed is X as torch.nn.Linear stores it (M x K, K contiguous); B transposed is X
+    stored M-contiguous, the XT (K x M) our kernels read. TN is therefore torch.nn.Linear's
+    layout and TT ours (`tvwsim.sim.library.Layout`).
     """
     a_transpose = _transpose(a_transpose, "a_transpose")
     b_transpose = _transpose(b_transpose, "b_transpose")

@@ -35,10 +35,27 @@ class RowCase:
     measured_us: float
     digest_matches: bool | None
     """Whether the rebuilt schedule's digest equals the row's (None if the row has none)."""
+    layout: Any = None
+    """A library row's operand layout (`tvwsim.sim.library.Layout`): its DRAM rate
+    depends on it. None for our kernels."""
+    csr_nnz: float | None = None
+    """A cuSPARSE CSR row's stored nonzeros: its time is the closed-form CSR SpMM
+    (`tvwsim.sim.library.cusparse_csr_us`), not a simulated schedule."""
 
     def simulate_us(self, hw: Hardware) -> float:
         from tvwsim.sim.engine import simulate
 
+        if self.csr_nnz is not None:
+            from tvwsim.sim.library import cusparse_csr_us
+
+            s = self.schedule
+            dtype = (self.row.get("extra") or {}).get("dtype")
+            element_bytes = 4 if dtype == "fp32" else 2
+            return cusparse_csr_us(hw, s.m, s.n, s.k, self.csr_nnz, element_bytes=element_bytes)
+        if self.layout is not None:
+            from tvwsim.sim.library import layout_hardware
+
+            hw = layout_hardware(hw, self.layout, self.schedule)
         return float(simulate(self.schedule, hw, self.resources, cache=False).time_us)
 
 
@@ -160,9 +177,24 @@ class RowSimulator:
             self.pool = None
 
 
+def row_layout(row: Mapping):
+    """The operand layout a library row ran (`tvwsim.sim.library.Layout`): from a
+    published row's `provenance.layout` ("..., K contiguous" per operand), else ours
+    (rows we measured call the library on our kernels' buffers)."""
+    from tvwsim.sim.library import OURS, Layout
+
+    stated = (row.get("provenance") or {}).get("layout") or {}
+    if "w" not in stated or "x" not in stated:
+        return OURS
+    return Layout(
+        w_k_contiguous=str(stated["w"]).endswith("K contiguous"),
+        x_k_contiguous=str(stated["x"]).endswith("K contiguous"),
+    )
+
+
 def library_row_case(row: Mapping, hw: Hardware | None) -> RowCase:
-    """A cuBLAS / cuSPARSELt row replayed as the kernel a library would pick on `hw`
-    (a cuSPARSE CSR row as the model's ew).
+    """A cuBLAS / cuSPARSELt row replayed as the kernel a library would pick on `hw`, in
+    the row's operand layout (a cuSPARSE CSR row as `tvwsim.sim.library.cusparse_csr_us`).
 
     The choice is made once, on `hw` (the base preset of a fit): a library's heuristic
     picks per GPU, not per efficiency value, and a fit evaluates the same kernels on every
@@ -177,8 +209,8 @@ def library_row_case(row: Mapping, hw: Hardware | None) -> RowCase:
         raise InputError("hw", "replaying a vendor library row needs the hardware it picks for")
     pattern = LIBRARY_IMPLEMENTATIONS[row["implementation"]]
     if pattern == "ew":
-        # cuSPARSE CSR: the model's ew (a CSR SpMM on the CUDA cores) over the row's
-        # seeded weight at its sparsity; its efficiency is cuda_core_efficiency.
+        # cuSPARSE CSR: a row-split CSR SpMM in closed form over the row's nonzeros; the
+        # ew schedule of its seeded weight is kept for what compare reports of a row.
         from tvwsim.kernels.prepare import schedule_for_shape
 
         schedule = schedule_for_shape(
@@ -195,12 +227,15 @@ def library_row_case(row: Mapping, hw: Hardware | None) -> RowCase:
             resources=estimate_resources(schedule.config),
             measured_us=float(row["median_us"]),
             digest_matches=None,
+            csr_nnz=int(row["N"]) * int(row["K"]) * (1.0 - float(row["achieved_sparsity"])),
         )
-    choice = choose(hw, int(row["M"]), int(row["N"]), int(row["K"]), pattern)
+    layout = row_layout(row)
+    choice = choose(hw, int(row["M"]), int(row["N"]), int(row["K"]), pattern, layout=layout)
     return RowCase(
         row=row,
         schedule=choice.schedule,
         resources=estimate_resources(choice.config),
         measured_us=float(row["median_us"]),
         digest_matches=None,
+        layout=layout,
     )

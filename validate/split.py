@@ -145,8 +145,8 @@ rows ('library': cuBLAS and cuSPARSELt, replayed as `tvwsim.sim.library` would r
 
 LIBRARY_IMPLEMENTATIONS = {"cublas": "dense", "cusparselt": "vw", "cusparse-csr": "ew"}
 """Vendor implementations the model has a library kernel for, and their pattern. cuSPARSE
-CSR is the model's `ew`: a CSR SpMM on the CUDA cores, whose `cuda_core_efficiency` is
-what a fit to these rows sets (no kernel of ours runs ew)."""
+CSR (`ew`) is a row-split CSR SpMM in closed form (`tvwsim.sim.library.cusparse_csr_us`),
+whose `cuda_core_efficiency` and `csr_nonzero_cycles` a fit to these rows sets."""
 
 
 def check_kind(kind: str, argument: str = "--rows") -> str:

@@ -151,6 +151,103 @@ def test_a_wgmma_config_on_a_gpu_without_warpgroup_mma_is_one_clear_error():
     assert err.value.argument == "config" and "has_warpgroup_mma" in err.value.problem
 
 
+# -- operand layout -----------------------------------------------------------------------
+def layout_time(hw, m, n, k, transposes):
+    return library.choose(hw, m, n, k, layout=library.Layout.from_blas(transposes)).result.time_us
+
+
+def test_a_k_contiguous_weight_streams_slower_on_a_skinny_gemm():
+    # 16 tokens against a 32 MB weight: the launch streams the weight from DRAM, so a
+    # weight stored K-contiguous (TN) at half the stream rate takes nearly twice as long
+    # as the same weight stored N-contiguous (NN); the tokens are too few to matter.
+    # (A third of the DRAM keeps the shrunk GPU DRAM-bound, as the whole one is.)
+    hw = small("v100", dram_bandwidth_gbps=300.0, k_contiguous_stream_efficiency=0.5)
+    m, n, k = 16, 2048, 8192
+    nn, tn = layout_time(hw, m, n, k, "NN"), layout_time(hw, m, n, k, "TN")
+    assert 1.6 < tn / nn <= 2.0
+    # Nothing K-contiguous (NT): the GPU's plain DRAM rate, as with no layout penalty.
+    plain = small("v100", dram_bandwidth_gbps=300.0, k_contiguous_stream_efficiency=1.0)
+    assert layout_time(hw, m, n, k, "NT") == pytest.approx(layout_time(plain, m, n, k, "NT"))
+
+
+def test_the_layout_barely_moves_a_compute_bound_gemm():
+    hw = small("v100", k_contiguous_stream_efficiency=0.5)
+    nn, tt = layout_time(hw, 2048, 1024, 2048, "NN"), layout_time(hw, 2048, 1024, 2048, "TT")
+    assert tt / nn < 1.1
+
+
+def test_without_a_layout_penalty_every_layout_runs_alike():
+    hw = small("v100", k_contiguous_stream_efficiency=1.0)
+    times = {t: layout_time(hw, 16, 1024, 4096, t) for t in ("NN", "NT", "TN", "TT")}
+    assert len(set(times.values())) == 1, times
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.floats(0.1, 1.0),
+    st.sampled_from(["NN", "NT", "TN", "TT"]),
+    st.sampled_from([(16, 512, 4096), (4096, 64, 1024), (512, 512, 512)]),
+)
+def test_the_launch_dram_rate_lies_between_the_two_stream_rates(factor, transposes, shape):
+    hw = load_preset("v100").with_overrides({"k_contiguous_stream_efficiency": factor})
+    m, n, k = shape
+    layout = library.Layout.from_blas(transposes)
+    schedule = dense_schedule(m, n, k, KernelConfig())
+    eff = library.layout_hardware(hw, layout, schedule).dram_efficiency
+    assert hw.dram_efficiency * factor - 1e-12 <= eff <= hw.dram_efficiency + 1e-12
+    if transposes == "NT":  # nothing K-contiguous
+        assert eff == hw.dram_efficiency
+    # Byte-weighted: the launch reaches the rate at which all its streams finish together.
+    w, x, y = n * k * 2, m * k * 2, m * n * 2
+    slow = (w if layout.w_k_contiguous else 0) + (x if layout.x_k_contiguous else 0)
+    expected = (w + x + y) / ((w + x + y - slow) + slow / factor)
+    assert eff == pytest.approx(hw.dram_efficiency * expected)
+
+
+def test_layouts_are_named_by_blas_transposes():
+    for t in ("NN", "NT", "TN", "TT"):
+        assert library.Layout.from_blas(t.lower()).blas == t
+    assert library.OURS.blas == "TT"  # W K-contiguous, activations read as XT
+    assert library.Layout.from_blas("TN") == library.Layout(True, True)  # torch Linear
+    for bad in ("N", "NX", "TNT", ""):
+        with pytest.raises(InputError) as err:
+            library.Layout.from_blas(bad)
+        assert err.value.argument == "--layout" and "NN, NT, TN, TT" in err.value.problem
+
+
+# -- cuSPARSE CSR --------------------------------------------------------------------------
+def test_a_csr_spmm_pays_per_nonzero_then_per_token():
+    # Row-split CSR: each stored nonzero costs a fixed visit and then one FMA per token,
+    # so at a fixed nnz the time grows by the same step for every token added, and at a
+    # fixed token count it grows in proportion to nnz.
+    hw = load_preset("h200").with_overrides({"launch_overhead_us": 0.0})
+    t = {m: library.cusparse_csr_us(hw, m, 4096, 4096, 4e6) for m in (64, 128, 192, 256)}
+    steps = np.diff([t[m] for m in sorted(t)])
+    assert steps == pytest.approx([steps[0]] * 3, rel=1e-9) and steps[0] > 0
+    lat = hw.dram_latency_cycles / hw.clock_mhz
+    ratio = (library.cusparse_csr_us(hw, 64, 4096, 4096, 8e6) - lat) / (t[64] - lat)
+    assert ratio == pytest.approx(2.0, rel=1e-9)
+    # A few tokens: the visit per nonzero, not the FMAs, sets the time.
+    cheap = hw.with_overrides({"csr_nonzero_cycles": hw.csr_nonzero_cycles / 10})
+    assert library.cusparse_csr_us(cheap, 1, 4096, 4096, 4e6) < 0.5 * library.cusparse_csr_us(
+        hw, 1, 4096, 4096, 4e6
+    )
+
+
+def test_a_csr_spmm_on_a_slow_dram_streams_its_arrays_once():
+    hw = load_preset("h200").with_overrides({"dram_bandwidth_gbps": 1.0, "launch_overhead_us": 0.0})
+    m, n, k, nnz = 16, 1024, 1024, 1e5
+    moved = nnz * 6 + (n + 1) * 4 + (m * k + m * n) * 2
+    cycles = moved / (hw.dram_bytes_per_cycle * hw.dram_efficiency) + hw.dram_latency_cycles
+    assert library.cusparse_csr_us(hw, m, n, k, nnz) == pytest.approx(cycles / hw.clock_mhz)
+
+
+def test_a_csr_spmm_of_no_size_is_refused():
+    with pytest.raises(InputError) as err:
+        library.cusparse_csr_us(load_preset("h200"), 0, 64, 64, 10)
+    assert err.value.argument == "shape"
+
+
 # -- the heuristic ------------------------------------------------------------------------
 def test_the_choice_is_the_fastest_simulated_candidate():
     hw = small("h100")

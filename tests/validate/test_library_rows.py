@@ -117,6 +117,28 @@ def test_a_library_fit_fits_the_mma_class_the_library_runs(mini):
     assert "wgmma_efficiency_dense" not in default_fit("tvwsim", mini, both)
 
 
+def test_a_fit_sees_the_k_contiguous_stream_rate_only_with_both_weight_layouts(mini):
+    def row(w):
+        return {"pattern": "dense", "provenance": {"layout": {"w": w, "x": "M x K, K contiguous"}}}
+
+    tn, nn = row("N x K, K contiguous"), row("K x N, N contiguous")
+    assert "k_contiguous_stream_efficiency" in default_fit("library", mini, [tn, nn])
+    for one_layout in ([tn, tn], [nn], [{"pattern": "dense"}]):  # ours: no provenance
+        assert "k_contiguous_stream_efficiency" not in default_fit("library", mini, one_layout)
+
+
+def test_a_library_row_is_replayed_in_its_own_layout(mini):
+    (row,) = library_rows(mini, [(16, 1024, 4096)])
+    row["provenance"] = {"layout": {"w": "N x K, K contiguous", "x": "M x K, K contiguous"}}
+    case = row_case(row, mini)
+    assert case.layout == library.Layout.from_blas("TN")
+    slow = mini.with_overrides({"k_contiguous_stream_efficiency": 0.5})
+    assert case.simulate_us(slow) > 1.3 * case.simulate_us(mini)  # the weight streams
+    row["provenance"] = {"layout": {"w": "K x N, N contiguous", "x": "K x M, M contiguous"}}
+    nt = row_case(row, mini)
+    assert nt.simulate_us(slow) == pytest.approx(nt.simulate_us(mini))  # nothing K-contiguous
+
+
 def test_a_library_row_needs_the_hardware_its_kernel_is_chosen_for(mini):
     (row,) = library_rows(mini, [(64, 256, 256)])
     with pytest.raises(InputError) as err:
@@ -183,18 +205,26 @@ def test_comparison_on_the_hardware_that_made_the_rows_has_no_error(mini):
     assert err.value.argument == "--measured" and "tvwsim kernels" in err.value.problem
 
 
-def test_cusparse_csr_rows_are_the_models_ew_and_fit_the_cuda_core_efficiency(mini):
+def test_cusparse_csr_rows_are_the_closed_form_csr_spmm_and_fit_its_two_costs(mini):
     row = {
         **library_rows(mini, [(64, 256, 512)])[0],
         "implementation": "cusparse-csr",
         "pattern": "ew",
         "target_sparsity": 0.75,
+        "achieved_sparsity": 0.75,
         "point": "test/csr",
     }
     assert sp.model_rows([row], "library") == [row]
     case = row_case(row, mini)
-    assert case.schedule.pattern == "ew" and case.schedule.work.compute_unit == "cuda"
-    slower = with_parameters(mini, ["cuda_core_efficiency"], [mini.cuda_core_efficiency / 4])
-    assert case.simulate_us(slower) > 2 * case.simulate_us(mini)  # the CUDA-core rate rules
+    assert case.schedule.pattern == "ew" and case.csr_nnz == 256 * 512 * 0.25
+    assert case.simulate_us(mini) == pytest.approx(
+        library.cusparse_csr_us(mini, 64, 256, 512, 256 * 512 * 0.25)
+    )
+    fp32 = row_case({**row, "extra": {"dtype": "fp32"}}, mini)  # Pascal's rows: 4-byte values
+    floor = mini.with_overrides({"dram_bandwidth_gbps": 1.0})
+    assert fp32.simulate_us(floor) > 1.5 * case.simulate_us(floor)
+    slower = with_parameters(mini, ["csr_nonzero_cycles"], [mini.csr_nonzero_cycles * 4])
+    assert case.simulate_us(slower) > case.simulate_us(mini)
     names = default_fit("library", mini, [row])
-    assert "cuda_core_efficiency" in names and "wgmma_efficiency_dense" not in names
+    assert {"cuda_core_efficiency", "csr_nonzero_cycles"} <= set(names)
+    assert "wgmma_efficiency_dense" not in names

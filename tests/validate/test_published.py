@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tvwsim.sim.library import OURS
 from tvwsim.validate.dataset import load_rows, read_measurements
 from tvwsim.validate.published import (
     EXTRACT_DIR,
@@ -32,6 +33,7 @@ from tvwsim.validate.published import (
     tvwsim_shape,
 )
 from tvwsim.validate.published_extract import section_records, specs
+from tvwsim.validate.replay import row_layout
 from tvwsim.validate.rows import MeasurementRow, check_row
 
 from tests.validate.fakes import make_row
@@ -232,13 +234,20 @@ def test_padding_rounds_up_exactly_the_dimensions_cublas_needs_aligned(m, n, k, 
     assert timed_shape(tm, tn, tk, a_t, b_t, 8) == (tm, tn, tk)  # idempotent
 
 
-def test_tn_is_exactly_our_layout():
+def test_tn_is_torch_linears_layout_and_tt_ours():
     assert operand_layout("T", "N") == {
         "x": "M x K, K contiguous",
         "w": "N x K, K contiguous",
         "y": "M x N, N contiguous",
     }
     assert operand_layout("N", "T")["x"] == "K x M, M contiguous"
+    assert row_layout({"provenance": {"layout": operand_layout("T", "T")}}) == OURS
+
+
+def test_the_library_model_replays_every_row_in_its_own_transposes():
+    for row in all_rows():
+        if row["pattern"] == "dense":  # the sparse sections have no transposes
+            assert row_layout(row).blas == row["point"].rsplit("/", 1)[1], row["point"]
 
 
 @pytest.mark.parametrize(
