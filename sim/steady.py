@@ -14,7 +14,7 @@ same queueing pattern, and one stretch of time looks like the one before it, shi
 The engine's state is small and explicit (each slot's `SlotRun`, each pipe's and server's
 next free time, the L2 policy's contents), so "looks the same" can be checked exactly:
 
-1. *Watch.* One slot (the first) is the reference. Every `SNAPSHOT_STAGES` stages of its
+1. *Watch.* One slot (the first) is the reference. Every few stages of its
    K loop, just before it waits for its next stage, `observe` takes a snapshot: every
    slot's phase, task and stage, the times of its loads in flight, its math and its
    wake-up, every pipe's and server's free time (all relative to now), the L2's resident
@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from tvwsim.sim.memory import OUTPUT_KEY_BASE, LoadPath, LruL2
-from tvwsim.sim.stages import IDLE, LOOP
+from tvwsim.sim.stages import ACT_CHUNK_ROWS, IDLE, LOOP
 
 from tvwsim.schedule import ELEMENT_BYTES
 
@@ -63,16 +63,19 @@ if TYPE_CHECKING:
     from tvwsim.sim.engine import Gpu
     from tvwsim.sim.stages import CtaTask, SlotRun
 
-SNAPSHOT_STAGES = 4
-"""The reference slot takes a snapshot every this many of its stages, so a stage period
-is found when it divides this (1, 2, 4 or 8 stages: dense bk=32 stages repeat every two,
-since two of them share an L2 activation chunk)."""
+MIN_SNAPSHOT_STAGES = 2
+"""The reference slot takes a snapshot every `snapshot_stages` of its stages: at least
+this many, and as many as share one L2 activation chunk (64 rows: two bk=32 stages, four
+bk=16 ones), since a stage period is found only when it divides the spacing and stages
+that split a chunk differ in which half they read."""
 MIN_PERIODS = 2
 """Skip only when at least this many periods fit: a shorter skip saves less than it costs."""
 MARGIN_STAGES = 2
 """Stages every CTA keeps before its end, run event by event after a stage skip."""
 WAVE_TOLERANCE = 0.005
 """Two waves count as alike when their times and totals differ by at most this fraction."""
+LAST_WAVE_SNAPSHOTS = 4
+"""In the last wave, the window seen repeating is this many snapshots long."""
 KEEP_WAVES = 1
 """Waves a wave skip leaves before the end of the schedule, run event by event."""
 WAVE_L2_TURNOVER = 2.0
@@ -119,8 +122,12 @@ class SteadyState:
         self.ref = gpu.runs[0]
         """The slot whose K loop paces the snapshots."""
         self.depth = gpu.loads.depth
+        self.snapshot_stages = max(MIN_SNAPSHOT_STAGES, ACT_CHUNK_ROWS // gpu.schedule.config.bk)
         self.stage_history: deque[Snapshot] = deque(maxlen=3)
-        """The last snapshots of the reference's current task, one SNAPSHOT_STAGES apart."""
+        """The last snapshots of the reference's current task, `snapshot_stages` apart."""
+        self.last_wave_history: deque[Snapshot] = deque(maxlen=3)
+        """The last snapshots of the reference's task in the last wave, LAST_WAVE_SNAPSHOTS
+        snapshots apart."""
         self.wave_history: dict[int, deque[Snapshot]] = {}
         """Reference stage -> the last two snapshots taken at that stage, of earlier tasks."""
         self.log: deque[tuple[bool, int, int]] = deque()
@@ -192,7 +199,7 @@ class SteadyState:
         """The reference slot is about to wait for a stage at engine time `now`: take a
         snapshot when due, and skip ahead if the launch is seen repeating."""
         ref = self.ref
-        if ref.pos % SNAPSHOT_STAGES:
+        if ref.pos % self.snapshot_stages:
             return
         snap = self._snapshot(now)
         history = self.stage_history
@@ -201,6 +208,15 @@ class SteadyState:
         history.append(snap)
         if len(history) == 3 and self._try_stage_skip(*history):
             return
+        if self.gpu.dispatcher.next_index >= len(self.gpu.tasks):
+            # The last wave: a longer window, seen twice, can be skipped approximately.
+            coarse = self.last_wave_history
+            if coarse and coarse[-1].ref_task != snap.ref_task:
+                coarse.clear()
+            if snap.ref_pos % (LAST_WAVE_SNAPSHOTS * self.snapshot_stages) == 0:
+                coarse.append(snap)
+                if len(coarse) == 3 and self._try_last_wave_skip(*coarse):
+                    return
         earlier = self.wave_history.setdefault(snap.ref_pos, deque(maxlen=2))
         if len(earlier) == 2 and self._try_wave_skip(earlier[0], earlier[1], snap):
             return
@@ -253,6 +269,15 @@ class SteadyState:
     def _same_times(a: Snapshot, b: Snapshot) -> bool:
         return np.allclose(a.times, b.times, rtol=0.0, atol=1e-6 + 1e-9 * b.now)
 
+    def _alike_totals(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
+        """The two periods a -> b and b -> c added the same GPU-wide totals, to within
+        WAVE_TOLERANCE (each pipe's busy time may differ; their sum may not)."""
+        n_sms = len(self.gpu.sms)
+        first, second = b.totals - a.totals, c.totals - b.totals
+        first = np.concatenate([[first[:n_sms].sum()], first[n_sms:]])
+        second = np.concatenate([[second[:n_sms].sum()], second[n_sms:]])
+        return np.allclose(first, second, rtol=WAVE_TOLERANCE, atol=1e-6)
+
     @staticmethod
     def _same_totals(a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
         """The two periods a -> b and b -> c added the same totals."""
@@ -277,6 +302,8 @@ class SteadyState:
         return steps if SteadyState._same_times(a, b) else None
 
     def _try_stage_skip(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
+        """a, b, c: the reference's task, equally spaced. Skip when b -> c repeats a -> b
+        exactly."""
         steps = self._stage_steps(b, c)
         if steps is None:
             return False
@@ -296,6 +323,38 @@ class SteadyState:
         if periods < MIN_PERIODS:
             return False
         self._skip_stages(b, c, periods, steps)
+        return True
+
+    def _try_last_wave_skip(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
+        """a, b, c: the reference's task in the last wave, equally spaced. CTAs alone on
+        an SM and CTAs sharing one run at rates that rarely repeat exactly, so here two
+        windows count as alike when every slot moved on about as far in each (one stage
+        either way) and the GPU-wide totals agree to WAVE_TOLERANCE; then each slot is
+        moved on at its own mean rate, in whole chunk periods, for as many windows as
+        every slot has room for."""
+        ai, bi, ci = a.ints, b.ints, c.ints
+        phase = ci[:, 0]
+        if not (np.array_equal(ai[:, :2], ci[:, :2]) and np.array_equal(bi[:, :2], ci[:, :2])):
+            return False  # a slot changed task or phase
+        loop = phase == LOOP
+        first, second = (bi - ai)[loop, 2], (ci - bi)[loop, 2]
+        if not loop.any() or np.any(first <= 0) or np.any(np.abs(first - second) > 1):
+            return False
+        if not self._alike_totals(a, b, c):
+            return False
+        rate = np.zeros(len(phase))
+        rate[loop] = (first + second) / 2  # stages per window
+        grain = self.snapshot_stages
+        windows = None
+        for run, per_window in zip(self.gpu.runs, rate.tolist(), strict=True):
+            if run.phase == LOOP:
+                end = len(run.stages) - MARGIN_STAGES - grain
+                fits = int((end - run.next_load) // per_window)
+                windows = fits if windows is None else min(windows, fits)
+        if windows is None or windows < MIN_PERIODS:
+            return False
+        steps = (np.floor(rate * windows / grain) * grain).astype(np.int64)
+        self._skip_stages(a, c, 1, steps, seen=2 / windows, kind="last wave")
         return True
 
     def _stage_room(self, first: Snapshot, steps: np.ndarray) -> int:
@@ -318,26 +377,31 @@ class SteadyState:
                 return 0
         return room or 0
 
-    def _skip_stages(self, b: Snapshot, c: Snapshot, periods: int, steps: np.ndarray) -> None:
+    def _skip_stages(
+        self,
+        b: Snapshot,
+        c: Snapshot,
+        periods: int,
+        steps: np.ndarray,
+        seen: float = 1,
+        kind: str = "stage",
+    ) -> None:
+        """Move every slot in its K loop `periods` x its step on; a period lasts the mean
+        of the `seen` periods from b to c."""
         step_of = {}
         for run, d in zip(self.gpu.runs, steps.tolist(), strict=True):
             if run.phase == LOOP:
                 run.pos += periods * d
                 run.next_load += periods * d
                 step_of[run.task.index] = d
-        cycles = c.now - b.now
-        self._jump(
-            b.totals,
-            c.totals,
-            cycles,
-            periods,
-            b,
-            c,
-            Moved(tasks=0, stages=step_of),
-        )
-        self.skips.append(("stage", periods, int(steps.max()), cycles))
+        cycles = (c.now - b.now) / seen
+        before = c.totals - (c.totals - b.totals) / seen
+        self._jump(before, c.totals, cycles, periods, b, c, Moved(tasks=0, stages=step_of))
+        self.skips.append((kind, periods, int(steps.max()), cycles))
         self.stage_history.clear()
+        self.last_wave_history.clear()
 
+    # -- a wave period -----------------------------------------------------------------------
     # -- a wave period -----------------------------------------------------------------------
     def _try_wave_skip(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
         """a, b, c: the reference at the same stage of three successive tasks. When the two
@@ -349,13 +413,7 @@ class SteadyState:
         first, second = b.now - a.now, c.now - b.now
         if abs(first - second) > WAVE_TOLERANCE * second:
             return False
-        d1, d2 = b.totals - a.totals, c.totals - b.totals
-        n_sms = len(self.gpu.sms)
-        whole = (
-            np.concatenate([[d1[:n_sms].sum()], d1[n_sms:]]),
-            np.concatenate([[d2[:n_sms].sum()], d2[n_sms:]]),
-        )
-        if not np.allclose(whole[0], whole[1], rtol=WAVE_TOLERANCE, atol=1e-6):
+        if not self._alike_totals(a, b, c):
             return False
         periods = self._wave_room(b, c, q)
         if periods < MIN_PERIODS:
