@@ -1,18 +1,23 @@
 """Benchmark: design points per second of `tvwsim explore` on 0, 1 and 2 Dask workers.
 
-    python benchmarks/bench_explore.py [--points 24] [--workers 1,2]
+    python benchmarks/bench_explore.py [--points 24] [--workers 0,1,2]
+    python benchmarks/bench_explore.py --spec sparse-tc-1k --batches 4 [--workers 1,2]
 
-A small spec: an A100 with its L2 bandwidth on a grid of `--points` values, one GEMM of
-BERT-base's attention (1024 x 768 x 768: batch 8 x sequence 128), dense, vw, tw and tvw
-at 75% - four simulations per point. For each worker count a LocalCluster is started
-first (its start-up time printed on its own), then the spec runs into a fresh store
-through `run_exploration` connected to that cluster, so the rate is the steady
-throughput: batching, pickling, the tasks and the Parquet writes, not process start-up.
-`0` is the same spec in this process without Dask: the floor the workers are measured
-against (every worker is a fresh process: its numba and schedule caches start cold).
+Without `--spec`, a small spec: an A100 with its L2 bandwidth on a grid of `--points`
+values, one GEMM of BERT-base's FFN (4096 x 3072 x 768: batch 32 x sequence 128), dense,
+vw, tw and tvw at 75% - four simulations per point. With `--spec`, the first `--batches`
+batches of a shipped spec (or a .toml), as `tvwsim explore` plans them for two workers,
+and the time the whole spec would take at that rate.
+
+For each worker count a LocalCluster is started first (its start-up time printed on its
+own), then the spec runs into a fresh store through `run_exploration` connected to that
+cluster, so the rate is the throughput of batching, pickling, the tasks, the simulations
+and the Parquet writes, not process start-up. Every worker is a fresh process whose
+caches (trace work, schedules, results) start cold, as in a real run: on a few batches
+the rate is a little pessimistic. `0` is the same spec in this process without Dask.
 
 Prints, per worker count: cluster start-up, wall seconds, points (hardware point x
-workload) per second and rows per second.
+workload) per second and rows per second; with `--spec`, the projected time of it all.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tvwsim.explore.runner import run_exploration
-from tvwsim.explore.spec import parse_spec
+from tvwsim.explore.evaluate import units
+from tvwsim.explore.runner import plan_batches, run_exploration
+from tvwsim.explore.spec import load_spec, parse_spec
 from tvwsim.explore.store import Store
 
 SHAPE = [4096, 3072, 768]
@@ -51,40 +57,70 @@ def small_spec(points: int):
     )
 
 
+def run_once(spec, workers: int, max_batches: int | None, batch_size: int | None):
+    """(start-up seconds, RunSummary) of one run into a fresh store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "store", spec)
+        if workers == 0:
+            return 0.0, run_exploration(
+                spec, store, workers=0, max_batches=max_batches, batch_size=batch_size
+            )
+        from dask.distributed import LocalCluster
+
+        began = time.perf_counter()
+        with LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster:
+            startup = time.perf_counter() - began
+            return startup, run_exploration(
+                spec,
+                store,
+                scheduler=cluster.scheduler_address,
+                max_batches=max_batches,
+                batch_size=batch_size,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=24, help="hardware points (24)")
+    parser.add_argument("--spec", help="a shipped spec or .toml to sample instead")
+    parser.add_argument("--batches", type=int, default=4, help="(--spec) batches to run (4)")
     parser.add_argument("--workers", default="0,1,2", help="worker counts to time (0,1,2)")
     args = parser.parse_args()
-    spec = small_spec(args.points)
     warnings.filterwarnings("ignore", message="Port .* is already in use")
-    print(
-        f"spec: {len(spec.points)} hardware points x {SHAPE} GEMM, "
-        f"{spec.rows_per_point} rows per point (dense, vw, tw, tvw 0.75) on a100"
-    )
-    for workers in (int(w) for w in args.workers.split(",")):
-        with tempfile.TemporaryDirectory() as tmp:
-            store = Store(Path(tmp) / "store", spec)
-            if workers == 0:
-                startup = 0.0
-                summary = run_exploration(spec, store, workers=0)
-            else:
-                from dask.distributed import LocalCluster
-
-                began = time.perf_counter()
-                with LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
-                ) as cluster:
-                    startup = time.perf_counter() - began
-                    summary = run_exploration(spec, store, scheduler=cluster.scheduler_address)
+    if args.spec is None:
+        spec, max_batches, batch_size = small_spec(args.points), None, None
         print(
-            f"workers {workers}: start-up {startup:5.1f} s, run {summary.seconds:6.1f} s, "
-            f"{summary.done / summary.seconds:6.2f} points/s, "
-            f"{summary.rows / summary.seconds:6.2f} rows/s ({summary.batches} batches)"
+            f"spec: {len(spec.points)} hardware points x {SHAPE} GEMM, "
+            f"{spec.rows_per_point} rows per point (dense, vw, tw, tvw 0.75) on a100"
         )
+    else:
+        spec = load_spec(args.spec)
+        # The batches a two-worker run plans, for every worker count: the same work.
+        planned = plan_batches(units(spec), 2)
+        batch_size, max_batches = max(map(len, planned)), args.batches
+        sample = sum(len(b) for b in planned[:max_batches])
+        print(
+            f"spec {spec.name}: {len(units(spec))} units ({len(spec.points)} hardware points "
+            f"x {len(spec.workloads)} workloads), {spec.rows_per_point} rows per point; "
+            f"timing the first {max_batches} batches ({sample} units)"
+        )
+    for workers in (int(w) for w in args.workers.split(",")):
+        startup, summary = run_once(spec, workers, max_batches, batch_size)
+        rate = summary.done / summary.seconds
+        line = (
+            f"workers {workers}: start-up {startup:5.1f} s, run {summary.seconds:6.1f} s, "
+            f"{rate:6.3f} points/s, {summary.rows / summary.seconds:6.2f} rows/s "
+            f"({summary.batches} batches)"
+        )
+        if args.spec is not None:
+            whole = summary.units / rate
+            line += f"; all {summary.units} points: {whole / 60:.1f} min projected"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -228,6 +228,9 @@ def _model_result(w: WorkloadSpec, hw, call: Call, runs: tuple, seed: int):
         profiles=mapping.profile if mapping is not None else None,
         works=_works(w.model, w.batch, w.seq, w.trace, seed),
         configs={p: name if name == AUTO else kernel_config(p, name) for p, name in configs},
+        # The dense baseline and the attention of a sparse-MMA call then come from the
+        # engine's cache, filled by the dense-MMA call of the same point or a sibling.
+        hardware_of=lambda pattern: seen_by(pattern, hw),
     )
 
 

@@ -266,10 +266,13 @@ class _Simulator:
         works=None,
         library=False,
         configs=None,
+        hardware_of=None,
     ):
         from tvwsim.sim.engine import simulate
 
         self.hw, self.policy, self.seed, self.manifest = hw, policy, seed, manifest
+        self.hardware_of = hardware_of or (lambda pattern: hw)
+        """The hardware a pattern's kernels run on (`simulate_model`'s `hardware_of`)."""
         configs = dict(configs or {})
         self.library = {p for p in LIBRARIES if library or configs.get(p) == AUTO}
         """Patterns run as a vendor library would (`tvwsim.sim.library`)."""
@@ -317,13 +320,14 @@ class _Simulator:
         return self.configs.get(pattern) or config_for(pattern)
 
     def run(self, work: TileWork, m: int) -> SimResult:
+        hw = self.hardware_of(work.pattern)
         if work.pattern in self.library:
-            choice = choose(self.hw, m, work.n, work.k, work.pattern)
+            choice = choose(hw, m, work.n, work.k, work.pattern)
             self.digests.add((choice.schedule.digest(), work.pattern))
             return choice.result
         schedule = build_schedule(work, m, self.policy)
         self.digests.add((schedule.digest(), schedule.pattern))
-        return self._simulate(schedule, self.hw, manifest=self.manifest)
+        return self._simulate(schedule, hw, manifest=self.manifest)
 
 
 def simulate_model(
@@ -341,6 +345,7 @@ def simulate_model(
     works: dict | None = None,
     library: bool = False,
     configs: Mapping[str, KernelConfig | str] | None = None,
+    hardware_of: Callable[[str], Hardware] | None = None,
 ) -> ModelResult:
     """Simulate every GEMM of `workload` in every run (dense must be the first run).
 
@@ -360,6 +365,11 @@ def simulate_model(
     `configs`: pattern -> the kernel config its GEMMs run instead of the pattern's own
     (`config_for`), or `AUTO` for a pattern a library multiplies (`library` for that
     pattern alone). The GEMMs that are not prunable run dense's entry in every run.
+
+    `hardware_of`: pattern -> the hardware its kernels run on (default: `hw`). It must
+    give results equal to `hw`'s: `tvwsim.explore` hands kernels without sparse MMA a
+    view of `hw` that ignores the sparse core, so that the engine's result cache serves
+    points that differ only there.
     """
     if not runs or runs[0].pattern != BASELINE_PATTERN:
         raise InputError("runs", f"the first run must be {BASELINE_PATTERN} (the baseline)")
@@ -370,7 +380,9 @@ def simulate_model(
     bad = [p for p, c in (configs or {}).items() if c == AUTO and p not in LIBRARIES]
     if bad:
         raise InputError("configs", f"{bad[0]}: {AUTO!r} is for {', '.join(LIBRARIES)} only")
-    sim = _Simulator(hw, policy, int(seed), manifest, works, library=library, configs=configs)
+    sim = _Simulator(
+        hw, policy, int(seed), manifest, works, library, configs, hardware_of=hardware_of
+    )
     per_gemm: dict[tuple[str, ModelRun], LayerResult] = {}
     # GEMM-major, so that one random weight serves all runs before the next is drawn.
     for gemm in workload.gemms:

@@ -10,6 +10,7 @@ from tvwsim.explore import evaluate
 from tvwsim.explore.evaluate import SPARSE_MMA_FIELDS, evaluate_unit, seen_by, units
 from tvwsim.explore.spec import load_spec
 from tvwsim.kernels.prepare import schedule_for_shape
+from tvwsim.sim import engine
 from tvwsim.sim.engine import simulate
 from tvwsim.sim.hardware import Hardware
 from tvwsim.sim.presets import load_preset
@@ -86,8 +87,21 @@ def test_sparse_core_siblings_share_the_dense_mma_runs_and_keep_their_rows(tmp_p
             asked.append(runs[-1].pattern) or real(workload, hw, runs, **kw)
         ),
     )
+    simulated = []
+    real_gpu = engine.Gpu
+
+    def gpu(schedule, hw, *args, **kwargs):
+        simulated.append((schedule.pattern, hw.sparse_tflop_ratio))
+        return real_gpu(schedule, hw, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "Gpu", gpu)
+    engine.clear_cache()
     rows = [row for unit in every for row in evaluate_unit(unit)]
     assert asked.count("tw") == 2 and asked.count("tvw") == 6  # dense+tw once per SM count
+    # No kernel without sparse MMA ever ran on a point's own sparse core: the view's.
+    assert {ratio for pattern, ratio in simulated if pattern != "tvw"} == {2.0}
+    assert {ratio for pattern, ratio in simulated if pattern == "tvw"} == {0.0, 2.0, 4.0}
+    monkeypatch.setattr(engine, "Gpu", real_gpu)
     # Every row is what the whole model gives on that very point.
     evaluate._model_result.cache_clear()
     workload = evaluate._workload(str(catalog), 1, 64)

@@ -167,9 +167,12 @@ def test_configs_of_gemm_workloads_are_checked_and_run(tmp_path):
 
 
 def test_shipped_specs_all_check():
-    assert shipped_specs() == ["future-gpu", "memory-wall", "sparse-tc"]
+    assert shipped_specs() == ["future-gpu", "memory-wall", "sparse-tc", "sparse-tc-1k"]
     sizes = {name: load_spec(name) for name in shipped_specs()}
     assert len(sizes["sparse-tc"].points) == 27
+    big = sizes["sparse-tc-1k"]  # the scale: >= 1,000 points x BERT-base x 6
+    assert len(big.points) >= 1000 and len(big.patterns) == 6 and big.rows_per_point == 6
+    assert [w.model for w in big.workloads] == ["bert-base"]
     assert sizes["sparse-tc"].workloads[0].model == "bert-base"
     assert len(sizes["sparse-tc"].patterns) == 6
     assert len(sizes["memory-wall"].points) == 25
