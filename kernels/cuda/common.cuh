@@ -239,9 +239,18 @@ __device__ __forceinline__ void issue_plain_rows(uint32_t dst, const __half* __r
 // Per-thread plan of the activation copies of one stage: BK rows x BN/8 chunks.
 using BPlan = ChunkPlan<BK, BN / 8>;
 
+// Where chunk c (8 tokens) of stage row r lands, in bytes from the tile's start: the
+// swizzled K-major rows of these kernels (wgmma.cuh places them in its own layout).
+struct SwizzledRows {
+    __device__ __forceinline__ static uint32_t offset(int r, int c) {
+        return 16 * swz<BN / 8>(r, c);
+    }
+};
+
 // The activation tile: stage row r (0 .. BK-1) is XT row `xt_row[i]` for this thread's
 // i-th chunk, or a zero row when xt_row[i] < 0 (padded kept-K entry, K past the end,
 // absent block). Tokens at or past m8 are zero-filled too (ragged M edge).
+template <class Placement = SwizzledRows>
 __device__ __forceinline__ void issue_activation_rows(uint32_t dst,
                                                       const __half* __restrict__ xt, int m8,
                                                       int tok0,
@@ -254,7 +263,7 @@ __device__ __forceinline__ void issue_activation_rows(uint32_t dst,
         const int tok = tok0 + c * 8;
         const bool ok = xt_row[i] >= 0 && tok < m8;
         const __half* from = ok ? xt + static_cast<int64_t>(xt_row[i]) * m8 + tok : xt;
-        cp_async_16(dst + 16 * swz<BN / 8>(r, c), from, ok);
+        cp_async_16(dst + Placement::offset(r, c), from, ok);
     }
 }
 

@@ -19,20 +19,8 @@ extern "C" __global__ void __launch_bounds__(tvw::kThreads, 1)
              float* __restrict__ ws) {
     extern __shared__ __align__(1024) char smem[];
     __shared__ __align__(8) uint64_t landed[STAGES];
-    const int4 task = tasks[blockIdx.x];
-    const int tile = task.x, block = task.y, k_begin = task.z, k_end = task.w;
-    const int kp = k_ptr[tile];
-    const int kt = k_ptr[tile + 1] - kp;
-
-    tvw::wg::GatherLoader<true> loader{tvw::wg::task_weight<true>(values, kp / BK, k_begin),
-                                       k_index + kp, xt, m8, block * BN, k_begin, {}};
-    float acc[BN / 2];
-    tvw::wg::mainloop<true>(loader, (k_end - k_begin) / BK, smem, landed, acc);
-
-    const bool split = !(k_begin == 0 && k_end == kt);
-    const int* tile_rows = row_map + static_cast<int64_t>(tile) * BM;
-    auto row_of = [&](int r) { return __ldg(tile_rows + r); };
-    tvw::wg::epilogue(acc, smem, row_of, split, block * BN, m8, yt, ws);
+    tvw::wg::gather_task<true>(tasks, values, row_map, k_ptr, k_index, xt, m8, yt, ws, smem,
+                               landed);
 }
 
 TVWSIM_DEFINE_FINALIZE_KERNEL()

@@ -18,19 +18,7 @@ extern "C" __global__ void __launch_bounds__(tvw::kThreads, 1)
             float* __restrict__ ws) {
     extern __shared__ __align__(1024) char smem[];
     __shared__ __align__(8) uint64_t landed[STAGES];
-    const int4 task = tasks[blockIdx.x];
-    const int tile = task.x, block = task.y, k_begin = task.z, k_end = task.w;
-
-    tvw::wg::PlainLoader<true> loader{
-        tvw::wg::task_weight<true>(values, static_cast<int64_t>(tile) * (k_pad / BK), k_begin),
-        xt, K, m8, block * BN, k_begin, {}};
-    float acc[BN / 2];
-    tvw::wg::mainloop<true>(loader, (k_end - k_begin) / BK, smem, landed, acc);
-
-    const bool split = !(k_begin == 0 && k_end == k_pad);
-    const int row0 = tile * BM;
-    auto row_of = [&](int r) { return row0 + r < n ? row0 + r : -1; };
-    tvw::wg::epilogue(acc, smem, row_of, split, block * BN, m8, yt, ws);
+    tvw::wg::plain_task<true>(tasks, values, n, k_pad, xt, K, m8, yt, ws, smem, landed);
 }
 
 TVWSIM_DEFINE_FINALIZE_KERNEL()

@@ -7,19 +7,20 @@
 // reads *itself* from shared memory, described by two 64-bit matrix descriptors. The
 // accumulators stay in registers, spread over the warpgroup (accumulator ownership below).
 //
-// What a kernel built on this header looks like (dense_wgmma.cu):
+// The levels of a kernel built on this header (<pattern>_wgmma.cu, docs/kernels.md
+// section 12):
 //
 //   CTA        one BM x BN task of the schedule, WARPS / 4 warpgroups;
 //   warpgroup  64 weight rows x BN tokens of the CTA tile, BN / 2 fp32 accumulators a thread;
-//   stage      BK = 64 logical K: the weight tile in one bulk copy (the launcher stores
-//              the weight K-blocked and pre-swizzled, so a stage is one contiguous block),
-//              the activation tile by cp.async (the rows tw/tvw gather are not a box a
-//              tensor map could describe);
-//   wgmma      64 x BN x 16 per warpgroup and K step, BK / 16 of them per stage.
+//   stage      BK = 64 logical K: the weight block in one bulk copy (the launcher stores
+//              the weight K-blocked and pre-swizzled, 2:4 metadata beside the values, so
+//              a stage is one contiguous block), the activation tile by cp.async (the rows
+//              tw/tvw gather are not a box a tensor map could describe);
+//   wgmma      64 x BN x 16 (dense) or x 32 (2:4) per warpgroup and K step.
 //
-// Shared-memory layouts are the PTX ISA's canonical 128-byte-swizzle layouts (PTX ISA,
-// "Shared Memory Matrix Layout"); kernels/wgmma.py emulates descriptors, swizzle and
-// accumulator ownership in numpy and is the CPU check of everything here.
+// Shared-memory layouts are the PTX ISA's canonical swizzled layouts (PTX ISA, "Shared
+// Memory Matrix Layout"); kernels/wgmma.py emulates descriptors, swizzle, accumulator
+// ownership and whole kernels in numpy and is the CPU check of everything here.
 //
 // Requires -arch=sm_90a: wgmma and the bulk copy are arch-specific features of sm_90.
 
@@ -114,136 +115,91 @@ __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// One wgmma per operand shape: inline PTX needs one operand per accumulator register,
-// so the operand lists are written out (BN / 2 of them).
+// One wgmma per operand shape. Inline PTX has no register arrays: every accumulator is
+// one operand, so the "%0, %1, ..." list and its "+f" outputs are spelled out once per
+// width (the macros) and shared by the dense and the 2:4 instruction.
+#define TVWSIM_WG_REGS_64 \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define TVWSIM_WG_OUTS_64 \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), \
+    "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), \
+    "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), \
+    "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), \
+    "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), \
+    "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), \
+    "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), \
+    "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), \
+    "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define TVWSIM_WG_REGS_128 \
+    TVWSIM_WG_REGS_64 ", " \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, " \
+    "%76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, " \
+    "%88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, " \
+    "%100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, " \
+    "%124, %125, %126, %127"
+#define TVWSIM_WG_OUTS_128 \
+    TVWSIM_WG_OUTS_64, \
+    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), \
+    "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), \
+    "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), \
+    "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), \
+    "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), \
+    "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), \
+    "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+    "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), \
+    "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), \
+    "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+// Wgmma<N>::dense / ::sparse: one instruction of width N with R = N / 2 accumulators a
+// thread; A0 .. A4 = R .. R + 4 are the operand numbers after the accumulators (the asm
+// text needs them as literals).
+//   dense:  D (64 x N, fp32) += A (64 x 16, K-major) * B (16 x N, N-major: imm-trans-b 1)
+//   sparse: D (64 x N) += A (64 x 32 logical, 2:4, stored 64 x 16, K-major) * B (32 x N,
+//           N-major); `e` is this thread's metadata word, SELECTOR the thread pair that
+//           supplies it
+// scale_d = 0 ignores d's old contents: a task's first K step, instead of zeroing, which
+// would make ptxas serialise the wgmma pipeline.
 template <int N>
 struct Wgmma;
 
-template <>
-struct Wgmma<128> {
-    static constexpr int kRegs = 64;
-    // D (64 x 128, fp32) += A (64 x 16, K-major) * B (16 x 128, N-major: imm-trans-b = 1).
-    // scale_d = 0 ignores d's old contents (the first K step of a task: no zeroing, which
-    // would make ptxas serialise the wgmma pipeline).
-    __device__ __forceinline__ static void dense(float (&d)[64], uint64_t a, uint64_t b,
-                                                 int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-            "}, %64, %65, p, 1, 1, 0, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-            : "l"(a), "l"(b), "r"(scale_d));
+#define TVWSIM_DEFINE_WGMMA(N, R, A0, A1, A2, A3, A4)                                      \
+    template <>                                                                          \
+    struct Wgmma<N> {                                                                    \
+        __device__ __forceinline__ static void dense(float (&d)[R], uint64_t a, uint64_t b, \
+                                                     int scale_d) {                      \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #A2 ", 0;\n"                  \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.f16.f16 {"        \
+                         TVWSIM_WG_REGS_##R "}, %" #A0 ", %" #A1 ", p, 1, 1, 0, 1;\n}\n"  \
+                         : TVWSIM_WG_OUTS_##R                                            \
+                         : "l"(a), "l"(b), "r"(scale_d));                                \
+        }                                                                                \
+        template <int SELECTOR>                                                          \
+        __device__ __forceinline__ static void sparse(float (&d)[R], uint64_t a, uint64_t b, \
+                                                      uint32_t e, int scale_d) {         \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #A4 ", 0;\n"                  \
+                         "wgmma.mma_async.sp.sync.aligned.m64n" #N "k32.f32.f16.f16 {"     \
+                         TVWSIM_WG_REGS_##R "}, %" #A0 ", %" #A1 ", %" #A2 ", %" #A3       \
+                         ", p, 1, 1, 0, 1;\n}\n"                                          \
+                         : TVWSIM_WG_OUTS_##R                                            \
+                         : "l"(a), "l"(b), "r"(e), "n"(SELECTOR), "r"(scale_d));         \
+        }                                                                                \
     }
-    // D (64 x 128) += A (64 x 32 logical, 2:4, stored 64 x 16, K-major) * B (32 x 128,
-    // N-major); `e` is this thread's metadata word, SELECTOR the thread pair that supplies it.
-    template <int SELECTOR>
-    __device__ __forceinline__ static void sparse(float (&d)[64], uint64_t a, uint64_t b,
-                                                  uint32_t e, int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %68, 0;\n"
-            "wgmma.mma_async.sp.sync.aligned.m64n128k32.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-            "}, %64, %65, %66, %67, p, 1, 1, 0, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-            : "l"(a), "l"(b), "r"(e), "n"(SELECTOR), "r"(scale_d));
-    }
-};
 
-template <>
-struct Wgmma<256> {
-    static constexpr int kRegs = 128;
-    // D (64 x 256, fp32) += A (64 x 16, K-major) * B (16 x 256, N-major: imm-trans-b = 1).
-    // scale_d = 0 ignores d's old contents (the first K step of a task: no zeroing, which
-    // would make ptxas serialise the wgmma pipeline).
-    __device__ __forceinline__ static void dense(float (&d)[128], uint64_t a, uint64_t b,
-                                                 int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-            "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-            "}, %128, %129, p, 1, 1, 0, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-              "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-              "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-              "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-              "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-              "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-              "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-              "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-              "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-            : "l"(a), "l"(b), "r"(scale_d));
-    }
-    // D (64 x 256) += A (64 x 32 logical, 2:4, stored 64 x 16, K-major) * B (32 x 256,
-    // N-major); `e` is this thread's metadata word, SELECTOR the thread pair that supplies it.
-    template <int SELECTOR>
-    __device__ __forceinline__ static void sparse(float (&d)[128], uint64_t a, uint64_t b,
-                                                  uint32_t e, int scale_d) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %132, 0;\n"
-            "wgmma.mma_async.sp.sync.aligned.m64n256k32.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-            "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-            "}, %128, %129, %130, %131, p, 1, 1, 0, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-              "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-              "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-              "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-              "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-              "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-              "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-              "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-              "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-            : "l"(a), "l"(b), "r"(e), "n"(SELECTOR), "r"(scale_d));
-    }
-};
+TVWSIM_DEFINE_WGMMA(128, 64, 64, 65, 66, 67, 68);
+TVWSIM_DEFINE_WGMMA(256, 128, 128, 129, 130, 131, 132);
+
+#undef TVWSIM_DEFINE_WGMMA
+#undef TVWSIM_WG_REGS_64
+#undef TVWSIM_WG_OUTS_64
+#undef TVWSIM_WG_REGS_128
+#undef TVWSIM_WG_OUTS_128
 
 
 // ---- mbarriers and the bulk copy ---------------------------------------------------------
@@ -291,28 +247,18 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
 }
 
 // ---- the activation tile (B), N-major, 128-byte swizzle ---------------------------------
-// Stage row r (0 .. BK-1) is XT row `xt_row[i]` for this thread's i-th chunk (< 0: a zero
-// row, as in common.cuh's issue_activation_rows); tokens past m8 are zero-filled.
-__device__ __forceinline__ void issue_activation_rows(uint32_t dst,
-                                                      const __half* __restrict__ xt, int m8,
-                                                      int tok0,
-                                                      const int (&xt_row)[BPlan::kIters]) {
-#pragma unroll
-    for (int i = 0; i < BPlan::kIters; ++i) {
-        if (!BPlan::active(i)) continue;
-        const int r = BPlan::row(i);
-        const int c = BPlan::chunk(i);  // 16-byte chunk of the BN tokens: block c / 8
-        const int tok = tok0 + c * 8;
-        const bool ok = xt_row[i] >= 0 && tok < m8;
-        const __half* from = ok ? xt + static_cast<int64_t>(xt_row[i]) * m8 + tok : xt;
-        const uint32_t at = (c / 8) * Layout<false>::kBBlockBytes + r * kSwizzleRowBytes +
-                            16 * swizzled_chunk(r, c % 8);
-        cp_async_16(dst + at, from, ok);
+// common.cuh's issue_activation_rows (zero rows for xt_row < 0, zero tokens past m8)
+// with this layout's placement: chunk c (8 tokens) of stage row r in column block c / 8,
+// row r, chunk (c % 8) ^ (r % 8).
+struct NMajorAtoms {
+    __device__ __forceinline__ static uint32_t offset(int r, int c) {
+        return (c / 8) * Layout<false>::kBBlockBytes + r * kSwizzleRowBytes +
+               16 * swizzled_chunk(r, c % 8);
     }
-}
+};
 
 // ---- the CTA main loop ------------------------------------------------------------------
-// Loader interface (one per pattern, as in common.cuh):
+// Loader interface (PlainLoader, GatherLoader below; as in common.cuh):
 //   weight_block(step): the global address of stage `step`'s K-blocked weight block
 //                       (Layout::kWeightBytes, one bulk copy);
 //   prefetch(step):     fill next_row[] with the XT rows of stage `step` (tw/tvw read
@@ -349,8 +295,8 @@ __device__ __forceinline__ void mainloop(Loader& loader, int k_steps, char* smem
             mbarrier_expect_bytes(&landed[buf], L::kWeightBytes);
             bulk_copy(stage, loader.weight_block(step), L::kWeightBytes, &landed[buf]);
         }
-        issue_activation_rows(smem_addr(stage + L::kWeightBytes), loader.xt, loader.m8,
-                              loader.tok0, loader.next_row);
+        tvw::issue_activation_rows<NMajorAtoms>(smem_addr(stage + L::kWeightBytes), loader.xt,
+                                                loader.m8, loader.tok0, loader.next_row);
     };
 #pragma unroll
     for (int s = 0; s < STAGES - 2; ++s) {
@@ -414,35 +360,11 @@ __device__ __forceinline__ void mainloop(Loader& loader, int k_steps, char* smem
 }
 
 // ---- loaders ------------------------------------------------------------------------------
-// Consecutive K (dense, vw): stage s of a task is weight block first + s and XT rows
-// k_begin + s * BK ..; rows at or past K (the zero-padded k_pad) read as zeros.
+// What every loader holds: the task's first K-blocked weight block (stage s is block
+// s after it), the activation side, and the XT rows of the next stage to issue.
 template <bool SPARSE>
-struct PlainLoader {
-    const char* w_task;  // this task's first weight block
-    const __half* xt;
-    int K, m8, tok0, k_begin;
-    int next_row[BPlan::kIters];
-
-    __device__ __forceinline__ const char* weight_block(int step) const {
-        return w_task + static_cast<int64_t>(step) * Layout<SPARSE>::kWeightBytes;
-    }
-
-    __device__ __forceinline__ void prefetch(int step) {
-        const int k0 = k_begin + step * BK;
-#pragma unroll
-        for (int i = 0; i < BPlan::kIters; ++i) {
-            const int k = k0 + BPlan::row(i);
-            next_row[i] = k < K ? k : -1;
-        }
-    }
-};
-
-// A kept-K list (tw, tvw): stage row kk is XT row tile_k_index[k_begin + s * BK + kk]
-// (-1: a zero row), read one stage ahead of its copies.
-template <bool SPARSE>
-struct GatherLoader {
+struct StageSource {
     const char* w_task;
-    const int* tile_k_index;
     const __half* xt;
     int m8, tok0, k_begin;
     int next_row[BPlan::kIters];
@@ -450,12 +372,36 @@ struct GatherLoader {
     __device__ __forceinline__ const char* weight_block(int step) const {
         return w_task + static_cast<int64_t>(step) * Layout<SPARSE>::kWeightBytes;
     }
+};
+
+// Consecutive K (dense, vw): stage s reads XT rows k_begin + s * BK ..; rows at or past K
+// (the zero-padded k_pad) read as zeros.
+template <bool SPARSE>
+struct PlainLoader : StageSource<SPARSE> {
+    int K;
 
     __device__ __forceinline__ void prefetch(int step) {
-        const int k0 = k_begin + step * BK;
+        const int k0 = this->k_begin + step * BK;
+#pragma unroll
+        for (int i = 0; i < BPlan::kIters; ++i) {
+            const int k = k0 + BPlan::row(i);
+            this->next_row[i] = k < K ? k : -1;
+        }
+    }
+};
+
+// A kept-K list (tw, tvw): stage row kk is XT row tile_k_index[k_begin + s * BK + kk]
+// (-1: a zero row), read one stage ahead of its copies.
+template <bool SPARSE>
+struct GatherLoader : StageSource<SPARSE> {
+    const int* tile_k_index;
+
+    __device__ __forceinline__ void prefetch(int step) {
+        const int k0 = this->k_begin + step * BK;
 #pragma unroll
         for (int i = 0; i < BPlan::kIters; ++i)
-            next_row[i] = BPlan::active(i) ? __ldg(tile_k_index + k0 + BPlan::row(i)) : -1;
+            this->next_row[i] =
+                BPlan::active(i) ? __ldg(tile_k_index + k0 + BPlan::row(i)) : -1;
     }
 };
 
@@ -512,6 +458,52 @@ __device__ __forceinline__ void epilogue(const float (&d)[BN / 2], char* smem,
                 __floats2half2_rn(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
     __syncthreads();
     store_staged_rows<false>(smem, row_of, tok0, m8, yt);
+}
+
+// ---- the kernels' bodies ------------------------------------------------------------------
+// Consecutive K (dense, vw): row tile t's weight blocks start at t * k_len / BK, output
+// row r of the tile is t * BM + r while < n.
+template <bool SPARSE>
+__device__ __forceinline__ void plain_task(const int4* __restrict__ tasks, const void* blocked,
+                                          int n, int k_len, const __half* __restrict__ xt,
+                                          int K, int m8, __half* __restrict__ yt,
+                                          float* __restrict__ ws, char* smem,
+                                          uint64_t (&landed)[STAGES]) {
+    const int4 task = tasks[blockIdx.x];
+    const int tile = task.x, block = task.y, k_begin = task.z, k_end = task.w;
+    const char* w_task =
+        task_weight<SPARSE>(blocked, static_cast<int64_t>(tile) * (k_len / BK), k_begin);
+    PlainLoader<SPARSE> loader{{w_task, xt, m8, block * BN, k_begin, {}}, K};
+    float acc[BN / 2];
+    mainloop<SPARSE>(loader, (k_end - k_begin) / BK, smem, landed, acc);
+    const bool split = !(k_begin == 0 && k_end == k_len);
+    const int row0 = tile * BM;
+    auto row_of = [&](int r) { return row0 + r < n ? row0 + r : -1; };
+    epilogue(acc, smem, row_of, split, block * BN, m8, yt, ws);
+}
+
+// A kept-K list per tile (tw, tvw): tile t's weight blocks start at k_ptr[t] / BK, its
+// activation rows are gathered through k_index, its output rows come from row_map.
+template <bool SPARSE>
+__device__ __forceinline__ void gather_task(const int4* __restrict__ tasks, const void* blocked,
+                                           const int* __restrict__ row_map,
+                                           const int* __restrict__ k_ptr,
+                                           const int* __restrict__ k_index,
+                                           const __half* __restrict__ xt, int m8,
+                                           __half* __restrict__ yt, float* __restrict__ ws,
+                                           char* smem, uint64_t (&landed)[STAGES]) {
+    const int4 task = tasks[blockIdx.x];
+    const int tile = task.x, block = task.y, k_begin = task.z, k_end = task.w;
+    const int kp = k_ptr[tile];
+    const int kt = k_ptr[tile + 1] - kp;
+    const char* w_task = task_weight<SPARSE>(blocked, kp / BK, k_begin);
+    GatherLoader<SPARSE> loader{{w_task, xt, m8, block * BN, k_begin, {}}, k_index + kp};
+    float acc[BN / 2];
+    mainloop<SPARSE>(loader, (k_end - k_begin) / BK, smem, landed, acc);
+    const bool split = !(k_begin == 0 && k_end == kt);
+    const int* tile_rows = row_map + static_cast<int64_t>(tile) * BM;
+    auto row_of = [&](int r) { return __ldg(tile_rows + r); };
+    epilogue(acc, smem, row_of, split, block * BN, m8, yt, ws);
 }
 
 }  // namespace wg

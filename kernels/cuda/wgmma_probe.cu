@@ -28,6 +28,17 @@ __device__ __forceinline__ void load_image(char* smem, const int4* __restrict__ 
     __syncthreads();
 }
 
+// Every thread's accumulators in from c / out to d, [128 threads][128] fp32.
+__device__ __forceinline__ void load_acc(float (&acc)[kProbeN / 2], const float* __restrict__ c) {
+#pragma unroll
+    for (int v = 0; v < kProbeN / 2; ++v) acc[v] = c[threadIdx.x * (kProbeN / 2) + v];
+}
+
+__device__ __forceinline__ void store_acc(const float (&acc)[kProbeN / 2], float* __restrict__ d) {
+#pragma unroll
+    for (int v = 0; v < kProbeN / 2; ++v) d[threadIdx.x * (kProbeN / 2) + v] = acc[v];
+}
+
 }  // namespace
 
 // Descriptor fields: a = (a_offset, LBO 16, a_sbo, a_swizzle), b = (b_offset, b_lbo, b_sbo,
@@ -40,8 +51,7 @@ extern "C" __global__ void __launch_bounds__(kProbeThreads)
     extern __shared__ __align__(1024) char smem[];
     load_image(smem, image, image_bytes);
     float acc[kProbeN / 2];
-#pragma unroll
-    for (int v = 0; v < kProbeN / 2; ++v) acc[v] = c[threadIdx.x * (kProbeN / 2) + v];
+    load_acc(acc, c);
     const uint32_t base = tvw::smem_addr(smem);
     tvw::wg::fence();
     tvw::wg::Wgmma<kProbeN>::dense(
@@ -49,8 +59,7 @@ extern "C" __global__ void __launch_bounds__(kProbeThreads)
         tvw::wg::descriptor(base + b_offset, b_lbo, b_sbo, tvw::wg::kSwizzle128B), 1);
     tvw::wg::commit();
     tvw::wg::wait<0>();
-#pragma unroll
-    for (int v = 0; v < kProbeN / 2; ++v) d[threadIdx.x * (kProbeN / 2) + v] = acc[v];
+    store_acc(acc, d);
 }
 
 // The 2:4 counterpart: A is 64 x 16 stored values of a 64 x 32 matrix, `e` one metadata
@@ -63,8 +72,7 @@ extern "C" __global__ void __launch_bounds__(kProbeThreads)
     extern __shared__ __align__(1024) char smem[];
     load_image(smem, image, image_bytes);
     float acc[kProbeN / 2];
-#pragma unroll
-    for (int v = 0; v < kProbeN / 2; ++v) acc[v] = c[threadIdx.x * (kProbeN / 2) + v];
+    load_acc(acc, c);
     const uint32_t ev = e[threadIdx.x];
     const uint32_t base = tvw::smem_addr(smem);
     const uint64_t da = tvw::wg::descriptor(base + a_offset, 16, a_sbo, a_swizzle);
@@ -76,6 +84,5 @@ extern "C" __global__ void __launch_bounds__(kProbeThreads)
         tvw::wg::Wgmma<kProbeN>::sparse<1>(acc, da, db, ev, 1);
     tvw::wg::commit();
     tvw::wg::wait<0>();
-#pragma unroll
-    for (int v = 0; v < kProbeN / 2; ++v) d[threadIdx.x * (kProbeN / 2) + v] = acc[v];
+    store_acc(acc, d);
 }
