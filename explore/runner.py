@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,17 +200,19 @@ def run_exploration(
     batch_size: int | None = None,
     max_batches: int | None = None,
     on_batch: BatchFn | None = None,
+    only: Collection[str] | None = None,
 ) -> RunSummary:
     """Simulate every unit of `spec` not yet in `store`, writing each batch as it ends.
 
     `workers`: local worker processes (default one per core; 0 runs here, without Dask);
     ignored with `scheduler` / `scheduler_file`. `max_batches` stops after writing that
-    many batches (a run in slices); the next run resumes.
+    many batches (a run in slices); the next run resumes. `only`: the keys of the units
+    to run, the others left for later (a sample of a design, as the benchmark times).
     """
     start = time.perf_counter()
     every = units(spec)
     done_before = store.done_units()
-    todo = [u for u in every if u.key not in done_before]
+    todo = [u for u in every if u.key not in done_before and (only is None or u.key in only)]
     written = {"batches": 0, "rows": 0, "units": 0}
 
     def finish(rows: list[dict], batch: Sequence[Unit]) -> None:
