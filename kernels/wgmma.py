@@ -46,6 +46,8 @@ __all__ = [
     "weight_image",
     "write_activation_stage",
     "emulate",
+    "pipeline_events",
+    "check_pipeline",
     "ProbeCase",
     "probe_case",
 ]
@@ -403,6 +405,69 @@ def write_activation_stage(
                 view[c // 8, r, (c % 8) ^ (r % 8)] = xt16[row, tok : tok + 8]
 
 
+def pipeline_events(k_steps: int, stages: int, *, ahead: int | None = None) -> list[tuple]:
+    """The program order of `wg::mainloop` for one task, as events: ("issue", step, buf)
+    (the stage's copies start), ("wait", step, buf, parity) (its cp.async group and its
+    mbarrier phase), ("sync",) (__syncthreads), ("compute", step, buf) (its wgmma batch)
+    and ("retire", step) (wgmma.wait_group: that batch no longer reads shared memory).
+    The loop copies `ahead` stages ahead of the one it computes: STAGES - 2 (the default),
+    because one wgmma batch stays in flight past the barrier."""
+    ahead = stages - 2 if ahead is None else ahead
+    events: list[tuple] = []
+    for s in range(ahead):
+        if s < k_steps:
+            events.append(("issue", s, s % stages))
+    for it in range(k_steps):
+        events.append(("wait", it, it % stages, (it // stages) & 1))
+        events.append(("sync",))
+        nxt = it + ahead
+        if nxt < k_steps:
+            events.append(("issue", nxt, nxt % stages))
+        events.append(("compute", it, it % stages))
+        if it >= 1:
+            events.append(("retire", it - 1))  # wait_group 1: only batch `it` in flight
+    if k_steps:
+        events.append(("retire", k_steps - 1))  # wait_group 0 before the epilogue
+    return events
+
+
+def check_pipeline(events: list[tuple]) -> None:
+    """InputError(`events`) at the first hazard: a copy into a buffer whose last batch
+    had not retired in every warpgroup by the preceding __syncthreads, a wait or compute
+    on a buffer that holds another stage, or an mbarrier parity that is not the phase the
+    stage's bulk copy completes (each copy into a buffer completes that buffer's next
+    phase)."""
+    holds: dict[int, int] = {}
+    copies: dict[int, int] = {}
+    retired: set[int] = set()
+    retired_everywhere: set[int] = set()
+    for event in events:
+        kind = event[0]
+        if kind == "sync":
+            retired_everywhere = set(retired)
+        elif kind == "retire":
+            retired.add(event[1])
+        elif kind == "issue":
+            _, step, buf = event
+            if buf in holds and holds[buf] not in retired_everywhere:
+                raise InputError(
+                    "events",
+                    f"stage {step} overwrites buffer {buf} while stage {holds[buf]} may read it",
+                )
+            holds[buf] = step
+            copies[buf] = copies.get(buf, 0) + 1
+        else:  # wait, compute
+            _, step, buf, *parity = event
+            if holds.get(buf) != step:
+                raise InputError(
+                    "events", f"{kind} of stage {step}: buffer {buf} holds {holds.get(buf)}"
+                )
+            if parity and parity[0] != (copies[buf] - 1) & 1:
+                raise InputError(
+                    "events", f"stage {step} waits for parity {parity[0]} of buffer {buf}"
+                )
+
+
 def _task_view(encoded, tile: int) -> tuple[int, int, np.ndarray | None, np.ndarray]:
     """(first weight block of the tile, the tile's K length, its kept-K list or None for
     consecutive K, its output rows (-1: not stored)) as the kernels compute them."""
@@ -443,26 +508,33 @@ def emulate(
     yt = np.zeros((n_out, m8), dtype=np.float32)
     partial = np.zeros((n_out, m8), dtype=np.float64)
     split_rows = np.zeros(n_out, dtype=bool)
-    smem = np.zeros(layout.stage_bytes, dtype=np.uint8)  # one buffer: stages run in order
+    # The kernel's ring of STAGES buffers, filled and read in its program order.
+    smem = np.zeros(config.stages * layout.stage_bytes, dtype=np.uint8)
     owner_rows, owner_cols = accumulator_owner(bn)
     for tile, block, k_begin, k_end in np.asarray(tasks, dtype=np.int64):
         first, k_len, k_index, out_rows = _task_view(encoded, int(tile))
         tok0 = block * bn
         acc = [None] * (config.warps // 4)
-        for step in range((k_end - k_begin) // bk):
-            src = (first + k_begin // bk + step) * layout.weight_bytes
-            smem[: layout.weight_bytes] = image[src : src + layout.weight_bytes]
-            k0 = k_begin + step * bk
-            if k_index is None:
-                rows = np.arange(k0, k0 + bk)
-                rows[rows >= encoded.k] = -1
-            else:
-                rows = k_index[k0 : k0 + bk]
-            write_activation_stage(smem[layout.weight_bytes :], xt16, rows, tok0, bn)
-            words = smem[layout.a_bytes : layout.weight_bytes].view(np.uint32)
+        events = pipeline_events(int((k_end - k_begin) // bk), config.stages)
+        check_pipeline(events)
+        for kind, step, buf, *_ in (e for e in events if e[0] in ("issue", "compute")):
+            base = buf * layout.stage_bytes
+            if kind == "issue":
+                src = (first + k_begin // bk + step) * layout.weight_bytes
+                smem[base : base + layout.weight_bytes] = image[src : src + layout.weight_bytes]
+                k0 = k_begin + step * bk
+                if k_index is None:
+                    rows = np.arange(k0, k0 + bk)
+                    rows[rows >= encoded.k] = -1
+                else:
+                    rows = k_index[k0 : k0 + bk]
+                b_stage = smem[base + layout.weight_bytes : base + layout.stage_bytes]
+                write_activation_stage(b_stage, xt16, rows, tok0, bn)
+                continue
+            words = smem[base + layout.a_bytes : base + layout.weight_bytes].view(np.uint32)
             for wg in range(config.warps // 4):
                 for ks in range(bk // layout.k_per_mma):
-                    da, db = layout.descriptors(0, wg, ks)
+                    da, db = layout.descriptors(buf, wg, ks)
                     first_step = step == 0 and ks == 0
                     if layout.sparse:
                         e = words[128 * wg : 128 * wg + 128]

@@ -518,3 +518,29 @@ def test_the_launcher_hands_the_sm_90a_kernels_the_blocked_weight(fake_gpu, patt
     weight = "w_blocked" if pattern == "dense" else "values"
     assert np.array_equal(fake_gpu.view(args[weight], np.uint8), weight_image(encoded))
     assert any(c.endswith("-wgmma-sm_90a.cubin") for c in fake_gpu.compiled)
+
+
+# -- the pipeline's indices -------------------------------------------------------------------
+def test_the_main_loop_never_overwrites_a_buffer_a_wgmma_may_still_read():
+    from tvwsim.kernels.wgmma import check_pipeline, pipeline_events
+
+    for stages in range(3, 8):
+        for k_steps in range(0, 25):
+            events = pipeline_events(k_steps, stages)
+            check_pipeline(events)  # raises at the first hazard
+            computed = [e[1] for e in events if e[0] == "compute"]
+            assert computed == list(range(k_steps))
+            assert [e[1] for e in events if e[0] == "issue"] == list(range(k_steps))
+
+
+def test_the_pipeline_check_catches_a_copy_one_stage_too_early_and_a_wrong_parity():
+    from tvwsim.kernels.wgmma import check_pipeline, pipeline_events
+
+    events = pipeline_events(12, 4)
+    # Copying STAGES - 1 ahead (as the sm_80 pipeline does) while one wgmma batch stays
+    # in flight would overwrite the buffer that batch reads.
+    with pytest.raises(InputError, match="overwrites"):
+        check_pipeline(pipeline_events(12, 4, ahead=3))
+    flipped = [("wait", e[1], e[2], 1 - e[3]) if e[0] == "wait" else e for e in events]
+    with pytest.raises(InputError, match="parity"):
+        check_pipeline(flipped)
