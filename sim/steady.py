@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -171,8 +172,9 @@ class SteadyState:
     def _trim_log(self) -> None:
         """Drop log entries older than every snapshot a period could start at."""
         marks = [earlier[-1].logged for earlier in self.wave_history.values() if earlier]
-        if self.stage_history:
-            marks.append(self.stage_history[0].logged)
+        for history in (self.stage_history, self.last_wave_history):
+            if history:
+                marks.append(history[0].logged)
         oldest = min(marks, default=self.log_start + len(self.log))
         for _ in range(oldest - self.log_start):
             self.log.popleft()
@@ -181,7 +183,7 @@ class SteadyState:
     def _period_log(self, b: Snapshot, c: Snapshot) -> list[tuple[bool, int, int]]:
         """The loads and stores between snapshots b and c, in order."""
         lo = b.logged - self.log_start
-        return [self.log[i] for i in range(lo, lo + c.logged - b.logged)]
+        return list(islice(self.log, lo, lo + c.logged - b.logged))
 
     def retire(self, run: SlotRun) -> None:
         """Slot `run` has no task left. If it was the reference, the slot with the most
