@@ -321,15 +321,16 @@ class WgmmaLayout:
 
 
 def swizzle_rows(rows: np.ndarray) -> np.ndarray:
-    """A (rows x 64 or 32) fp16 block as the 128- or 64-byte swizzle stores it: chunk c
-    of row r at chunk c ^ (r % 8) (8 chunks a row) or c ^ ((r / 2) % 4) (4 chunks). An
-    XOR permutation is its own inverse: applied to a stored block it gives the rows back."""
-    chunks = rows.shape[1] // 8
-    r = np.arange(rows.shape[0])[:, None]
+    """(..., rows x 64 or 32) fp16 blocks as the 128- or 64-byte swizzle stores them: chunk
+    c of row r at chunk c ^ (r % 8) (8 chunks a row) or c ^ ((r / 2) % 4) (4 chunks). An
+    XOR permutation is its own inverse: applied to stored blocks it gives the rows back."""
+    n_rows, chunks = rows.shape[-2], rows.shape[-1] // 8
+    r = np.arange(n_rows)[:, None]
     c = np.arange(chunks)[None, :]
     permuted = c ^ (r % 8) if chunks == 8 else c ^ ((r // 2) % 4)
-    out = np.empty((rows.shape[0], chunks, 8), dtype=np.float16)
-    out[r, permuted] = rows.reshape(rows.shape[0], chunks, 8)
+    grouped = rows.reshape(*rows.shape[:-1], chunks, 8)
+    out = np.empty_like(grouped)
+    out[..., r, permuted, :] = grouped
     return out.reshape(rows.shape)
 
 
@@ -374,16 +375,21 @@ def weight_image(encoded) -> np.ndarray:
     t * k_len / 64 (dense, vw) or k_ptr[t] / 64 (tw, tvw). A stage is one bulk copy."""
     layout = WgmmaLayout(encoded.config)
     stage_values = layout.a_row_bytes // 2
-    blocks = []
+    tiles = []
     for values, meta in _tile_blocks(encoded):
-        for s in range(values.shape[1] // stage_values):
-            part = values[:, s * stage_values : (s + 1) * stage_values]
-            blocks.append(swizzle_rows(np.ascontiguousarray(part)).view(np.uint8).ravel())
-            if meta is not None:
-                blocks.append(np.ascontiguousarray(meta[:, s]).view(np.uint8).ravel())
-    if not blocks:
+        rows, stages = values.shape[0], values.shape[1] // stage_values
+        if stages == 0:  # a tile that keeps no K has no block
+            continue
+        # (stages, rows, stage_values): each stage's block, swizzled all at once
+        blocks = values.reshape(rows, stages, stage_values).transpose(1, 0, 2)
+        parts = [swizzle_rows(blocks).view(np.uint8).reshape(stages, -1)]
+        if meta is not None:  # (rows / 16, stages, 32) -> each stage's words after it
+            parts.append(np.ascontiguousarray(meta.transpose(1, 0, 2)).view(np.uint8))
+            parts[-1] = parts[-1].reshape(stages, -1)
+        tiles.append(np.concatenate(parts, axis=1).ravel())
+    if not tiles:
         return np.zeros(0, dtype=np.uint8)
-    return np.concatenate(blocks)
+    return np.concatenate(tiles)
 
 
 def write_activation_stage(
