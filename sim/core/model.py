@@ -49,6 +49,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from tvwsim.kernels.sass_stream import CLASSES
 from tvwsim.sim.core.banks import kind_of, replay_factors
 from tvwsim.sim.core.streams import Stream
 from tvwsim.sim.hardware import Hardware
@@ -83,6 +84,11 @@ PIPES: tuple[str, ...] = ("tensor", "lsu", "alu", "fma", "uniform", "branch")
 """Per-scheduler pipes with an initiation interval (docs/model.md 5.7)."""
 
 SMEM_CLASSES = frozenset({"ldsm", "lds", "sts", "ldgsts"})
+
+# State labels, built once: the cycle loop writes one per warp per cycle.
+PIPE_STALL = {pipe: "pipe:" + pipe for pipe in PIPES}
+ISSUED = {cls: "issued:" + cls for cls in CLASSES}
+DEPENDENCY = {cls: "dependency:" + cls for cls in CLASSES}
 
 SYMBOL = {
     "hmma": "M", "hmma_sp": "M", "ldsm": "L", "ldgsts": "G", "lds": "S", "sts": "S",
@@ -302,7 +308,7 @@ def simulate_core(
     pc = [0] * nwarps
     done_iter = [0] * nwarps
     ready = [[0.0] * nregs for _ in range(nwarps)]
-    producer = [[""] * nregs for _ in range(nwarps)]
+    producer = [[""] * nregs for _ in range(nwarps)]  # 'dependency:<class>' of the writer
     at_bar = [False] * nwarps
     bar_release = [0.0] * nwarps
     arrived = [0] * ctas
@@ -372,15 +378,15 @@ def simulate_core(
                 until = INF
                 for r in src:
                     if rw[r] > t:
-                        blocked, until = "dependency:" + producer[w][r], rw[r]
+                        blocked, until = producer[w][r], rw[r]
                         break
                 if blocked is None:
                     for r in dst:
                         if rw[r] > t:
-                            blocked, until = "dependency:" + producer[w][r], rw[r]
+                            blocked, until = producer[w][r], rw[r]
                             break
                 if blocked is None and pipe is not None and pipe_free[s][pipe] >= t + 1:
-                    blocked, until = "pipe:" + pipe, pipe_free[s][pipe] - 1
+                    blocked, until = PIPE_STALL[pipe], pipe_free[s][pipe] - 1
                 if blocked is None and cls in SMEM_CLASSES and smem_free - t > MIO_QUEUE_CYCLES:
                     blocked, until = "mio", smem_free - MIO_QUEUE_CYCLES
                 if blocked is None and role == "wait":
@@ -406,7 +412,7 @@ def simulate_core(
                 # Issue.
                 slots -= 1
                 rr[s] = (start + j + 1) % k  # the next clock starts after the last issuer
-                states[w] = "issued:" + cls
+                states[w] = ISSUED[cls]
                 step = 0.0
                 if pipe is not None:
                     step = tensor_step[pc[w]] if pipe == "tensor" else interval[pipe]
@@ -426,9 +432,10 @@ def simulate_core(
                     done = t + p.smem_latency
                 else:
                     done = t + p.alu_latency
+                waiting_on = DEPENDENCY[cls]
                 for r in dst:
                     rw[r] = done
-                    producer[w][r] = cls
+                    producer[w][r] = waiting_on
                 issued_now.append((w, cls, pipe, nbytes, step))
                 if role == "commit":
                     open_group[w] += 1
