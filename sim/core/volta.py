@@ -56,8 +56,9 @@ def volta_stream(stream: Stream) -> Stream:
         if ins.cls == "ldgsts":
             staged = tuple(f"RV{4 * len(stores) + i}" for i in range(4))
             body.append(SassInstruction("LDG.E.128", "ldg", staged, ins.src, 0))
-            # The shared address is the copy's first register ([R15+...] comes first).
-            address = tuple(r for r in ins.src[:1] if r.startswith("R"))
+            # The shared address is the copy's first R register ([R15+...] is its first
+            # operand; only a guard predicate may stand before it).
+            address = tuple(r for r in ins.src if r.startswith("R"))[:1]
             stores.append(SassInstruction("STS.128", "sts", (), staged + address,
                                           ins.smem_bytes))  # fmt: skip
         elif ins.cls == "depbar":
