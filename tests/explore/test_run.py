@@ -185,6 +185,23 @@ def test_an_unreachable_scheduler_is_one_quick_error_and_writes_nothing(
     assert not store.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+def test_a_scheduler_without_workers_is_one_error_and_writes_nothing(
+    tiny_spec, tmp_path, monkeypatch
+):
+    import logging
+
+    from dask.distributed import LocalCluster
+    from tvwsim.explore import runner
+
+    monkeypatch.setattr(runner, "WORKERS_TIMEOUT_S", 1)
+    spec = load_spec(tiny_spec)
+    with LocalCluster(n_workers=0, dashboard_address=None, silence_logs=logging.ERROR) as idle:
+        with pytest.raises(InputError, match=r"^--scheduler: the Dask scheduler at .* has no"):
+            run_exploration(spec, Store(tmp_path / "store", spec), scheduler=idle.scheduler_address)
+    assert not (tmp_path / "store").exists()
+
+
 def test_batches_keep_a_workload_together_and_stay_small(tmp_path):
     text = TINY.replace("[2, 4]", "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]")
     spec = load_spec(write_spec(tmp_path, text))
@@ -195,6 +212,22 @@ def test_batches_keep_a_workload_together_and_stay_small(tmp_path):
     assert len(batches) == 8 and max(map(len, batches)) == 8
     assert [u for b in batches for u in b] == every
     assert max(map(len, plan_batches(every * 10, workers=1))) == 16
+
+
+def test_a_batch_keeps_sparse_core_siblings_together(tmp_path):
+    text = TINY.replace("sm_count = [2, 4]", "sm_count = [2, 4]\nsparse_tflop_ratio = [0, 2, 4]")
+    spec = load_spec(write_spec(tmp_path, text))
+    every = units(spec)
+    assert len(every) == 36  # 18 points x 2 GEMMs; siblings: the three ratios of a point
+    batches = plan_batches(every, workers=2, batch_size=7)
+    assert [len(b) for b in batches] == [6] * 6  # two whole groups each, not 7
+    assert [u for b in batches for u in b] == every
+    for batch in batches:
+        for group in (batch[:3], batch[3:]):
+            assert len({u.workload for u in group}) == 1
+            values = [dict(u.point.values) for u in group]
+            assert sorted(v["sparse_tflop_ratio"] for v in values) == [0.0, 2.0, 4.0]
+            assert len({(v["sm_count"], v["l2_bandwidth_gbps"]) for v in values}) == 1
 
 
 MODEL = """
