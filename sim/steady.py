@@ -73,10 +73,16 @@ MIN_PERIODS = 2
 """Skip only when at least this many periods fit: a shorter skip saves less than it costs."""
 MARGIN_STAGES = 2
 """Stages every CTA keeps before its end, run event by event after a stage skip."""
-WAVE_TOLERANCE = 0.005
-"""Two waves count as alike when their times and totals differ by at most this fraction."""
 LAST_WAVE_SNAPSHOTS = 4
-"""In the last wave, the window seen repeating is this many snapshots long."""
+"""In the last wave, the window seen repeating is this many snapshots long ..."""
+LAST_WAVE_TOLERANCE = 0.005
+"""... and two windows count as alike when their GPU-wide totals agree to this fraction."""
+WAVES_SEEN = 4
+"""A wave skip needs this many successive waves seen ..."""
+WAVE_SCATTER = 0.01
+"""... no two of them differing by more than this fraction in time or in any total ..."""
+WAVE_DRIFT = 0.0025
+"""... and the mean of the first half of them and of the second half agreeing to this."""
 KEEP_WAVES = 1
 """Waves a wave skip leaves before the end of the schedule, run event by event."""
 WAVE_L2_TURNOVER = 2.0
@@ -172,6 +178,7 @@ class SteadyState:
     def _trim_log(self) -> None:
         """Drop log entries older than every snapshot a period could start at."""
         marks = [earlier[-1].logged for earlier in self.wave_history.values() if earlier]
+        # (a wave skip replays the last wave seen: from the latest earlier snapshot on)
         for history in (self.stage_history, self.last_wave_history):
             if history:
                 marks.append(history[0].logged)
@@ -219,8 +226,8 @@ class SteadyState:
                 coarse.append(snap)
                 if len(coarse) == 3 and self._try_last_wave_skip(*coarse):
                     return
-        earlier = self.wave_history.setdefault(snap.ref_pos, deque(maxlen=2))
-        if len(earlier) == 2 and self._try_wave_skip(earlier[0], earlier[1], snap):
+        earlier = self.wave_history.setdefault(snap.ref_pos, deque(maxlen=WAVES_SEEN))
+        if len(earlier) == WAVES_SEEN and self._try_wave_skip([*earlier, snap]):
             return
         earlier.append(snap)
         self._trim_log()
@@ -273,12 +280,9 @@ class SteadyState:
 
     def _alike_totals(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
         """The two periods a -> b and b -> c added the same GPU-wide totals, to within
-        WAVE_TOLERANCE (each pipe's busy time may differ; their sum may not)."""
-        n_sms = len(self.gpu.sms)
-        first, second = b.totals - a.totals, c.totals - b.totals
-        first = np.concatenate([[first[:n_sms].sum()], first[n_sms:]])
-        second = np.concatenate([[second[:n_sms].sum()], second[n_sms:]])
-        return np.allclose(first, second, rtol=WAVE_TOLERANCE, atol=1e-6)
+        LAST_WAVE_TOLERANCE (each pipe's busy time may differ; their sum may not)."""
+        first, second = self._period(a, b)[1:], self._period(b, c)[1:]
+        return np.allclose(first, second, rtol=LAST_WAVE_TOLERANCE, atol=1e-6)
 
     @staticmethod
     def _same_totals(a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
@@ -331,9 +335,9 @@ class SteadyState:
         """a, b, c: the reference's task in the last wave, equally spaced. CTAs alone on
         an SM and CTAs sharing one run at rates that rarely repeat exactly, so here two
         windows count as alike when every slot moved on about as far in each (one stage
-        either way) and the GPU-wide totals agree to WAVE_TOLERANCE; then each slot is
-        moved on at its own mean rate, in whole chunk periods, for as many windows as
-        every slot has room for."""
+        either way) and the GPU-wide totals agree to LAST_WAVE_TOLERANCE; then each slot
+        is moved on at its own mean rate, in whole chunk periods, for as many windows as
+        every slot has room for among stages that are alike (not tw/tvw gathers)."""
         ai, bi, ci = a.ints, b.ints, c.ints
         phase = ci[:, 0]
         if not (np.array_equal(ai[:, :2], ci[:, :2]) and np.array_equal(bi[:, :2], ci[:, :2])):
@@ -347,10 +351,12 @@ class SteadyState:
         rate = np.zeros(len(phase))
         rate[loop] = (first + second) / 2  # stages per window
         grain = self.snapshot_stages
+        # Stages that are alike chunk period by chunk period, as far as every slot goes.
+        alike = self._stage_room(a, np.full(len(phase), grain)) * grain
         windows = None
         for run, per_window in zip(self.gpu.runs, rate.tolist(), strict=True):
             if run.phase == LOOP:
-                end = len(run.stages) - MARGIN_STAGES - grain
+                end = min(len(run.stages) - MARGIN_STAGES - grain, run.next_load + alike)
                 fits = int((end - run.next_load) // per_window)
                 windows = fits if windows is None else min(windows, fits)
         if windows is None or windows < MIN_PERIODS:
@@ -404,20 +410,31 @@ class SteadyState:
         self.last_wave_history.clear()
 
     # -- a wave period -----------------------------------------------------------------------
-    # -- a wave period -----------------------------------------------------------------------
-    def _try_wave_skip(self, a: Snapshot, b: Snapshot, c: Snapshot) -> bool:
-        """a, b, c: the reference at the same stage of three successive tasks. When the two
-        waves between them dispatched as many tasks, took the same time and added the
-        same totals to within WAVE_TOLERANCE, skip whole waves at their mean."""
+    def _try_wave_skip(self, seen: list[Snapshot]) -> bool:
+        """seen: the reference at the same stage of WAVES_SEEN + 1 successive tasks. When
+        the waves between them dispatched as many tasks, no two differ in time or GPU-wide
+        totals by more than WAVE_SCATTER, and the first half and the second agree to
+        WAVE_DRIFT (so a slow drift, such as the first waves settling, is not taken for a
+        steady state), skip whole waves at their mean."""
+        b, c = seen[-2], seen[-1]
         q = c.dispatched - b.dispatched
-        if q <= 0 or b.dispatched - a.dispatched != q or np.any(c.ints[:, 0] == IDLE):
+        if q <= 0 or any(np.any(x.ints[:, 0] == IDLE) for x in seen):
             return False
-        first, second = b.now - a.now, c.now - b.now
-        if abs(first - second) > WAVE_TOLERANCE * second:
+        pairs = list(zip(seen, seen[1:], strict=False))
+        if any(y.dispatched - x.dispatched != q for x, y in pairs):
             return False
-        if not self._alike_totals(a, b, c):
+        waves = np.array([self._period(x, y) for x, y in pairs])
+        low, high = waves.min(axis=0), waves.max(axis=0)
+        if np.any(high - low > WAVE_SCATTER * np.abs(high) + 1e-6):
             return False
-        periods = self._wave_room(b, c, q)
+        # Waves that scatter around a mean are skipped at the mean; waves that drift (each
+        # a little faster than the last, as the first waves settle) are not: the first
+        # half of the waves seen and the second must agree to WAVE_DRIFT.
+        half = len(waves) // 2
+        first, second = waves[:half].mean(axis=0), waves[half:].mean(axis=0)
+        if np.any(np.abs(second - first) > WAVE_DRIFT * np.abs(second) + 1e-6):
+            return False
+        periods = self._wave_room(seen[0], c, q)
         if periods < MIN_PERIODS:
             return False
         # Each missed byte enters the L2 and pushes an older one out (LRU), so a wave that
@@ -428,8 +445,23 @@ class SteadyState:
         missed = c.totals[-1] - b.totals[-1]
         if missed < WAVE_L2_TURNOVER * self.gpu.memory.l2_cache.capacity_bytes:
             return False
-        self._skip_waves(a, b, c, periods, q)
+        self._skip_waves(seen[0], b, c, periods, q)
         return True
+
+    @staticmethod
+    def _per_wave(a: Snapshot, b: Snapshot, q: int, stages: int) -> float:
+        """The share of a -> b that moved the running CTAs exactly q tasks of `stages`
+        stages on (the CTAs moved on by the tasks dispatched, plus their change of stage)."""
+        progress = (b.dispatched - a.dispatched) * stages + int(
+            b.ints[:, 2].sum() - a.ints[:, 2].sum()
+        )
+        return q * stages / progress
+
+    def _period(self, a: Snapshot, b: Snapshot) -> np.ndarray:
+        """The time and the GPU-wide totals (every pipe's busy time summed) from a to b."""
+        n_sms = len(self.gpu.sms)
+        delta = b.totals - a.totals
+        return np.concatenate([[b.now - a.now, delta[:n_sms].sum()], delta[n_sms:]])
 
     def _wave_room(self, b: Snapshot, c: Snapshot, q: int) -> int:
         """Waves that can be skipped: every task from the oldest one running in the wave
@@ -440,6 +472,8 @@ class SteadyState:
         if most < MIN_PERIODS:
             return 0
         span = signature[lo : c.dispatched + most * q]
+        if not span.size:
+            return 0
         differs = np.flatnonzero(span != span[0])
         if differs.size:
             most = min(most, (lo + int(differs[0]) - c.dispatched) // q)
@@ -447,7 +481,13 @@ class SteadyState:
 
     def _skip_waves(self, a: Snapshot, b: Snapshot, c: Snapshot, periods: int, q: int) -> None:
         gpu = self.gpu
-        cycles = (c.now - a.now) / 2  # the mean of the two waves seen
+        # A period moves every CTA q tasks on; the waves seen (a -> c) may have moved the
+        # CTAs a little further or less far into their tasks (the reference's phase among
+        # the slots drifts), so one period's time and totals are those of a -> c scaled
+        # to exactly q tasks' worth of stages.
+        stages = gpu.tasks[c.ref_task].end_stage - gpu.tasks[c.ref_task].first_stage
+        scale = self._per_wave(a, c, q, stages)
+        cycles = (c.now - a.now) * scale
         shift = periods * q
         active = np.array([run.task.index for run in gpu.runs], dtype=np.int64)
         for run in gpu.runs:
@@ -459,7 +499,7 @@ class SteadyState:
             run.start += periods * cycles
         self._task_jumps.append((periods, q, cycles, c.dispatched, active))
         gpu.dispatcher.next_index += shift
-        mean = (c.totals - a.totals) / 2
+        mean = (c.totals - a.totals) * scale
         self._jump(
             c.totals - mean,
             c.totals,
