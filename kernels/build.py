@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tvwsim.kernels.wgmma import check_wgmma_config
@@ -137,8 +137,11 @@ WGMMA_ARCH = "sm_90a"
 features of sm_90 (the `a`), so these cubins load on H100 / H200 only."""
 
 
-def _wgmma(bm: int, bn: int, bk: int, stages: int, warps: int, mma: str) -> KernelConfig:
-    return KernelConfig(bm=bm, bn=bn, bk=bk, stages=stages, warps=warps, mma=mma, mma_class="wgmma")
+def _wgmma(
+    bm: int, bn: int, bk: int, stages: int, warps: int, mma: str, producer_warps: int = 0
+) -> KernelConfig:
+    plain = (_dense if mma == "dense" else _sparse)(bm, bn, bk, stages, warps)
+    return replace(plain, mma_class="wgmma", producer_warps=producer_warps)
 
 
 # The Hopper-native variants (`<pattern>_wgmma.cu`), built beside the sm_80-style ones for
@@ -147,11 +150,11 @@ def _wgmma(bm: int, bn: int, bk: int, stages: int, warps: int, mma: str) -> Kern
 # stages of 64 logical K (48 KiB dense, 41 KiB with a 2:4 weight). Opt-in: not in
 # VARIANTS, so the default build, the checks and the simulator's streams are unchanged;
 # `selected_variants(..., wgmma=True)` adds them.
+# The second variant of each adds a producer warpgroup (`p4`, 384 threads): it loads
+# while both warpgroups of the tile only compute (docs/kernels.md section 12).
 WGMMA_VARIANTS: dict[str, list[KernelConfig]] = {
-    "dense": [_wgmma(128, 256, 64, 4, 8, "dense")],
-    "tw": [_wgmma(128, 256, 64, 4, 8, "dense")],
-    "vw": [_wgmma(128, 256, 64, 4, 8, "sparse")],
-    "tvw": [_wgmma(128, 256, 64, 4, 8, "sparse")],
+    pattern: [_wgmma(128, 256, 64, 4, 8, mma), _wgmma(128, 256, 64, 4, 8, mma, 4)]
+    for pattern, mma in (("dense", "dense"), ("tw", "dense"), ("vw", "sparse"), ("tvw", "sparse"))
 }
 
 
@@ -356,6 +359,7 @@ def config_defines(config: KernelConfig, block: int | None = None) -> list[str]:
         f"-DSTAGES={config.stages}",
         f"-DTVW_SMEM_BYTES={config.smem_bytes}",
         *block_define,
+        *([f"-DPRODUCER_WARPS={config.producer_warps}"] if config.producer_warps else []),
     ]
 
 

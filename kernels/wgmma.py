@@ -48,6 +48,7 @@ __all__ = [
     "emulate",
     "pipeline_events",
     "check_pipeline",
+    "check_producer_protocol",
     "ProbeCase",
     "probe_case",
 ]
@@ -474,6 +475,87 @@ def check_pipeline(events: list[tuple]) -> None:
                 )
 
 
+def check_producer_protocol(k_steps: int, stages: int, *, lag: int = 1) -> None:
+    """InputError(`protocol`) unless the producer / consumer loops of `wg::mainloop` (a
+    `producer_warps` config) run to the end without a hazard. The two roles run as
+    sequential programs, one op at a time as far as the barriers let them, in the two
+    extreme orders: the producer as far ahead as it can get, and the consumer:
+
+      producer  for step: [wait empty[step % S] for its (step / S - 1)-th phase]
+                          copy step into buffer step % S;
+                          [arrive on full for step - lag, whose copies landed]
+                then arrive on full for the last `lag` steps
+      consumer  for it: wait full[it % S] for its (it / S)-th phase; read buffer it % S;
+                        [retire it - 1 and release its buffer: arrive on empty]
+
+    A hazard is a copy into a buffer a consumer may still read, a read of a buffer that
+    holds another stage, a wait whose barrier is two phases ahead (a parity wait cannot
+    tell those apart), or a deadlock."""
+    producer = []
+    for step in range(k_steps):
+        if step >= stages:
+            producer.append(("wait_empty", step % stages, step // stages - 1))
+        producer.append(("copy", step))
+        if step >= lag:
+            producer.append(("arrive_full", step - lag))
+    producer += [("arrive_full", step) for step in range(max(0, k_steps - lag), k_steps)]
+    consumer = []
+    for it in range(k_steps):
+        consumer += [("wait_full", it % stages, it // stages), ("read", it)]
+        if it >= 1:
+            consumer.append(("release", it - 1))
+    for ahead in ("producer", "consumer"):
+        _run_protocol(producer, consumer, stages, ahead)
+
+
+def _run_protocol(producer: list, consumer: list, stages: int, ahead: str) -> None:
+    full = [0] * stages  # completed phases per buffer
+    empty = [0] * stages
+    holds: dict[int, int] = {}
+    released: set[int] = set()
+    pc = {"producer": 0, "consumer": 0}
+    programs = {"producer": producer, "consumer": consumer}
+
+    def step(role: str) -> bool:
+        """Run `role`'s next op if the barriers let it; False when it must wait."""
+        op = programs[role][pc[role]]
+        kind = op[0]
+        if kind in ("wait_full", "wait_empty"):
+            _, buf, phase = op
+            done = (full if kind == "wait_full" else empty)[buf]
+            if done <= phase:
+                return False
+            if done > phase + 1:
+                raise InputError("protocol", f"{role} waits on a barrier two phases ahead")
+        elif kind == "copy":
+            buf = op[1] % stages
+            if buf in holds and holds[buf] not in released:
+                raise InputError("protocol", f"stage {op[1]} overwrites stage {holds[buf]}")
+            holds[buf] = op[1]
+        elif kind == "arrive_full":
+            full[op[1] % stages] += 1
+        elif kind == "read":
+            if holds.get(op[1] % stages) != op[1]:
+                raise InputError("protocol", f"stage {op[1]} is read from another stage's buffer")
+        else:  # release
+            released.add(op[1])
+            empty[op[1] % stages] += 1
+        pc[role] += 1
+        return True
+
+    order = [ahead, "consumer" if ahead == "producer" else "producer"]
+    while any(pc[r] < len(programs[r]) for r in order):
+        progressed = False
+        for role in order:
+            while pc[role] < len(programs[role]) and step(role):
+                progressed = True
+        if not progressed:
+            raise InputError(
+                "protocol",
+                f"deadlock at producer op {pc['producer']}, consumer op {pc['consumer']}",
+            )
+
+
 def _task_view(encoded, tile: int) -> tuple[int, int, np.ndarray | None, np.ndarray]:
     """(first weight block of the tile, the tile's K length, its kept-K list or None for
     consecutive K, its output rows (-1: not stored)) as the kernels compute them."""
@@ -522,7 +604,10 @@ def emulate(
         tok0 = block * bn
         acc = [None] * (config.warps // 4)
         events = pipeline_events(int((k_end - k_begin) // bk), config.stages)
-        check_pipeline(events)
+        if config.producer_warps:  # the same ring, filled by the producer warpgroup
+            check_producer_protocol(int((k_end - k_begin) // bk), config.stages)
+        else:
+            check_pipeline(events)
         for kind, step, buf, *_ in (e for e in events if e[0] in ("issue", "compute")):
             base = buf * layout.stage_bytes
             if kind == "issue":

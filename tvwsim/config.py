@@ -48,7 +48,7 @@ AUTO = "auto"
 """Said where a config name is asked for: the kernel a vendor library would pick on the
 GPU at hand (`tvwsim.sim.library`: `--config auto`, an explore spec's `auto`)."""
 
-_NAME = re.compile(r"^(\d+)x(\d+)x(\d+)s(\d+)w(\d+)(-wgmma)?$")
+_NAME = re.compile(r"^(\d+)x(\d+)x(\d+)s(\d+)w(\d+)(?:p(\d+))?(-wgmma)?$")
 WGMMA_SUFFIX = "-wgmma"
 """Appended to the name of a warpgroup-MMA config: '128x256x64s4w8-wgmma'."""
 
@@ -74,6 +74,9 @@ class KernelConfig:
     mma_class: str = "mma.sync"
     """'mma.sync' (this project's kernels) or 'wgmma' (Hopper warpgroup MMA, what vendor
     libraries run on sm_90; MMA_CLASSES)."""
+    producer_warps: int = 0
+    """Warps that only load (a producer warpgroup beside the `warps` that compute; wgmma
+    class only, 0 or 4). They add to `threads`, not to the math: 'p4' in the name."""
 
     def __post_init__(self) -> None:
         if self.mma not in MMA_KINDS:
@@ -116,19 +119,27 @@ class KernelConfig:
             )
         if not 2 <= self.stages <= 8:
             raise InputError("stages", f"must be between 2 and 8, got {self.stages}")
+        if self.producer_warps not in (0, 4) or (self.producer_warps and self.mma_class != "wgmma"):
+            raise InputError(
+                "producer_warps",
+                f"must be 0, or 4 (one producer warpgroup) with mma_class='wgmma', got "
+                f"{self.producer_warps!r} with {self.mma_class}",
+            )
 
     # -- names -------------------------------------------------------------------------
     @property
     def name(self) -> str:
         """Short name used in cubin file names and measurements: '128x128x32s3w4'
-        ('128x256x64s4w8-wgmma' for a warpgroup-MMA config)."""
+        ('128x256x64s4w8-wgmma' for a warpgroup-MMA config, '128x256x64s4w8p4-wgmma' with a
+        producer warpgroup)."""
         suffix = WGMMA_SUFFIX if self.mma_class == "wgmma" else ""
-        return f"{self.bm}x{self.bn}x{self.bk}s{self.stages}w{self.warps}{suffix}"
+        producers = f"p{self.producer_warps}" if self.producer_warps else ""
+        return f"{self.bm}x{self.bn}x{self.bk}s{self.stages}w{self.warps}{producers}{suffix}"
 
     @classmethod
     def from_name(cls, name: str, *, mma: str = "dense", dtype: str = "fp16") -> KernelConfig:
         """Parse '128x128x32s3w4' (stages and warps optional: '128x128x32'; a '-wgmma'
-        suffix names the warpgroup-MMA class)."""
+        suffix names the warpgroup-MMA class, 'p4' after the warps a producer warpgroup)."""
         text = name.strip()
         if re.fullmatch(r"\d+x\d+x\d+", text):
             text += "s3w4"
@@ -136,10 +147,12 @@ class KernelConfig:
         if not m:
             raise InputError(
                 "tile",
-                f"got {name!r}; expected BMxBNxBK[sSTAGESwWARPS][-wgmma], e.g. 128x128x32s3w4",
+                f"got {name!r}; expected BMxBNxBK[sSTAGESwWARPS[pPRODUCERS]][-wgmma], "
+                "e.g. 128x128x32s3w4",
             )
         bm, bn, bk, stages, warps = (int(g) for g in m.groups()[:5])
-        mma_class = "wgmma" if m.group(6) else "mma.sync"
+        producer_warps = int(m.group(6) or 0)
+        mma_class = "wgmma" if m.group(7) else "mma.sync"
         return cls(
             bm=bm,
             bn=bn,
@@ -149,12 +162,14 @@ class KernelConfig:
             mma=mma,
             dtype=dtype,
             mma_class=mma_class,
+            producer_warps=producer_warps,
         )
 
     # -- derived sizes -----------------------------------------------------------------
     @property
     def threads(self) -> int:
-        return 32 * self.warps
+        """Threads per CTA: the computing warps and any producer warps."""
+        return 32 * (self.warps + self.producer_warps)
 
     @property
     def warp_grid(self) -> tuple[int, int]:

@@ -103,11 +103,11 @@ class BuiltKernel:
 
     def resources(self) -> KernelResources:
         """What one CTA of this kernel holds on its SM."""
-        warps = KernelConfig.from_name(self.config).warps
+        threads = KernelConfig.from_name(self.config).threads
         return KernelResources(
             registers_per_thread=self.registers,
             smem_bytes=self.shared_static_bytes + self.shared_dynamic_bytes,
-            threads=32 * warps,
+            threads=threads,
             source="manifest",
         )
 

@@ -198,22 +198,23 @@ __device__ __forceinline__ void red_add_f32(float* p, float v) {
 }
 
 // ---- per-thread copy assignment -----------------------------------------------------
-// A tile of ROWS x CHUNKS 16-byte chunks is copied by all threads, thread `tid` taking
-// chunks tid, tid + kThreads, ...: consecutive threads take consecutive chunks of a row,
-// so a warp's copies are contiguous in global memory (coalesced) for plain rows.
-template <int ROWS, int CHUNKS>
+// A tile of ROWS x CHUNKS 16-byte chunks is copied by THREADS threads (all of the CTA by
+// default; wgmma.cuh's producer warpgroup: the 128 from FIRST_THREAD), thread `tid`
+// taking chunks tid, tid + THREADS, ...: consecutive threads take consecutive chunks of a
+// row, so a warp's copies are contiguous in global memory (coalesced) for plain rows.
+template <int ROWS, int CHUNKS, int THREADS = kThreads, int FIRST_THREAD = 0>
 struct ChunkPlan {
     static constexpr int kTotal = ROWS * CHUNKS;
-    static constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
+    static constexpr int kIters = (kTotal + THREADS - 1) / THREADS;
+    // This thread's index among the THREADS that share the copy.
+    __device__ __forceinline__ static int tid() {
+        return static_cast<int>(threadIdx.x) - FIRST_THREAD;
+    }
     __device__ __forceinline__ static bool active(int i) {
-        return kTotal % kThreads == 0 || static_cast<int>(threadIdx.x) + i * kThreads < kTotal;
+        return kTotal % THREADS == 0 || tid() + i * THREADS < kTotal;
     }
-    __device__ __forceinline__ static int row(int i) {
-        return (static_cast<int>(threadIdx.x) + i * kThreads) / CHUNKS;
-    }
-    __device__ __forceinline__ static int chunk(int i) {
-        return (static_cast<int>(threadIdx.x) + i * kThreads) % CHUNKS;
-    }
+    __device__ __forceinline__ static int row(int i) { return (tid() + i * THREADS) / CHUNKS; }
+    __device__ __forceinline__ static int chunk(int i) { return (tid() + i * THREADS) % CHUNKS; }
 };
 
 // ---- stage copies shared by several loaders ----------------------------------------
@@ -250,16 +251,17 @@ struct SwizzledRows {
 // The activation tile: stage row r (0 .. BK-1) is XT row `xt_row[i]` for this thread's
 // i-th chunk, or a zero row when xt_row[i] < 0 (padded kept-K entry, K past the end,
 // absent block). Tokens at or past m8 are zero-filled too (ragged M edge).
-template <class Placement = SwizzledRows>
+// `Plan` says which threads copy which chunks (every thread of the CTA by default).
+template <class Placement = SwizzledRows, class Plan = BPlan>
 __device__ __forceinline__ void issue_activation_rows(uint32_t dst,
                                                       const __half* __restrict__ xt, int m8,
                                                       int tok0,
-                                                      const int (&xt_row)[BPlan::kIters]) {
+                                                      const int (&xt_row)[Plan::kIters]) {
 #pragma unroll
-    for (int i = 0; i < BPlan::kIters; ++i) {
-        if (!BPlan::active(i)) continue;
-        const int r = BPlan::row(i);
-        const int c = BPlan::chunk(i);
+    for (int i = 0; i < Plan::kIters; ++i) {
+        if (!Plan::active(i)) continue;
+        const int r = Plan::row(i);
+        const int c = Plan::chunk(i);
         const int tok = tok0 + c * 8;
         const bool ok = xt_row[i] >= 0 && tok < m8;
         const __half* from = ok ? xt + static_cast<int64_t>(xt_row[i]) * m8 + tok : xt;

@@ -12,15 +12,15 @@
 
 TVWSIM_CHECK_SMEM(false);
 
-extern "C" __global__ void __launch_bounds__(tvw::kThreads, 1)
+extern "C" __global__ void __launch_bounds__(tvw::wg::kCtaThreads, 1)
     dense_gemm(const int4* __restrict__ tasks, const __half* __restrict__ w_blocked, int n,
                int ldw, const __half* __restrict__ xt, int K, int m8, __half* __restrict__ yt,
                float* __restrict__ ws) {
     // 1 KiB alignment: every swizzle atom of every stage is aligned, so the descriptors'
     // base offset is 0.
     extern __shared__ __align__(1024) char smem[];
-    __shared__ __align__(8) uint64_t landed[STAGES];
-    tvw::wg::plain_task<false>(tasks, w_blocked, n, ldw, xt, K, m8, yt, ws, smem, landed);
+    __shared__ __align__(8) uint64_t bars[2 * STAGES];
+    tvw::wg::plain_task<false>(tasks, w_blocked, n, ldw, xt, K, m8, yt, ws, smem, bars);
 }
 
 TVWSIM_DEFINE_FINALIZE_KERNEL()

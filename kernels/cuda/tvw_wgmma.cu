@@ -11,16 +11,16 @@
 
 TVWSIM_CHECK_SMEM(true);
 
-extern "C" __global__ void __launch_bounds__(tvw::kThreads, 1)
+extern "C" __global__ void __launch_bounds__(tvw::wg::kCtaThreads, 1)
     tvw_gemm(const int4* __restrict__ tasks, const __half* __restrict__ values,
              const uint32_t* __restrict__ meta, const int* __restrict__ row_map,
              const int* __restrict__ k_ptr, const int* __restrict__ k_index,
              const __half* __restrict__ xt, int m8, __half* __restrict__ yt,
              float* __restrict__ ws) {
     extern __shared__ __align__(1024) char smem[];
-    __shared__ __align__(8) uint64_t landed[STAGES];
+    __shared__ __align__(8) uint64_t bars[2 * STAGES];
     tvw::wg::gather_task<true>(tasks, values, row_map, k_ptr, k_index, xt, m8, yt, ws, smem,
-                               landed);
+                               bars);
 }
 
 TVWSIM_DEFINE_FINALIZE_KERNEL()

@@ -11,14 +11,14 @@
 
 TVWSIM_CHECK_SMEM(true);
 
-extern "C" __global__ void __launch_bounds__(tvw::kThreads, 1)
+extern "C" __global__ void __launch_bounds__(tvw::wg::kCtaThreads, 1)
     vw_gemm(const int4* __restrict__ tasks, const __half* __restrict__ values,
             const uint32_t* __restrict__ meta, int n, int n_pad, int k_pad,
             const __half* __restrict__ xt, int K, int m8, __half* __restrict__ yt,
             float* __restrict__ ws) {
     extern __shared__ __align__(1024) char smem[];
-    __shared__ __align__(8) uint64_t landed[STAGES];
-    tvw::wg::plain_task<true>(tasks, values, n, k_pad, xt, K, m8, yt, ws, smem, landed);
+    __shared__ __align__(8) uint64_t bars[2 * STAGES];
+    tvw::wg::plain_task<true>(tasks, values, n, k_pad, xt, K, m8, yt, ws, smem, bars);
 }
 
 TVWSIM_DEFINE_FINALIZE_KERNEL()

@@ -43,6 +43,35 @@ static_assert(BN % 64 == 0 && BN <= 256, "BN is whole 64-token swizzle atoms, at
 static_assert(BK == 64, "a stage is 64 logical K: one 128-byte (dense) or 64-byte "
                         "(2:4 compressed) swizzle row of weight per row");
 
+// A producer warpgroup (KernelConfig.producer_warps = 4, -DPRODUCER_WARPS=4) loads while
+// the WARPS / 4 consumer warpgroups only compute; it is the CTA's last warpgroup, so the
+// consumers keep threads 0 .. 32 WARPS - 1 and their rows. Without it every thread does
+// both, in turn.
+#ifndef PRODUCER_WARPS
+#define PRODUCER_WARPS 0
+#endif
+constexpr int kProducerWarps = PRODUCER_WARPS;
+static_assert(kProducerWarps == 0 || kProducerWarps == 4, "no producer, or one warpgroup");
+constexpr int kConsumerThreads = 32 * WARPS;
+constexpr int kCtaThreads = kConsumerThreads + 32 * kProducerWarps;
+// Registers after the split (setmaxnreg; the launch gives every thread 168): the
+// consumers hold BN / 2 accumulators, the producer the row indices and addresses of its
+// 16 activation chunks a stage (with 40 it spilled them); 2 x 128 x 208 + 128 x 96 is
+// exactly the SM's 64 K registers.
+constexpr int kConsumerRegisters = 200;
+constexpr int kProducerRegisters = 112;
+
+// Who copies the activation chunks: every thread, or the producer's 128.
+template <bool PRODUCER>
+struct CopyPlanOf {
+    using type = BPlan;
+};
+template <>
+struct CopyPlanOf<true> {
+    using type = ChunkPlan<BK, BN / 8, 128, kConsumerThreads>;
+};
+using CopyPlan = CopyPlanOf<(kProducerWarps > 0)>::type;
+
 // ---- shared memory: swizzled rows ---------------------------------------------------------
 // The tensor core applies the swizzle to the byte address it computes: in the 128-byte
 // mode address bits [6:4] are XORed with bits [9:7], in the 64-byte mode bits [5:4] with
@@ -263,100 +292,199 @@ struct NMajorAtoms {
 //                       (Layout::kWeightBytes, one bulk copy);
 //   prefetch(step):     fill next_row[] with the XT rows of stage `step` (tw/tvw read
 //                       their kept-K list here, one stage ahead of the copies);
-//   xt, m8, tok0, next_row[BPlan::kIters]: the activation side.
+//   xt, m8, tok0, next_row[CopyPlan::kIters]: the activation side.
 //
-// STAGES buffers, every warpgroup loads and computes:
-//   prologue  issue stages 0 .. STAGES-3
-//   iter it   wait until stage it landed (this thread's cp.async group, then the weight's
-//             mbarrier phase), fence the cp.async writes into the async proxy the tensor
-//             core reads through, __syncthreads; issue stage it + STAGES - 2 into the
-//             buffer of stage it - 2 (every warpgroup finished reading it: wait_group 1
-//             at the end of iteration it - 1); BK / kKPerMma wgmma on stage it, commit,
-//             wait until at most this batch is still running.
-// While the tensor core runs stage it, stage it - 1's batch may still finish and the
-// copies of the next STAGES - 2 stages are in flight.
+// Barriers (2 x STAGES mbarriers): full[s] completes when buffer s holds its stage (the
+// weight's bulk copy counts its bytes; with a producer, also one arrival per producer
+// thread after its cp.async writes landed); empty[s] (producer only) completes when every
+// consumer warp's wgmma no longer reads buffer s.
 static_assert(STAGES >= 3, "one buffer computing, one finishing, at least one loading");
 
-template <bool SPARSE, class Loader>
-__device__ __forceinline__ void mainloop(Loader& loader, int k_steps, char* smem,
-                                         uint64_t (&landed)[STAGES], float (&acc)[BN / 2]) {
-    using L = Layout<SPARSE>;
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int s = 0; s < STAGES; ++s) mbarrier_init(&landed[s], 1);
-        mbarrier_init_fence();
-    }
-    __syncthreads();
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
 
-    auto issue = [&](int step) {
-        const int buf = step % STAGES;
-        char* stage = smem + buf * L::kStageBytes;
-        if (threadIdx.x == 0) {
-            mbarrier_expect_bytes(&landed[buf], L::kWeightBytes);
-            bulk_copy(stage, loader.weight_block(step), L::kWeightBytes, &landed[buf]);
+// The threads that run the epilogue synchronise: the whole CTA, or only the consumers
+// once the producer has left (named barrier 1).
+__device__ __forceinline__ void consumer_sync() {
+    if constexpr (kProducerWarps > 0) {
+        asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumerThreads) : "memory");
+    } else {
+        __syncthreads();
+    }
+}
+
+// One stage's wgmma batch for this thread's warpgroup, committed; `first` (the task's
+// first stage) runs its first K step with scale-d = 0 instead of zeroed accumulators:
+// registers a non-wgmma instruction writes inside the loop would make ptxas serialise
+// the wgmma pipeline.
+template <bool SPARSE>
+__device__ __forceinline__ void compute_stage(const char* stage, bool first,
+                                              float (&acc)[BN / 2]) {
+    using L = Layout<SPARSE>;
+    const uint32_t a = smem_addr(stage) + (threadIdx.x / 128) * 64 * L::kARowBytes;
+    const uint32_t b = smem_addr(stage + L::kWeightBytes);
+    fence();
+#pragma unroll
+    for (int ks = 0; ks < BK / L::kKPerMma; ++ks) {
+        const uint64_t da = descriptor(a + ks * L::kAStepBytes, 16, L::kASbo, L::kASwizzle);
+        const uint64_t db = descriptor(b + ks * L::kBStepBytes, L::kBLbo, L::kBSbo,
+                                       kSwizzle128B);
+        const int scale_d = !first || ks > 0;
+        if constexpr (SPARSE) {
+            // This warp's 16 rows: one lane-ordered metadata word per thread covers 64
+            // logical K, selector 0 for the first k32 and 1 for the second, as for mma.sp
+            // (the PTX ISA draws wgmma.sp's metadata with mma.sp's figure).
+            const uint32_t e = reinterpret_cast<const uint32_t*>(
+                stage + L::kABytes)[(threadIdx.x / 32) * 32 + threadIdx.x % 32];
+            if (ks % 2 == 0)
+                Wgmma<BN>::template sparse<0>(acc, da, db, e, scale_d);
+            else
+                Wgmma<BN>::template sparse<1>(acc, da, db, e, scale_d);
+        } else {
+            Wgmma<BN>::dense(acc, da, db, scale_d);
         }
-        tvw::issue_activation_rows<NMajorAtoms>(smem_addr(stage + L::kWeightBytes), loader.xt,
-                                                loader.m8, loader.tok0, loader.next_row);
-    };
+    }
+    commit();
+}
+
+// Start stage `step`'s copies into its buffer: the weight block by one bulk copy (issued
+// by `leader`), the activation rows by this thread's cp.async (one commit group).
+template <bool SPARSE, class Loader>
+__device__ __forceinline__ void issue_stage(Loader& loader, int step, char* smem,
+                                            uint64_t* full, bool leader) {
+    using L = Layout<SPARSE>;
+    const int buf = step % STAGES;
+    char* stage = smem + buf * L::kStageBytes;
+    if (leader) {
+        mbarrier_expect_bytes(&full[buf], L::kWeightBytes);
+        bulk_copy(stage, loader.weight_block(step), L::kWeightBytes, &full[buf]);
+    }
+    tvw::issue_activation_rows<NMajorAtoms, CopyPlan>(smem_addr(stage + L::kWeightBytes),
+                                                      loader.xt, loader.m8, loader.tok0,
+                                                      loader.next_row);
+    cp_async_commit();
+}
+
+// Without a producer, every thread loads and computes (pipeline_events in
+// kernels/wgmma.py is this loop's program order):
+//   prologue  issue stages 0 .. STAGES-3
+//   iter it   wait until stage it landed (this thread's cp.async group, then full[it]),
+//             fence the cp.async writes into the async proxy the tensor core reads
+//             through, __syncthreads; issue stage it + STAGES - 2 into the buffer of stage
+//             it - 2 (every warpgroup finished reading it: wait_group 1 at the end of
+//             iteration it - 1); this stage's wgmma batch, then wait until at most it runs.
+template <bool SPARSE, class Loader>
+__device__ __forceinline__ void shared_loop(Loader& loader, int k_steps, char* smem,
+                                            uint64_t* full, float (&acc)[BN / 2]) {
+    using L = Layout<SPARSE>;
+    const bool leader = threadIdx.x == 0;
 #pragma unroll
     for (int s = 0; s < STAGES - 2; ++s) {
         if (s < k_steps) {
             loader.prefetch(s);
-            issue(s);
+            issue_stage<SPARSE>(loader, s, smem, full, leader);
+        } else {
+            cp_async_commit();  // one group per stage keeps the wait count fixed
         }
-        cp_async_commit();
     }
     if (STAGES - 2 < k_steps) loader.prefetch(STAGES - 2);
-
-    const int warpgroup = threadIdx.x / 128;
     for (int it = 0; it < k_steps; ++it) {
         const int buf = it % STAGES;
         cp_async_wait<STAGES - 3>();
         fence_proxy_async();
-        mbarrier_wait(&landed[buf], (it / STAGES) & 1);
+        mbarrier_wait(&full[buf], (it / STAGES) & 1);
         __syncthreads();
         const int next = it + STAGES - 2;
-        if (next < k_steps) issue(next);
-        cp_async_commit();
-        if (next + 1 < k_steps) loader.prefetch(next + 1);
-
-        const char* stage = smem + buf * L::kStageBytes;
-        const uint32_t a = smem_addr(stage) + warpgroup * 64 * L::kARowBytes;
-        const uint32_t b = smem_addr(stage + L::kWeightBytes);
-        fence();
-#pragma unroll
-        for (int ks = 0; ks < BK / L::kKPerMma; ++ks) {
-            const uint64_t da = descriptor(a + ks * L::kAStepBytes, 16, L::kASbo, L::kASwizzle);
-            const uint64_t db = descriptor(b + ks * L::kBStepBytes, L::kBLbo, L::kBSbo,
-                                           kSwizzle128B);
-            // No zeroing: the task's first K step runs with scale-d = 0. Accumulators a
-            // non-wgmma instruction writes inside the loop would make ptxas serialise
-            // the wgmma pipeline.
-            const int scale_d = it > 0 || ks > 0;
-            if constexpr (SPARSE) {
-                // This warp's 16 rows: one lane-ordered metadata word per thread covers
-                // 64 logical K, selector 0 for the first k32 and 1 for the second, as
-                // for mma.sp (the PTX ISA draws wgmma.sp's metadata with mma.sp's figure).
-                const uint32_t e = reinterpret_cast<const uint32_t*>(
-                    stage + L::kABytes)[(threadIdx.x / 32) * 32 + threadIdx.x % 32];
-                if (ks % 2 == 0)
-                    Wgmma<BN>::template sparse<0>(acc, da, db, e, scale_d);
-                else
-                    Wgmma<BN>::template sparse<1>(acc, da, db, e, scale_d);
-            } else {
-                Wgmma<BN>::dense(acc, da, db, scale_d);
-            }
+        if (next < k_steps) {
+            issue_stage<SPARSE>(loader, next, smem, full, leader);
+            if (next + 1 < k_steps) loader.prefetch(next + 1);
+        } else {
+            cp_async_commit();
         }
-        commit();
+        compute_stage<SPARSE>(smem + buf * L::kStageBytes, it == 0, acc);
         wait<1>();
     }
     wait<0>();
+}
+
+// The producer warpgroup: stage `step` into buffer step % STAGES once every consumer warp
+// released that buffer (empty), the bulk copy by its first thread, the rows by all 128;
+// each thread arrives on full[step] when its copies of that stage landed - one stage
+// later, so two stages' copies are in flight - after fencing them into the async proxy.
+template <bool SPARSE, class Loader>
+__device__ __forceinline__ void produce(Loader& loader, int k_steps, char* smem,
+                                        uint64_t* full, uint64_t* empty) {
+    const bool leader = threadIdx.x == kConsumerThreads;
+    if (k_steps > 0) loader.prefetch(0);
+    for (int step = 0; step < k_steps; ++step) {
+        if (step >= STAGES) mbarrier_wait(&empty[step % STAGES], (step / STAGES - 1) & 1);
+        issue_stage<SPARSE>(loader, step, smem, full, leader);
+        if (step + 1 < k_steps) loader.prefetch(step + 1);
+        if (step >= 1) {
+            cp_async_wait<1>();
+            fence_proxy_async();
+            mbarrier_arrive(&full[(step - 1) % STAGES]);
+        }
+    }
+    if (k_steps > 0) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        mbarrier_arrive(&full[(k_steps - 1) % STAGES]);
+    }
+}
+
+// The consumer warpgroups: wait for full[it], run the stage's wgmma batch, and once the
+// previous stage's batch retired (wait_group 1) release its buffer (one arrival a warp).
+template <bool SPARSE>
+__device__ __forceinline__ void consume(int k_steps, char* smem, uint64_t* full,
+                                        uint64_t* empty, float (&acc)[BN / 2]) {
+    using L = Layout<SPARSE>;
+    for (int it = 0; it < k_steps; ++it) {
+        mbarrier_wait(&full[it % STAGES], (it / STAGES) & 1);
+        compute_stage<SPARSE>(smem + (it % STAGES) * L::kStageBytes, it == 0, acc);
+        wait<1>();
+        if (it >= 1 && threadIdx.x % 32 == 0) mbarrier_arrive(&empty[(it - 1) % STAGES]);
+    }
+    wait<0>();
+}
+
+// The task's K loop. Returns false for the producer's threads, which have nothing more
+// to do; the consumers (or, without a producer, every thread) go on to the epilogue with
+// `acc` complete and the pipeline's buffers free.
+template <bool SPARSE, class Loader>
+__device__ __forceinline__ bool mainloop(Loader& loader, int k_steps, char* smem,
+                                         uint64_t (&bars)[2 * STAGES], float (&acc)[BN / 2]) {
+    uint64_t* full = bars;
+    uint64_t* empty = bars + STAGES;
+    if (threadIdx.x == 0) {
+        const uint32_t full_count = kProducerWarps > 0 ? 32 * kProducerWarps + 1 : 1;
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) {
+            mbarrier_init(&full[s], full_count);
+            mbarrier_init(&empty[s], WARPS);
+        }
+        mbarrier_init_fence();
+    }
+    __syncthreads();  // the last barrier every thread of the CTA passes
+    if constexpr (kProducerWarps > 0) {
+        if (threadIdx.x >= kConsumerThreads) {
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
+            produce<SPARSE>(loader, k_steps, smem, full, empty);
+            return false;
+        }
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegisters));
+        consume<SPARSE>(k_steps, smem, full, empty, acc);
+    } else {
+        shared_loop<SPARSE>(loader, k_steps, smem, full, acc);
+    }
     if (k_steps == 0) {  // (no schedule makes such a task; stay defined anyway)
 #pragma unroll
         for (int v = 0; v < BN / 2; ++v) acc[v] = 0.0f;
     }
     cp_async_wait<0>();
-    __syncthreads();  // the epilogue reuses the pipeline's buffers
+    consumer_sync();  // the epilogue reuses the pipeline's buffers
+    return true;
 }
 
 // ---- loaders ------------------------------------------------------------------------------
@@ -367,7 +495,7 @@ struct StageSource {
     const char* w_task;
     const __half* xt;
     int m8, tok0, k_begin;
-    int next_row[BPlan::kIters];
+    int next_row[CopyPlan::kIters];
 
     __device__ __forceinline__ const char* weight_block(int step) const {
         return w_task + static_cast<int64_t>(step) * Layout<SPARSE>::kWeightBytes;
@@ -383,8 +511,8 @@ struct PlainLoader : StageSource<SPARSE> {
     __device__ __forceinline__ void prefetch(int step) {
         const int k0 = this->k_begin + step * BK;
 #pragma unroll
-        for (int i = 0; i < BPlan::kIters; ++i) {
-            const int k = k0 + BPlan::row(i);
+        for (int i = 0; i < CopyPlan::kIters; ++i) {
+            const int k = k0 + CopyPlan::row(i);
             this->next_row[i] = k < K ? k : -1;
         }
     }
@@ -399,9 +527,9 @@ struct GatherLoader : StageSource<SPARSE> {
     __device__ __forceinline__ void prefetch(int step) {
         const int k0 = this->k_begin + step * BK;
 #pragma unroll
-        for (int i = 0; i < BPlan::kIters; ++i)
+        for (int i = 0; i < CopyPlan::kIters; ++i)
             this->next_row[i] =
-                BPlan::active(i) ? __ldg(tile_k_index + k0 + BPlan::row(i)) : -1;
+                CopyPlan::active(i) ? __ldg(tile_k_index + k0 + CopyPlan::row(i)) : -1;
     }
 };
 
@@ -456,7 +584,7 @@ __device__ __forceinline__ void epilogue(const float (&d)[BN / 2], char* smem,
         for (int h = 0; h < 2; ++h)
             tile[(row_base + 8 * h) * kStride2 + (8 * j + col_base) / 2] =
                 __floats2half2_rn(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
-    __syncthreads();
+    consumer_sync();
     store_staged_rows<false>(smem, row_of, tok0, m8, yt);
 }
 
@@ -468,14 +596,14 @@ __device__ __forceinline__ void plain_task(const int4* __restrict__ tasks, const
                                           int n, int k_len, const __half* __restrict__ xt,
                                           int K, int m8, __half* __restrict__ yt,
                                           float* __restrict__ ws, char* smem,
-                                          uint64_t (&landed)[STAGES]) {
+                                          uint64_t (&bars)[2 * STAGES]) {
     const int4 task = tasks[blockIdx.x];
     const int tile = task.x, block = task.y, k_begin = task.z, k_end = task.w;
     const char* w_task =
         task_weight<SPARSE>(blocked, static_cast<int64_t>(tile) * (k_len / BK), k_begin);
     PlainLoader<SPARSE> loader{{w_task, xt, m8, block * BN, k_begin, {}}, K};
     float acc[BN / 2];
-    mainloop<SPARSE>(loader, (k_end - k_begin) / BK, smem, landed, acc);
+    if (!mainloop<SPARSE>(loader, (k_end - k_begin) / BK, smem, bars, acc)) return;
     const bool split = !(k_begin == 0 && k_end == k_len);
     const int row0 = tile * BM;
     auto row_of = [&](int r) { return row0 + r < n ? row0 + r : -1; };
@@ -491,7 +619,7 @@ __device__ __forceinline__ void gather_task(const int4* __restrict__ tasks, cons
                                            const int* __restrict__ k_index,
                                            const __half* __restrict__ xt, int m8,
                                            __half* __restrict__ yt, float* __restrict__ ws,
-                                           char* smem, uint64_t (&landed)[STAGES]) {
+                                           char* smem, uint64_t (&bars)[2 * STAGES]) {
     const int4 task = tasks[blockIdx.x];
     const int tile = task.x, block = task.y, k_begin = task.z, k_end = task.w;
     const int kp = k_ptr[tile];
@@ -499,7 +627,7 @@ __device__ __forceinline__ void gather_task(const int4* __restrict__ tasks, cons
     const char* w_task = task_weight<SPARSE>(blocked, kp / BK, k_begin);
     GatherLoader<SPARSE> loader{{w_task, xt, m8, block * BN, k_begin, {}}, k_index + kp};
     float acc[BN / 2];
-    mainloop<SPARSE>(loader, (k_end - k_begin) / BK, smem, landed, acc);
+    if (!mainloop<SPARSE>(loader, (k_end - k_begin) / BK, smem, bars, acc)) return;
     const bool split = !(k_begin == 0 && k_end == kt);
     const int* tile_rows = row_map + static_cast<int64_t>(tile) * BM;
     auto row_of = [&](int r) { return __ldg(tile_rows + r); };

@@ -336,17 +336,19 @@ def test_wgmma_variants_are_built_for_sm_90a_only():
 # -- the compiled kernel (nvcc, no GPU) ------------------------------------------------------
 MMA_SASS = {"dense": "HGMMA.64x256x16.F32", "tw": "HGMMA.64x256x16.F32"}
 MMA_SASS.update({"vw": "HGMMA.SP.64x256x32.F32", "tvw": "HGMMA.SP.64x256x32.F32"})
+WGMMA_BUILDS = [(p, c) for p, cs in kbuild.WGMMA_VARIANTS.items() for c in cs]
+BUILD_IDS = [f"{p}-{c.name}" for p, c in WGMMA_BUILDS]
 
 
 @pytest.fixture(scope="module")
 def wgmma_cubins(tmp_path_factory):
-    """Every WGMMA_VARIANTS kernel compiled for sm_90a: (cubin, ptxas log) per pattern."""
+    """Every WGMMA_VARIANTS kernel compiled for sm_90a: (cubin, ptxas log) per
+    (pattern, config name)."""
     if not HAVE_NVCC:
         pytest.skip("nvcc not found: install the CUDA toolkit (12.5+) or put it on PATH")
     out = tmp_path_factory.mktemp("wgmma")
     built = {}
-    for pattern, configs in kbuild.WGMMA_VARIANTS.items():
-        config = configs[0]
+    for pattern, config in WGMMA_BUILDS:
         name = kbuild.cubin_name(pattern, config, kbuild.WGMMA_ARCH)
         cmd = kbuild.nvcc_command(
             kbuild.find_nvcc(),
@@ -356,27 +358,33 @@ def wgmma_cubins(tmp_path_factory):
             kbuild.config_defines(config),
         )
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        built[pattern] = (out / name, proc.stderr + proc.stdout)
+        built[pattern, config.name] = (out / name, proc.stderr + proc.stdout)
     return built
 
 
 @pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
-@pytest.mark.parametrize("pattern", list(MMA_SASS))
-def test_the_wgmma_kernels_compile_without_spills_or_a_serialised_pipeline(wgmma_cubins, pattern):
-    cubin, log = wgmma_cubins[pattern]
+@pytest.mark.parametrize("pattern, config", WGMMA_BUILDS, ids=BUILD_IDS)
+def test_the_wgmma_kernels_compile_without_spills_or_a_serialised_pipeline(
+    wgmma_cubins, pattern, config
+):
+    cubin, log = wgmma_cubins[pattern, config.name]
     report = kbuild.parse_ptxas(log)[kbuild.KERNEL_FUNCTIONS[pattern]]
     assert report.spill_store_bytes == report.spill_load_bytes == 0
     assert report.stack_frame_bytes == 0
-    assert report.registers <= 255
+    # The launch's registers a thread times the CTA's threads fit the SM's 64 K (with a
+    # producer, setmaxnreg moves registers from it to the consumers at run time).
+    assert report.registers * config.threads <= 65536
     # ptxas says C7515 when registers a wgmma accumulates into are written by other
     # instructions inside the pipeline: the wgmma would then run one at a time.
     assert "serialized" not in log, log
 
 
 @pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
-@pytest.mark.parametrize("pattern", list(MMA_SASS))
-def test_the_wgmma_sass_is_warpgroup_mma_fed_by_bulk_and_async_copies(wgmma_cubins, pattern):
-    cubin, _ = wgmma_cubins[pattern]
+@pytest.mark.parametrize("pattern, config", WGMMA_BUILDS, ids=BUILD_IDS)
+def test_the_wgmma_sass_is_warpgroup_mma_fed_by_bulk_and_async_copies(
+    wgmma_cubins, pattern, config
+):
+    cubin, _ = wgmma_cubins[pattern, config.name]
     code = kbuild.sass_functions(cubin)[kbuild.KERNEL_FUNCTIONS[pattern]]
     ops = [op for _, op, _ in code]
     hgmma = [(op, args) for _, op, args in code if op.startswith("HGMMA")]
@@ -393,6 +401,12 @@ def test_the_wgmma_sass_is_warpgroup_mma_fed_by_bulk_and_async_copies(wgmma_cubi
     assert any(op.startswith("SYNCS.PHASECHK") for op in ops)  # waiting on the mbarrier
     assert any(op.startswith("WARPGROUP.DEPBAR") for op in ops)  # wgmma.wait_group
     assert not any(re.match(r"(LDL|STL)\b", op) for op in ops)  # no local memory
+    # A producer warpgroup gives registers away and the consumers take them (setmaxnreg).
+    setmaxnreg = sorted(op for op in ops if op.startswith("USETMAXREG"))
+    if config.producer_warps:
+        assert setmaxnreg == ["USETMAXREG.DEALLOC.CTAPOOL", "USETMAXREG.TRY_ALLOC.CTAPOOL"]
+    else:
+        assert setmaxnreg == []
 
 
 # -- the wgmma probe and where the kernels plug in ---------------------------------------------
@@ -495,9 +509,10 @@ def test_kernels_build_for_sm_90a_builds_the_wgmma_variants_only(tmp_path, capsy
 
     args = ["kernels", "build", "--arch", "sm_90a", "--pattern", "dense"]
     assert main([*args, "--build-dir", str(tmp_path)]) == 0
-    assert "built 1 kernels for sm_90a" in capsys.readouterr().out
+    assert "built 2 kernels for sm_90a" in capsys.readouterr().out
     built = read_manifest(tmp_path / "manifest.json").kernels
-    assert [(k.pattern, k.config, k.arch) for k in built] == [("dense", DENSE.name, "sm_90a")]
+    assert sorted(k.config for k in built) == sorted(c.name for c in kbuild.WGMMA_VARIANTS["dense"])
+    assert {(k.pattern, k.arch) for k in built} == {("dense", "sm_90a")}
 
 
 @pytest.mark.parametrize("pattern", ["dense", "tw", "vw", "tvw"])
@@ -544,3 +559,57 @@ def test_the_pipeline_check_catches_a_copy_one_stage_too_early_and_a_wrong_parit
     flipped = [("wait", e[1], e[2], 1 - e[3]) if e[0] == "wait" else e for e in events]
     with pytest.raises(InputError, match="parity"):
         check_pipeline(flipped)
+
+
+# -- the producer warpgroup --------------------------------------------------------------------
+def test_a_producer_warpgroup_adds_threads_not_math_and_leaves_other_configs_alone():
+    config = kbuild.WGMMA_VARIANTS["tvw"][1]
+    assert config.name == "128x256x64s4w8p4-wgmma"
+    assert KernelConfig.from_name(config.name, mma="sparse") == config
+    assert (config.warps, config.producer_warps, config.threads) == (8, 4, 384)
+    assert config.smem_bytes == SPARSE.smem_bytes  # the same stages, loaded by others
+    assert KernelConfig.from_name("128x128x32s3w4") == KernelConfig()
+    assert KernelConfig().threads == 128 and KernelConfig().name == "128x128x32s3w4"
+    for bad in ({"producer_warps": 4}, {"producer_warps": 2, "mma_class": "wgmma"}):
+        fields = {"bm": 128, "bn": 256, "bk": 64, "stages": 4, "warps": 8, **bad}
+        with pytest.raises(InputError) as err:
+            KernelConfig(**fields)
+        assert err.value.argument == "producer_warps"
+    assert "-DPRODUCER_WARPS=4" in kbuild.config_defines(config)
+    assert not any("PRODUCER" in d for d in kbuild.config_defines(SPARSE))
+
+
+def test_the_producer_and_consumers_never_deadlock_or_overwrite_a_stage_in_use():
+    from tvwsim.kernels.wgmma import check_producer_protocol
+
+    for stages in range(3, 8):
+        for k_steps in range(0, 25):
+            check_producer_protocol(k_steps, stages)
+
+
+def test_the_protocol_check_catches_a_deadlock_and_a_producer_that_does_not_wait():
+    from tvwsim.kernels.wgmma import _run_protocol, check_producer_protocol
+
+    # Arriving on full only STAGES steps later: the producer waits for a buffer the
+    # consumers cannot release before that arrival.
+    with pytest.raises(InputError, match="deadlock"):
+        check_producer_protocol(10, 3, lag=3)
+    producer = [("copy", s) for s in range(5)] + [("arrive_full", s) for s in range(5)]
+    consumer = [op for it in range(5) for op in (("wait_full", it % 3, it // 3), ("read", it))]
+    with pytest.raises(InputError, match="overwrites"):
+        _run_protocol(producer, consumer, 3, "producer")
+
+
+@pytest.mark.parametrize("pattern", ["dense", "tvw"])
+def test_the_producer_variants_emulate_and_launch_like_the_others(fake_gpu, pattern):
+    from tvwsim.kernels import launch
+
+    config = kbuild.WGMMA_VARIANTS[pattern][1]
+    case = checks.CheckCase(pattern, config, 139, 290, 333, "forced-split", seed=6)
+    encoded, x, schedule = checks.make_case_inputs(case)
+    want = matmul(x, encoded)
+    assert checks.relative_error(emulate(encoded, x, schedule), want) <= 1e-3
+    y = launch.gemm(encoded, x, schedule)
+    assert checks.relative_error(y, want) < 2e-3
+    name, grid = fake_gpu.launches[0]
+    assert name == kbuild.KERNEL_FUNCTIONS[pattern]
