@@ -31,7 +31,7 @@ def test_the_sparse_core_fields_are_hardware_fields():
     assert set(SPARSE_MMA_FIELDS) <= {f.name for f in dataclasses.fields(Hardware)}
 
 
-@pytest.mark.parametrize("preset", ["a100", "h100"])
+@pytest.mark.parametrize("preset", ["a100", "h100", "v100"])  # v100: no sparse core at all
 @pytest.mark.parametrize("core_model", [False, True])
 def test_a_kernel_without_sparse_mma_ignores_the_sparse_core(preset, core_model):
     """The rule `seen_by` relies on: changing only the sparse core's fields leaves every
