@@ -14,6 +14,8 @@ the same checks (kernels/checks.py) and prints them as a table.
    longest-first and split policies; tw/tvw also on a hand-made layout with an empty tile
    and pruned rows. YT is NaN-poisoned before each launch and every element is compared
    with tvwsim.kernels.reference (max |error| / max |reference| <= 1e-2).
+3. On an sm_90 GPU: the one-warpgroup wgmma / wgmma.sp probes against the emulation
+   (kernels/wgmma.py), then every sm_90a variant against its CPU twin as in 2.
 """
 
 from __future__ import annotations
@@ -136,3 +138,36 @@ def test_a_weight_with_every_row_pruned_gives_zeros(kernel_dir, pattern):
     encoded = encode(w, np.zeros(w.shape, bool), pattern, kbuild.VARIANTS[pattern][0])
     y = launch.gemm(encoded, np.ones((37, 128), np.float32), build_dir=kernel_dir)
     assert y.shape == (37, 300) and (y == 0).all()
+
+
+# -- Hopper (sm_90): the warpgroup-MMA probes and kernels (docs/kernels.md section 12) -------
+@pytest.fixture(scope="session")
+def hopper(gpu):
+    if gpu.arch not in ("sm_90", kbuild.WGMMA_ARCH):
+        pytest.skip(f"wgmma needs an sm_90 GPU, this is {gpu.arch}")
+    return gpu
+
+
+@pytest.mark.parametrize("index", range(3), ids=["sp-selector0", "sp-selector1", "dense"])
+def test_one_warpgroup_probe_matches_the_emulation(hopper, index):
+    # CPU side: test_wgmma.py::test_a_probe_case_expects_what_plain_matrix_math_gives
+    name, fn = checks.wgmma_probe_cases(seed=index)[index]
+    result = checks.run_probe(name, fn)
+    assert result.passed, f"{name}: max relative error {result.max_rel_error:.3g}"
+
+
+WGMMA_CASES = [c for c in checks.check_cases(wgmma=True) if c.config.mma_class == "wgmma"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    WGMMA_CASES,
+    ids=[f"{c.pattern}-{c.config.name}-{c.shape}-{c.policy}" for c in WGMMA_CASES],
+)
+def test_wgmma_kernel_equals_its_cpu_twin(hopper, kernel_dir, case):
+    # CPU side: test_wgmma.py::test_the_emulated_wgmma_kernels_match_their_cpu_twins
+    result = checks.run_check(case, build_dir=kernel_dir)
+    assert result.passed, (
+        f"{result.name} {result.shape} {result.policy}: max relative error "
+        f"{result.max_rel_error:.3g} {result.note}"
+    )
