@@ -161,7 +161,7 @@ def synthetic_rows(
         point = SweepPoint("tvwsim", pattern, m, n, k, sparsity, config, policy)
         schedule = schedule_for_shape(m, n, k, pattern, sparsity, config=config, policy=policy)
         kr = KernelResources(int(res["registers"]), int(res["smem_bytes"]), config.threads)
-        result = simulate(schedule, hw, kr, cache=False)
+        result = simulate(schedule, hw, kr, cache=False, exact=True)  # as replays do
         times = result.time_us * (1.0 + noise * rng.standard_normal(repeats))
         times = np.maximum(times, 1e-3)
         rows.append(
