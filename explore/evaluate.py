@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from tvwsim.explore.design import HardwarePoint
 from tvwsim.explore.spec import ExploreSpec, Run, WorkloadSpec, kernel_config
+from tvwsim.sim.hardware import Hardware
 
 from tvwsim.config import AUTO
 from tvwsim.pattern_spec import BASELINE_PATTERN, PATTERNS, VW_SPARSITY, mma_kind
@@ -68,7 +69,7 @@ class Unit:
 
 
 @functools.lru_cache(maxsize=256)
-def _dense_mma_view(hw):
+def _dense_mma_view(hw: Hardware) -> Hardware:
     defaults = {f.name: f.default for f in dataclasses.fields(hw) if f.name in SPARSE_MMA_FIELDS}
     # The record of what was changed is part of a Hardware's identity (and of the
     # engine's cache key): the view forgets the sparse core there too.
@@ -76,7 +77,7 @@ def _dense_mma_view(hw):
     return dataclasses.replace(hw, **defaults, overrides=kept)
 
 
-def seen_by(pattern: str, hw):
+def seen_by(pattern: str, hw: Hardware) -> Hardware:
     """`hw` as `pattern`'s kernels see it: for a kernel without sparse MMA, the sparse
     core's fields at their defaults, so that points differing only there are one point."""
     return hw if mma_kind(pattern) == "sparse" else _dense_mma_view(hw)
@@ -212,7 +213,7 @@ def _model_calls(unit: Unit) -> dict[Call, list[Run]]:
 
 
 @functools.lru_cache(maxsize=32)
-def _model_result(w: WorkloadSpec, hw, call: Call, runs: tuple, seed: int):
+def _model_result(w: WorkloadSpec, hw: Hardware, call: Call, runs: tuple, seed: int):
     """One whole-model simulation, kept for the next unit: a point's sparse-core siblings
     ask for the same dense-MMA runs on the same view of the hardware."""
     from tvwsim.sim.model import simulate_model
