@@ -362,6 +362,27 @@ def test_timeline_takes_exactly_one_pattern(capsys, tmp_path, pattern):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_config_auto_runs_the_layout_it_is_given(capsys):
+    # 16 tokens against a 32 MB weight on a V100: the weight streams from DRAM, and a
+    # K-contiguous weight (TN) streams at k_contiguous_stream_efficiency of the rate of
+    # an N-contiguous one (NN).
+    argv = ["simulate", "--hw", "v100", "--shape", "16,4096,4096", "--pattern", "dense"]
+    times = {}
+    for layout in ("NN", "tn"):
+        code, out, _ = run(capsys, *argv, "--config", "auto", "--layout", layout, "--json")
+        assert code == 0
+        record = json.loads(out)
+        assert record["library"]["layout"] == layout.upper()
+        times[layout.upper()] = record["time_us"]
+    assert times["TN"] > 1.2 * times["NN"]
+    code, out, _ = run(capsys, *argv, "--config", "auto", "--layout", "NN")
+    assert code == 0 and "layout NN" in out
+    code, _, err = run(capsys, *argv, "--config", "auto", "--layout", "NX")
+    assert code == 2 and err.startswith("tvwsim simulate: error: --layout: ")
+    code, _, err = run(capsys, *argv, "--layout", "NN")  # our kernel reads one layout
+    assert code == 2 and "--config auto" in err
+
+
 def test_config_auto_reports_the_library_kernel_in_json_and_text(capsys):
     # 16 tokens, K = 65536 on a Hopper GPU shrunk to 16 SMs: a narrow tile, warpgroup MMA
     # and split-K (4 output tiles cannot fill 16 SMs).

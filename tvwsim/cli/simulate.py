@@ -100,6 +100,13 @@ def _add_gemm_arguments(p: argparse.ArgumentParser, *, several: bool) -> None:
         "vendor library would run (dense: cuBLAS, vw: cuSPARSELt): its tile, split-K, grouped "
         "order and, on Hopper, warpgroup MMA",
     )
+    p.add_argument(
+        "--layout",
+        metavar="TT",
+        help="with --config auto: the operands' layout as cuBLAS transposes of the weight "
+        "and the tokens (column-major): TT is ours (W and XT row-major, the default), TN "
+        "torch.nn.Linear's, NN and NT a weight stored N-contiguous",
+    )
     p.add_argument("--warps", metavar="W", help="warps per CTA (default: the config's)")
     p.add_argument("--stages", metavar="S", help="pipeline stages (default: the config's)")
     p.add_argument(
@@ -169,6 +176,19 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def _parse_int(name: str, text: str | None, *, minimum: int = 0) -> int | None:
     return None if text is None else parse_int(name, text, minimum=minimum)
+
+
+def _layout(args: argparse.Namespace, *, auto: bool):
+    """The operand layout --layout names (a library's DRAM rate depends on it); only with
+    --config auto: our own kernels read one layout."""
+    from tvwsim.sim.library import OURS, Layout
+
+    text = getattr(args, "layout", None)
+    if text is None:
+        return OURS
+    if not auto:
+        raise InputError("--layout", "applies to --config auto: our kernels read W and XT (TT)")
+    return Layout.from_blas(text, argument="--layout")
 
 
 def _config(args: argparse.Namespace, pattern: str):
@@ -296,6 +316,7 @@ def _simulate_runs(args: argparse.Namespace, *, several: bool = True, progress: 
     hw = hardware_of(args)
     element_bytes = _weights_header(args.weights, n, k)
     configs = {pattern: _config(args, pattern) for pattern, _ in runs}
+    layout = _layout(args, auto=AUTO in configs.values())
     resources = {p: _check_fits(hw, p, c, args.manifest) for p, c in configs.items() if c != AUTO}
     if not args.force:
         # A library's kernels cost about what the pattern's own kernel costs to simulate;
@@ -330,7 +351,7 @@ def _simulate_runs(args: argparse.Namespace, *, several: bool = True, progress: 
             if configs[pattern] == AUTO:
                 from tvwsim.sim.library import choose
 
-                choice = choices[pattern] = choose(hw, m, n, k, pattern)
+                choice = choices[pattern] = choose(hw, m, n, k, pattern, layout=layout)
                 results.append((sparsity, choice.schedule, choice.result))
                 step(pattern)
                 continue
@@ -490,7 +511,8 @@ def _library_line(choice) -> str:
     """What --config auto picked, and out of how many candidates."""
     simulated = sum(1 for c in choice.candidates if c.simulated_us is not None)
     return (
-        f"{choice.describe()}, {choice.schedule.policy} order; best of {simulated} simulated "
+        f"{choice.describe()}, {choice.schedule.policy} order, layout {choice.layout.blas}; "
+        f"best of {simulated} simulated "
         f"from {len(choice.candidates)} candidates (tile x split-K) ranked in closed form"
     )
 
