@@ -77,6 +77,11 @@ LAST_WAVE_SNAPSHOTS = 4
 """In the last wave, the window seen repeating is this many snapshots long ..."""
 LAST_WAVE_TOLERANCE = 0.005
 """... and two windows count as alike when their GPU-wide totals agree to this fraction."""
+WAVE_SNAPSHOT = 2
+"""Wave skips compare the reference at this many spacings into each of its tasks: past
+the first stages, when the other slots' new tasks have been dispatched, and before the
+earliest stage skip (which needs three whole snapshots after the reference's own state
+repeats, at three spacings at the soonest)."""
 WAVES_SEEN = 4
 """A wave skip needs this many successive waves seen ..."""
 WAVE_SCATTER = 0.01
@@ -137,8 +142,14 @@ class SteadyState:
         self.last_wave_history: deque[Snapshot] = deque(maxlen=3)
         """The last snapshots of the reference's task in the last wave, LAST_WAVE_SNAPSHOTS
         snapshots apart."""
-        self.wave_history: dict[int, deque[Snapshot]] = {}
-        """Reference stage -> the last two snapshots taken at that stage, of earlier tasks."""
+        self.own_history: deque[tuple[int, np.ndarray]] = deque(maxlen=3)
+        """(task, the reference's own state) at its last snapshot times."""
+        self.wave_history: deque[Snapshot] = deque(maxlen=WAVES_SEEN)
+        """Snapshots at one fixed stage of the reference's last tasks."""
+        self.waves_possible = len(gpu.tasks) >= (WAVES_SEEN + 1 + MIN_PERIODS + KEEP_WAVES) * len(
+            gpu.runs
+        )
+        """The schedule has waves enough for a wave skip to pay."""
         self.log: deque[tuple[bool, int, int]] = deque()
         """(is a store, task index, stage) of every load and store since the oldest
         snapshot a period can start at."""
@@ -179,8 +190,8 @@ class SteadyState:
 
     def _trim_log(self) -> None:
         """Drop log entries older than every snapshot a period could start at."""
-        marks = [earlier[-1].logged for earlier in self.wave_history.values() if earlier]
-        # (a wave skip replays the last wave seen: from the latest earlier snapshot on)
+        # A wave skip replays the last wave seen: from the latest wave snapshot on.
+        marks = [self.wave_history[-1].logged] if self.wave_history else []
         for history in (self.stage_history, self.last_wave_history):
             if history:
                 marks.append(history[0].logged)
@@ -203,49 +214,86 @@ class SteadyState:
         if busy:
             self.ref = max(busy, key=lambda r: len(r.stages) - r.pos)
             self.stage_history.clear()
+            self.own_history.clear()
             self.wave_history.clear()
 
     # -- watching ------------------------------------------------------------------------
     def observe(self, now: float) -> None:
         """The reference slot is about to wait for a stage at engine time `now`: take a
-        snapshot when due, and skip ahead if the launch is seen repeating."""
+        snapshot when due, and skip ahead if the launch is seen repeating.
+
+        A whole snapshot costs a pass over every slot, so it is taken only where it can
+        lead to a skip: once the reference's own state (its loads and math, its SM's
+        pipe, the servers) is seen repeating (a stage skip needs that, and a tw gather
+        never gets there); at one fixed stage of each task (WAVE_SNAPSHOT), when the
+        schedule has waves enough for a wave skip; and in the last wave, every
+        LAST_WAVE_SNAPSHOTS spacings.
+        """
         ref = self.ref
         if ref.pos % self.snapshot_stages:
             return
-        snap = self._snapshot(now)
-        history = self.stage_history
-        if history and history[-1].ref_task != snap.ref_task:
+        history, own = self.stage_history, self.own_history
+        if own and own[-1][0] != ref.task.index:
+            own.clear()
             history.clear()
-        history.append(snap)
-        if len(history) == 3 and self._try_stage_skip(*history):
-            return
-        if self.gpu.dispatcher.next_index >= len(self.gpu.tasks):
+        own.append((ref.task.index, self._own_state(now)))
+        snap = None
+        if len(own) == 3 and self._own_repeats():
+            snap = self._snapshot(now)
+            history.append(snap)
+            if len(history) == 3 and self._try_stage_skip(*history):
+                return
+        else:
+            history.clear()
+        gpu = self.gpu
+        if gpu.dispatcher.next_index >= len(gpu.tasks):
             # The last wave: a longer window, seen twice, can be skipped approximately.
             coarse = self.last_wave_history
-            if coarse and coarse[-1].ref_task != snap.ref_task:
+            if coarse and coarse[-1].ref_task != ref.task.index:
                 coarse.clear()
-            if snap.ref_pos % (LAST_WAVE_SNAPSHOTS * self.snapshot_stages) == 0:
+            if ref.pos % (LAST_WAVE_SNAPSHOTS * self.snapshot_stages) == 0:
+                snap = snap or self._snapshot(now)
                 coarse.append(snap)
                 if len(coarse) == 3 and self._try_last_wave_skip(*coarse):
                     return
-        earlier = self.wave_history.setdefault(snap.ref_pos, deque(maxlen=WAVES_SEEN))
-        if len(earlier) == WAVES_SEEN and self._try_wave_skip([*earlier, snap]):
-            return
-        earlier.append(snap)
+        elif ref.pos == WAVE_SNAPSHOT * self.snapshot_stages and self.waves_possible:
+            snap = snap or self._snapshot(now)
+            earlier = self.wave_history
+            if len(earlier) == WAVES_SEEN and self._try_wave_skip([*earlier, snap]):
+                return
+            earlier.append(snap)
         self._trim_log()
+
+    def _own_state(self, now: float) -> np.ndarray:
+        """The reference's part of a snapshot: its loads in flight and its math, its SM's
+        pipe, the L2 and DRAM servers (relative to now)."""
+        ref, memory = self.ref, self.gpu.memory
+        times = [ref.math_done, ref.sm.math.free_at, memory.l2.free_at, memory.dram.free_at]
+        return np.maximum(np.array([*times, *ref.in_flight]) - now, 0.0)
+
+    def _own_repeats(self) -> bool:
+        """The reference's own state repeated over the last two spacings."""
+        (_, a), (_, b), (_, c) = self.own_history
+        if not (a.shape == b.shape == c.shape):
+            return False
+        tol = 1e-6 + 1e-9 * self.gpu.now()
+        same = np.allclose(a, b, rtol=0.0, atol=tol) and np.allclose(b, c, rtol=0.0, atol=tol)
+        return bool(same)
 
     def _snapshot(self, now: float) -> Snapshot:
         gpu, depth = self.gpu, self.depth
         runs = gpu.runs
-        ints = np.empty((len(runs), 4), dtype=np.int64)
+        ints = np.array(
+            [
+                (r.phase, -1 if r.task is None else r.task.index, r.pos, len(r.in_flight))
+                for r in runs
+            ],
+            dtype=np.int64,
+        )
         times = []
-        for i, run in enumerate(runs):
-            task = run.task
-            ints[i] = (run.phase, -1 if task is None else task.index, run.pos, len(run.in_flight))
-            times.append(run.wake)
-            times.append(run.math_done)
-            times.extend(run.in_flight)
-            times.extend([now] * (depth - len(run.in_flight)))
+        for run in runs:
+            times += (run.wake, run.math_done, *run.in_flight)
+            times += [now] * (depth - len(run.in_flight))
         times.extend(sm.math.free_at for sm in gpu.sms)
         memory = gpu.memory
         times.append(memory.l2.free_at)
@@ -409,23 +457,30 @@ class SteadyState:
         self._jump(before, c.totals, cycles, periods, b, c, Moved(tasks=0, stages=step_of))
         self.skips.append((kind, periods, int(steps.max()), cycles))
         self.stage_history.clear()
+        self.own_history.clear()
         self.last_wave_history.clear()
 
     # -- a wave period -----------------------------------------------------------------------
     def _try_wave_skip(self, seen: list[Snapshot]) -> bool:
         """seen: the reference at the same stage of WAVES_SEEN + 1 successive tasks. When
-        the waves between them dispatched as many tasks, no two differ in time or GPU-wide
-        totals by more than WAVE_SCATTER, and the first half and the second agree to
+        the waves between them, each per q tasks of progress, differ in time or GPU-wide
+        totals by no more than WAVE_SCATTER, and the first half and the second agree to
         WAVE_DRIFT (so a slow drift, such as the first waves settling, is not taken for a
         steady state), skip whole waves at their mean."""
         b, c = seen[-2], seen[-1]
-        q = c.dispatched - b.dispatched
-        if q <= 0 or any(np.any(x.ints[:, 0] == IDLE) for x in seen):
+        if any(np.any(x.ints[:, 0] == IDLE) for x in seen):
             return False
         pairs = list(zip(seen, seen[1:], strict=False))
-        if any(y.dispatched - x.dispatched != q for x, y in pairs):
+        dispatched = [y.dispatched - x.dispatched for x, y in pairs]
+        if min(dispatched) <= 0:
             return False
-        waves = np.array([self._period(x, y) for x, y in pairs])
+        # The reference's tasks do not start in step with the dispatcher's rounds (it
+        # may see 190 tasks dispatched in one of its tasks and 242 in the next), so each
+        # period is measured per q tasks' worth of progress, q the mean dispatched.
+        q = round(sum(dispatched) / len(dispatched))
+        task = self.gpu.tasks[c.ref_task]
+        stages = task.end_stage - task.first_stage
+        waves = np.array([self._period(x, y) * self._per_wave(x, y, q, stages) for x, y in pairs])
         # Waves that scatter around a mean are skipped at the mean; waves that drift (each
         # a little faster than the last, as the first waves settle) are not: the first
         # half of the waves seen and the second must agree. Time is held tighter than the
@@ -449,7 +504,7 @@ class SteadyState:
         # that misses less may find its data again waves later, and whether it hits then
         # depends on where in the schedule it is (a tile's first wave misses, its next
         # ones hit), not on the waves just seen.
-        missed = c.totals[-1] - b.totals[-1]
+        missed = waves[:, -1].min()
         if missed < WAVE_L2_TURNOVER * self.gpu.memory.l2_cache.capacity_bytes:
             return False
         self._skip_waves(seen[0], b, c, periods, q)
@@ -518,6 +573,7 @@ class SteadyState:
         )
         self.skips.append(("wave", periods, q, cycles))
         self.stage_history.clear()
+        self.own_history.clear()
         self.wave_history.clear()
 
     # -- skipping ----------------------------------------------------------------------------
