@@ -247,11 +247,13 @@ class SteadyState:
             history.clear()
         gpu = self.gpu
         if gpu.dispatcher.next_index >= len(gpu.tasks):
-            # The last wave: a longer window, seen twice, can be skipped approximately.
+            # The last wave of several (a single wave is cheap: it gets exact skips only):
+            # a longer window, seen twice, can be skipped approximately.
             coarse = self.last_wave_history
             if coarse and coarse[-1].ref_task != ref.task.index:
                 coarse.clear()
-            if ref.pos % (LAST_WAVE_SNAPSHOTS * self.snapshot_stages) == 0:
+            several = len(gpu.tasks) > len(gpu.runs)
+            if several and ref.pos % (LAST_WAVE_SNAPSHOTS * self.snapshot_stages) == 0:
                 snap = snap or self._snapshot(now)
                 coarse.append(snap)
                 if len(coarse) == 3 and self._try_last_wave_skip(*coarse):
