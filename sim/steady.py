@@ -14,37 +14,37 @@ same queueing pattern, and one stretch of time looks like the one before it, shi
 The engine's state is small and explicit (each slot's `SlotRun`, each pipe's and server's
 next free time, the L2 policy's contents), so "looks the same" can be checked exactly:
 
-1. *Watch.* One slot (the first) is the reference. Every few stages of its
-   K loop, just before it waits for its next stage, `observe` takes a snapshot: every
-   slot's phase, task and stage, the times of its loads in flight, its math and its
-   wake-up, every pipe's and server's free time (all relative to now), the L2's resident
+1. *Watch.* One slot is the reference (the first; when it runs out of tasks, the slot
+   with the most stages left). Every chunk period of its K loop (two stages at bk=32),
+   just before it waits for its next stage, `observe` notes its own state (its loads in
+   flight, its math, its SM's pipe, the L2 and DRAM servers, relative to now). Only once
+   that repeats does it take a whole snapshot: every slot's phase, task, stage, loads in
+   flight, math and wake-up, every pipe's and server's free time, the L2's resident
    bytes, and the running totals (busy cycles, bytes, L2 requests and misses).
-2. *Recognise a period.* Two kinds of repeat are recognised, each only when seen twice
-   in a row (three snapshots, two periods with equal totals added):
-   - a *stage period*: every slot is on the same task, d stages further on, with every
-     relative time equal;
-   - a *task period*: every slot is at the same stage of a task q further on in the
-     schedule (q tasks were dispatched), with every relative time equal: whole waves
-     repeating.
-3. *Skip.* Knowing the launch repeats with period T, skip n periods at once: move every
-   slot n x d stages on (or n x q tasks on), add n times one period's totals, and add
-   n x T to the launch's clock (`Gpu.skipped_cycles`; the SimPy clock itself never
-   jumps, since nothing in the state depends on its absolute value). n stops short of
-   anything that is not periodic: a slot's last stages, a tile whose stages differ
+2. *Recognise a period.* Three kinds of repeat (docs/model.md 5.8 has the rules):
+   - a *stage period*: every slot on the same task, its own number of stages on, every
+     relative time equal and equal totals added, two periods in a row. Exact;
+   - a *wave period*: the reference at one fixed stage of five successive tasks, the
+     four waves between alike in time and totals (per q tasks of progress) to a percent,
+     not drifting, and each missing two L2s of data. Approximate: skipped at the mean;
+   - in the *last wave* of several, two longer windows in which every slot moved on
+     about as far. Approximate: each slot moves on at its own mean rate.
+3. *Skip.* Move every slot n periods on (stages, or tasks), add n periods' totals, and
+   add n periods to the launch's clock (`Gpu.skipped_cycles`; the SimPy clock itself
+   never jumps, since nothing in the state depends on its absolute value). n stops short
+   of anything that does not repeat: a slot's last stages, a tile whose stages differ
    (padding, the last token block, another tile length), the end of the schedule.
-4. *Keep the L2 honest.* The L2 policy's contents after the skip are what the last
-   loads of the skipped stretch left there; the engine replays the most recent L2-sized
-   stretch of loads and stores, shifted by the skip, without counting them again.
-5. *Fill in the skipped CTAs.* A task period skips whole CTAs; at the end of the launch
-   each gets its SM, slot, start and end from the CTA one period earlier, shifted by the
-   periods between them.
+4. *Keep the L2 honest.* The L2 policy's contents after a skip are what the skipped
+   stretch left there: the engine walks that stretch back from its end, up to an L2's
+   worth of distinct bytes, and touches those chunks in order without counting them.
+5. *Fill in the skipped CTAs.* A wave skip skips whole CTAs; at the end of the launch
+   each gets its SM, slot, start and end from a CTA of the wave seen last, shifted by
+   the periods between them.
 
-Everything else (the prologue of the first wave, the tail, imbalance, tiles that differ
-from their neighbours) runs event by event as in the exact engine. The skip is exact for
-a launch that is periodic from the snapshots on; what it assumes is that a state seen
-repeating twice keeps repeating for the n periods it skips. The test
-(tests/sim/test_steady.py) and `benchmarks/bench_engine.py` check the fast engine against
-the exact one on random shapes, patterns, policies and presets.
+Everything else (the first stages of every CTA, the cold first wave, the tail, tiles
+that differ from their neighbours, tw/tvw gathers) runs event by event as in the exact
+engine. `tests/sim/test_steady.py` and `benchmarks/bench_engine.py` check the fast
+engine against the exact one on random shapes, patterns, policies and presets.
 """
 
 from __future__ import annotations
@@ -413,6 +413,8 @@ class SteadyState:
                 windows = fits if windows is None else min(windows, fits)
         if windows is None or windows < MIN_PERIODS:
             return False
+        # One skip of `windows` windows: each slot's whole move (whole chunk periods of
+        # its mean rate), and a's two windows to c taken as 2 / windows of its time.
         steps = (np.floor(rate * windows / grain) * grain).astype(np.int64)
         self._skip_stages(a, c, 1, steps, seen=2 / windows, kind="last wave")
         return True
@@ -597,13 +599,14 @@ class SteadyState:
         cache.miss_bytes += missed
         gpu.skipped_cycles += periods * cycles
 
-    def _last_uses(self, b: Snapshot, c: Snapshot, periods: int, moved: Moved, enough: float):
+    def _last_uses(self, b: Snapshot, c: Snapshot, periods: int, moved: Moved) -> dict:
         """Walk the stretch (`periods` copies of the period b -> c, copy k moved by
-        `moved`) back from its end until `enough` distinct bytes are seen. Returns
-        (chunk key -> [row mask (None: a stored tile), bytes per row (the tile's bytes)],
-        latest use first; the distinct bytes seen)."""
+        `moved`) back from its end until an L2's worth of distinct bytes is seen. Returns
+        chunk key -> [row mask (None: a stored tile), bytes per row (the tile's bytes)],
+        latest use first."""
         gpu = self.gpu
         tasks, tile_stages = gpu.tasks, gpu.stages.of_tile
+        enough = gpu.memory.l2_cache.capacity_bytes
         period = self._period_log(b, c)
         last_use: dict[int, list] = {}  # insertion order: latest use first
         lookup = last_use.get
@@ -649,7 +652,7 @@ class SteadyState:
                         entry[0] |= mask
             if seen_bytes >= enough:
                 break
-        return last_use, seen_bytes
+        return last_use
 
     def _replay_l2(self, b: Snapshot, c: Snapshot, periods: int, moved: Moved) -> None:
         """Touch the L2 with the loads and stores of the skipped stretch that it still
@@ -657,7 +660,7 @@ class SteadyState:
         contents are what the stretch left; no totals change. The stretch is `periods`
         copies of the period b -> c, copy k moved k times by `moved`."""
         cache = self.gpu.memory.l2_cache
-        last_use, _ = self._last_uses(b, c, periods, moved, cache.capacity_bytes)
+        last_use = self._last_uses(b, c, periods, moved)
         requested, missed = cache.requested_bytes, cache.miss_bytes
         pending = cache.pending_writeback
         for key, (mask, size) in reversed(last_use.items()):
